@@ -1,0 +1,43 @@
+# Two commands set up everything on a fresh machine:
+#   make run    the relay on http://0.0.0.0:$(PORT)
+#   make test   ruff + the whole test suite (installs redis-server and espeak-ng when missing)
+PYTHON ?= python3
+VENV   ?= .venv
+PORT   ?= 8000
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench demo clean sysdeps
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# Installs exactly the versions CI used (constraints.txt), the package in editable mode, dev extras included.
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	@touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/relay serve --port $(PORT)
+
+sysdeps:
+	@scripts/sysdeps.sh redis-server:redis-server espeak-ng:espeak-ng
+
+lint: $(STAMP)
+	$(BIN)/ruff check relay cascade webhooks tests bench
+	$(BIN)/ruff format --check relay cascade webhooks tests bench
+	$(BIN)/mypy relay cascade webhooks
+
+test: $(STAMP) sysdeps lint
+	$(BIN)/pytest
+
+bench: $(STAMP)
+	$(BIN)/python bench/codecs.py
+	$(BIN)/python bench/realtime_load.py
+
+demo: $(STAMP)
+	$(BIN)/relay demo
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

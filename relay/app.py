@@ -1,0 +1,132 @@
+"""The Starlette app: routes, lifespan (shared clients, store). No call logic lives here."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+
+from relay.config import Settings, load_settings
+from relay.media_stream import media_stream_endpoint
+from relay.sessions.manager import CallManager
+from relay.sessions.providers import AsyncTokenCredential, make_adapter
+from relay.sessions.store import CallStore, MemoryStore
+from webhooks.routes import routes as webhook_routes
+
+log = logging.getLogger("relay.app")
+
+# One place for how uvicorn serves the app (the CLI and the test server both use it).
+UVICORN_OPTIONS: dict[str, Any] = {
+    "ws": "websockets-sansio",
+    "ws_max_size": 1024 * 1024,  # our own 64 KB check logs oversize frames; this bounds memory
+    "ws_per_message_deflate": False,  # base64 audio does not compress: deflate only costs CPU
+    "lifespan": "on",
+    "timeout_graceful_shutdown": 30,
+}
+
+
+async def health(request: Request) -> Response:
+    return JSONResponse({"status": "ok"})
+
+
+async def ready(request: Request) -> Response:
+    state = request.app.state
+    problems: list[str] = []
+    if state.manager.draining:
+        problems.append("draining")
+    if not state.settings.provider_configured:
+        provider = state.settings.describe_provider()
+        problems.append(f"{provider} credentials are not configured")
+    try:
+        if not await state.store.ping():
+            problems.append("store unreachable")
+    except Exception as exc:
+        problems.append(f"store unreachable: {exc}")
+    if problems:
+        return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
+    return JSONResponse({"status": "ready", "active_calls": len(state.manager.active)})
+
+
+def _build_tools(settings: Settings) -> tuple[Any, Any]:
+    """The tool registry and Twilio call control, when those modules are available and configured."""
+    from relay.tools import build_registry
+    from relay.tools.twilio_rest import TwilioCalls
+
+    registry = build_registry(settings)
+    calls = None
+    if settings.twilio_account_sid and settings.twilio_auth_token is not None:
+        calls = TwilioCalls(settings)
+    return registry, calls
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    store: CallStore | None = None,
+    azure_credential: AsyncTokenCredential | None = None,
+) -> Starlette:
+    """Builds the relay app. Dependencies may be injected (tests inject a fake Entra credential)."""
+    settings = settings or load_settings()
+    store = store or MemoryStore()
+    registry, twilio_calls = _build_tools(settings)
+    manager = CallManager(
+        settings,
+        store=store,
+        adapter_factory=lambda: make_adapter(settings, azure_credential=azure_credential),
+        registry=registry,
+        twilio_calls=twilio_calls,
+    )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if settings.provider_configured:
+            adapter = manager.adapter
+            log.info("Using %s for voice calls", adapter.display_name)
+            log.info("realtime endpoint: %s", adapter.realtime_url)
+        else:
+            log.warning(
+                "no provider credentials: set OPENAI_API_KEY, or USE_AZURE_OPENAI=true with "
+                "AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT; calls get a spoken apology until then"
+            )
+        if settings.twilio_auth_token is None:
+            log.warning(
+                "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT validated. "
+                "Fine for local development only; set it before exposing the relay."
+            )
+        try:
+            yield
+        finally:
+            await manager.aclose()
+            if twilio_calls is not None:
+                await twilio_calls.aclose()
+            await store.close()
+
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/ready", ready),
+            *webhook_routes,
+            WebSocketRoute("/media-stream", media_stream_endpoint),
+            WebSocketRoute("/media-stream/", media_stream_endpoint),
+        ],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.store = store
+    app.state.manager = manager
+    return app
+
+
+def __getattr__(name: str) -> Any:
+    """`relay.app:app`, built on first access so importing this module never reads the environment."""
+    if name == "app":
+        instance = create_app()
+        globals()["app"] = instance
+        return instance
+    raise AttributeError(name)

@@ -1,0 +1,69 @@
+"""The relay's exception types, in one place.
+
+Each carries a message that tells the user what to do, and a `retryable` flag: 4xx answers are
+final except 408 and 429; timeouts, 5xx and dropped connections are retryable.
+"""
+
+from __future__ import annotations
+
+
+class RelayError(Exception):
+    """Base of every error the relay raises on purpose."""
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, retryable: bool | None = None) -> None:
+        super().__init__(message)
+        if retryable is not None:
+            self.retryable = retryable
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r}, retryable={self.retryable})"
+
+
+class ConfigError(RelayError, ValueError):
+    """The configuration is missing something or contradicts itself."""
+
+
+class ProtocolError(RelayError):
+    """A peer sent something that breaks its protocol (bad JSON, bad base64, wrong order)."""
+
+
+class StreamAuthError(RelayError):
+    """A Media Stream failed its signature or stream-token check."""
+
+
+class ProviderError(RelayError):
+    """The speech provider failed: connect refused, auth, missing deployment, dropped socket."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        if retryable is None:
+            retryable = status is None or status >= 500 or status in (408, 429)
+        super().__init__(message, retryable=retryable)
+        self.status = status
+        self.code = code
+
+
+class ProviderConnectError(ProviderError):
+    """The realtime connection could not be opened."""
+
+
+class ProviderClosedError(ProviderError):
+    """The realtime connection closed during the call."""
+
+
+class ToolError(RelayError):
+    """A tool failed; its message becomes the tool's output to the model."""
+
+
+class StoreError(RelayError):
+    """The call store could not be reached."""
+
+    retryable = True

@@ -1,0 +1,160 @@
+"""`WS /media-stream`: the Twilio side of a call.
+
+Checks `X-Twilio-Signature` on the upgrade and the stream token in `start.customParameters`
+before any provider is contacted (close 1008 otherwise), then hands a `TwilioChannel` to the
+session the manager picks. Bad input never reaches the session: malformed JSON, bad base64,
+binary frames, oversize frames and media before `start` are logged with the stream SID and
+dropped; a stream that keeps sending garbage is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from relay.errors import ProtocolError, StreamAuthError
+from relay.logs import bind_call
+from relay.twilio_messages import MAX_MESSAGE_BYTES, Connected, Start, TwilioEvent, Unknown, parse_message
+from webhooks.signature import websocket_signature_ok
+from webhooks.token import verify_stream_token
+
+log = logging.getLogger("relay.media_stream")
+
+WS_1008_POLICY_VIOLATION = 1008
+WS_1011_INTERNAL_ERROR = 1011
+MAX_BAD_MESSAGES = 50  # a stream sending more garbage than this is closed
+START_TIMEOUT_S = 10.0
+
+
+class TwilioChannel:
+    """The session's view of the Twilio socket: typed events in, text out through one writer task."""
+
+    def __init__(self, websocket: WebSocket, stream_sid: str = "-") -> None:
+        self._ws = websocket
+        self.stream_sid = stream_sid
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+        self._writer: asyncio.Task[None] | None = None
+        self._bad = 0
+        self._unknown_logged: set[str] = set()
+        self.closed = asyncio.Event()
+        self.close_code: int | None = None
+        self.frames_in = 0
+        self.frames_out = 0
+
+    def start_writer(self) -> None:
+        self._writer = asyncio.create_task(self._write_loop(), name=f"twilio-writer-{self.stream_sid}")
+
+    async def _write_loop(self) -> None:
+        try:
+            while (text := await self._queue.get()) is not None:
+                await self._ws.send_text(text)
+                self.frames_out += 1
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self.closed.set()
+
+    def send(self, text: str) -> None:
+        """Queues one message for Twilio (never blocks the caller)."""
+        if not self.closed.is_set():
+            self._queue.put_nowait(text)
+
+    async def receive(self) -> TwilioEvent | None:
+        """The next valid event; None once the socket is closed. Bad messages are logged and skipped."""
+        while not self.closed.is_set():
+            try:
+                message = await self._ws.receive()
+            except (RuntimeError, OSError):
+                break
+            if message["type"] == "websocket.disconnect":
+                self.close_code = message.get("code")
+                break
+            event = self._parse(message)
+            if event is not None:
+                return event
+        self.closed.set()
+        return None
+
+    def _parse(self, message: Mapping[str, Any]) -> TwilioEvent | None:
+        text = message.get("text")
+        try:
+            if text is None:
+                raise ProtocolError("binary frame received; Media Streams sends JSON text frames only")
+            event = parse_message(text)
+        except ProtocolError as exc:
+            self._bad += 1
+            log.warning("dropped bad Twilio message: %s", exc, extra={"bad_messages": self._bad})
+            if self._bad > MAX_BAD_MESSAGES:
+                log.error("closing stream: more than %d bad messages", MAX_BAD_MESSAGES)
+                self.closed.set()
+            return None
+        if isinstance(event, Unknown):
+            if event.event not in self._unknown_logged:
+                self._unknown_logged.add(event.event)
+                log.info("ignoring unknown Twilio event %r (logged once)", event.event)
+            return None
+        self.frames_in += 1
+        return event
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Flushes queued messages, then closes the socket (idempotent)."""
+        self._queue.put_nowait(None)
+        if self._writer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._writer, timeout=2.0)
+        self.closed.set()
+        if self._ws.application_state == WebSocketState.CONNECTED:
+            with contextlib.suppress(Exception):
+                await self._ws.close(code=code, reason=reason)
+
+
+async def _await_start(channel: TwilioChannel) -> Start | None:
+    """Reads until `start`; media or marks before it are protocol errors and are dropped."""
+    while (event := await channel.receive()) is not None:
+        if isinstance(event, Start):
+            return event
+        if not isinstance(event, Connected):
+            log.warning("dropped %s before 'start': the stream has not started", type(event).__name__.lower())
+    return None
+
+
+async def media_stream_endpoint(websocket: WebSocket) -> None:
+    app = websocket.app
+    settings = app.state.settings
+    if not websocket_signature_ok(websocket, settings):
+        log.warning("rejected Media Stream: missing or invalid X-Twilio-Signature on the upgrade")
+        await websocket.accept()  # then close with 1008, so the peer sees a policy violation, not a 403
+        await websocket.close(code=WS_1008_POLICY_VIOLATION, reason="invalid signature")
+        return
+    await websocket.accept()
+    channel = TwilioChannel(websocket)
+    try:
+        start = await asyncio.wait_for(_await_start(channel), timeout=START_TIMEOUT_S)
+    except TimeoutError:
+        start = None
+        log.warning("no 'start' within %.0f s; closing", START_TIMEOUT_S)
+    if start is None:
+        await channel.close(WS_1008_POLICY_VIOLATION, "no start")
+        return
+    channel.stream_sid = start.stream_sid
+    with bind_call(start.call_sid, start.stream_sid):
+        try:
+            verify_stream_token(start.custom_parameters.get("token", ""), start.call_sid, settings)
+        except StreamAuthError as exc:
+            log.warning("rejected Media Stream: %s", exc)
+            await channel.close(WS_1008_POLICY_VIOLATION, "invalid stream token")
+            return
+        channel.start_writer()
+        try:
+            await app.state.manager.run_call(start, channel)
+        except Exception:
+            log.exception("call failed")
+            await channel.close(WS_1011_INTERNAL_ERROR, "internal error")
+        else:
+            await channel.close()
+
+
+__all__ = ["MAX_MESSAGE_BYTES", "TwilioChannel", "media_stream_endpoint"]

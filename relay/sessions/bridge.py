@@ -1,0 +1,364 @@
+"""The realtime bridge core: sans-I/O. Twilio events and neutral backend events in; text to send out.
+
+Inputs are methods (`on_media`, `on_mark`, `on_backend`, `on_tool_output`, `provider_opened`);
+outputs accumulate in three outboxes the I/O shell drains after every input: `to_twilio` and
+`to_provider` (ready-to-send JSON text) and `effects` (tool runs, transcript turns, notices).
+The audio path never decodes: Twilio's base64 μ-law goes to the provider as it came, and the
+provider's base64 μ-law goes to Twilio as it came.
+
+Response discipline, so `conversation_already_has_active_response` cannot happen: a
+`response.create` is sent only when no response is active and none is expected (we asked for one,
+or server VAD is about to create one after the caller stopped speaking). Tool outputs are sent as
+they finish; one `response.create` follows when every output of the response is sent and the
+response is done.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from relay.sessions import events as ev
+from relay.sessions.playback import PlaybackTracker
+from relay.twilio_messages import Media, clear_message, mark_message, media_message
+
+log = logging.getLogger("relay.bridge")
+
+PREBUFFER_FRAMES = 100  # about 2 s of 20 ms frames held until the provider is ready
+EXPECT_RESPONSE_S = 3.0  # how long server VAD gets to create its response after speech stopped
+MS_PER_CHAR = 60.0  # speaking-rate estimate, for cutting a transcript whose audio is still arriving
+
+
+# --- effects the shell carries out ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RunTool:
+    call: ev.ToolCall
+
+
+@dataclass(frozen=True, slots=True)
+class SaveTurn:
+    role: Literal["user", "assistant"]
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """Something worth counting or reacting to: barge_in, truncate, fault, session_expired, ..."""
+
+    kind: str
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+Effect = RunTool | SaveTurn | Notice
+
+
+def b64_len(payload: str) -> int:
+    """Decoded size of a base64 string without decoding it."""
+    n = len(payload)
+    return n * 3 // 4 - (payload.endswith("=") + payload.endswith("=="))
+
+
+def cut_text(text: str, heard_ms: int, total_ms: float) -> str:
+    """The part of `text` spoken in the first `heard_ms` of `total_ms` of audio, at a word boundary."""
+    if total_ms <= 0 or heard_ms <= 0:
+        return ""
+    if heard_ms >= total_ms:
+        return text
+    keep = int(len(text) * heard_ms / total_ms)
+    head = text[:keep]
+    if keep < len(text) and not text[keep].isspace() and " " in head:
+        head = head[: head.rindex(" ")]
+    return head.rstrip()
+
+
+@dataclass(slots=True)
+class _Item:
+    text: str = ""
+    final: str | None = None
+    audio_done: bool = False
+    closed: bool = False  # its turn was saved (played out or cut)
+
+
+class BridgeCore:
+    """One call's realtime state machine."""
+
+    def __init__(
+        self,
+        *,
+        stream_sid: str,
+        session_update: dict[str, Any],
+        greeting: str | None = None,
+        auto_response: bool = True,
+    ) -> None:
+        self.stream_sid = stream_sid
+        self._session_update = session_update
+        self._greeting = greeting
+        self._auto_response = auto_response
+        self.to_twilio: list[str] = []
+        self.to_provider: list[str] = []
+        self.effects: list[Effect] = []
+        self.playback = PlaybackTracker()
+        self.provider_ready = False
+        self._prebuffer: deque[str] = deque(maxlen=PREBUFFER_FRAMES)
+        self.prebuffer_dropped = 0
+        self._active: str | None = None  # response id
+        self._expect_since: float | None = None  # a response.create or server-VAD response is coming
+        self._want_response = False
+        self._pending_tools: dict[str, str] = {}  # call_id -> response_id
+        self._tool_responses: set[str] = set()  # responses that called tools and are not finished
+        self._cut_responses: set[str] = set()
+        self._cut_items: set[str] = set()
+        self._items: dict[str, _Item] = {}
+        self._item_order: list[str] = []
+        self._current_item = ""
+        self._logged_other: set[str] = set()
+        self.greeting_sent = False
+        self.audio_chunks_out = 0
+
+    # --- provider lifecycle ---------------------------------------------------------------------
+    def provider_opened(self, now: float, *, greet: bool = True) -> None:
+        """The provider socket is open: configure it, greet, and flush audio buffered meanwhile."""
+        self.provider_ready = True
+        self.to_provider.append(orjson.dumps(self._session_update).decode())
+        if greet and self._greeting and not self.greeting_sent:
+            self.greeting_sent = True
+            self._request_response(now, {"instructions": self._greeting})
+        while self._prebuffer:
+            self.to_provider.append(_append_event(self._prebuffer.popleft()))
+
+    def provider_lost(self) -> None:
+        """The provider socket is gone: forget response state; audio buffers until reopened."""
+        self.provider_ready = False
+        self._active = None
+        self._expect_since = None
+        self._pending_tools.clear()
+        self._tool_responses.clear()
+        self._want_response = False
+
+    # --- Twilio side ----------------------------------------------------------------------------
+    def on_media(self, media: Media) -> None:
+        if self.provider_ready:
+            self.to_provider.append(_append_event(media.payload))
+        else:
+            if len(self._prebuffer) == PREBUFFER_FRAMES:
+                self.prebuffer_dropped += 1
+            self._prebuffer.append(media.payload)
+
+    def on_mark(self, name: str, now: float) -> None:
+        if self.playback.on_mark(name, now) and not self.playback.outstanding:
+            self._close_played_items()
+            self.effects.append(Notice("playback_idle"))
+
+    # --- backend side ---------------------------------------------------------------------------
+    def on_backend(self, event: ev.BackendEvent, now: float) -> None:
+        if isinstance(event, ev.AudioOut):
+            self._on_audio(event, now)
+        elif isinstance(event, ev.Transcript):
+            self._on_transcript(event)
+        elif isinstance(event, ev.Interrupted):
+            self._on_interrupted(now)
+        elif isinstance(event, ev.SpeechEnded):
+            if self._auto_response:
+                self._expect_since = now
+        elif isinstance(event, ev.ResponseStarted):
+            self._active = event.response_id
+            self._expect_since = None
+        elif isinstance(event, ev.ResponseDone):
+            self._on_response_done(event, now)
+        elif isinstance(event, ev.ToolCall):
+            self._on_tool_call(event)
+        elif isinstance(event, ev.ProviderFault):
+            self._on_fault(event)
+        elif isinstance(event, ev.Other) and event.type not in self._logged_other:
+            self._logged_other.add(event.type)
+            log.info("ignoring provider event %s (logged once)", event.type)
+
+    def _on_audio(self, event: ev.AudioOut, now: float) -> None:
+        if event.response_id in self._cut_responses or event.item_id in self._cut_items:
+            return  # audio of an interrupted response still in flight
+        if event.item_id not in self._items:
+            self._items[event.item_id] = _Item()
+            self._item_order.append(event.item_id)
+        self._current_item = event.item_id
+        self.audio_chunks_out += 1
+        mark = self.playback.on_audio_sent(event.item_id, b64_len(event.payload), now)
+        self.to_twilio.append(media_message(self.stream_sid, event.payload))
+        self.to_twilio.append(mark_message(self.stream_sid, mark))
+
+    def _on_transcript(self, event: ev.Transcript) -> None:
+        if event.role == "user":
+            if event.text:
+                self.effects.append(SaveTurn("user", event.text, {"item_id": event.item_id}))
+            return
+        item = self._items.get(event.item_id)
+        if item is None:
+            item = self._items[event.item_id] = _Item()
+            self._item_order.append(event.item_id)
+        if event.final:
+            item.final = event.text or item.text
+            if not self.playback.outstanding or event.item_id not in self.playback.pending_items():
+                self._close_played_items()
+        else:
+            item.text += event.text
+
+    def _on_interrupted(self, now: float) -> None:
+        if self._active is None and not self.playback.outstanding:
+            return
+        self.effects.append(Notice("barge_in"))
+        if self._active is not None:
+            self._cut_responses.add(self._active)
+        cut = self.playback.interrupt(now, self._current_item or None)
+        self.to_twilio.append(clear_message(self.stream_sid))
+        if cut is None:
+            return
+        self._cut_items.add(cut.item_id)
+        if cut.audio_end_ms > 0:
+            self.to_provider.append(
+                orjson.dumps(
+                    {
+                        "type": "conversation.item.truncate",
+                        "item_id": cut.item_id,
+                        "content_index": 0,
+                        "audio_end_ms": cut.audio_end_ms,
+                    }
+                ).decode()
+            )
+            self.effects.append(
+                Notice("truncate", {"item_id": cut.item_id, "audio_end_ms": cut.audio_end_ms})
+            )
+        else:
+            self._delete_item(cut.item_id)
+        for item_id in cut.unheard:
+            self._cut_items.add(item_id)
+            self._delete_item(item_id)
+        self._save_cut(cut.item_id, cut.audio_end_ms, cut.sent_ms)
+
+    def _delete_item(self, item_id: str) -> None:
+        """Nothing of it was heard: remove it from the model's context (no invalid truncate)."""
+        self.to_provider.append(
+            orjson.dumps({"type": "conversation.item.delete", "item_id": item_id}).decode()
+        )
+        item = self._items.get(item_id)
+        if item is not None:
+            item.closed = True
+
+    def _save_cut(self, item_id: str, heard_ms: int, sent_ms: int) -> None:
+        item = self._items.get(item_id)
+        if item is None or item.closed:
+            return
+        item.closed = True
+        text = item.final if item.final is not None else item.text
+        total = sent_ms if item.audio_done or item.final is None else max(sent_ms, len(text) * MS_PER_CHAR)
+        heard_text = cut_text(text, heard_ms, total)
+        if heard_text:
+            meta = {"item_id": item_id, "interrupted": True, "heard_ms": heard_ms}
+            self.effects.append(SaveTurn("assistant", heard_text, meta))
+
+    def _close_played_items(self) -> None:
+        """Saves the assistant turns whose transcript is final and whose audio has fully played."""
+        playing = self.playback.pending_items()
+        for item_id in self._item_order:
+            item = self._items[item_id]
+            if item.closed or item.final is None or item_id in playing:
+                continue
+            item.closed = True
+            if item.final:
+                self.effects.append(SaveTurn("assistant", item.final, {"item_id": item_id}))
+        self._item_order = [i for i in self._item_order if not self._items[i].closed]
+
+    def _on_response_done(self, event: ev.ResponseDone, now: float) -> None:
+        if event.response_id == self._active:
+            self._active = None
+        self.effects.append(
+            Notice("response_done", {"response_id": event.response_id, "status": event.status})
+        )
+        for item_id in self._item_order:
+            if item_id == self._current_item:
+                self._items[item_id].audio_done = True
+        if event.status == "failed":
+            self.effects.append(Notice("response_failed", {"error": event.error or {}}))
+        if event.response_id in self._tool_responses:
+            self._tool_responses.discard(event.response_id)
+            if event.response_id not in self._cut_responses:
+                self._want_response = True
+        self._maybe_continue(now)
+
+    def _on_tool_call(self, call: ev.ToolCall) -> None:
+        if call.response_id in self._cut_responses:
+            log.info("skipping tool call %s of an interrupted response", call.name)
+            return
+        self._pending_tools[call.call_id] = call.response_id
+        self._tool_responses.add(call.response_id)
+        self.effects.append(RunTool(call))
+
+    def on_tool_output(self, call_id: str, output: str, now: float) -> None:
+        """A tool finished: send its output; continue the conversation when all are in."""
+        if self._pending_tools.pop(call_id, None) is None and not self.provider_ready:
+            return
+        item = {"type": "function_call_output", "call_id": call_id, "output": output}
+        self.to_provider.append(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
+        self._maybe_continue(now)
+
+    def _maybe_continue(self, now: float) -> None:
+        if not self._want_response or self._pending_tools:
+            return
+        if self._active is not None:
+            return
+        if self._expect_since is not None and now - self._expect_since < EXPECT_RESPONSE_S:
+            return
+        self._want_response = False
+        self._request_response(now, None)
+
+    def _request_response(self, now: float, response: dict[str, Any] | None) -> None:
+        self._expect_since = now
+        event: dict[str, Any] = {"type": "response.create"}
+        if response:
+            event["response"] = response
+        self.to_provider.append(orjson.dumps(event).decode())
+
+    def tick(self, now: float) -> None:
+        """Called periodically by the shell: retries a response.create held back by a stale expectation."""
+        self._maybe_continue(now)
+
+    def _on_fault(self, fault: ev.ProviderFault) -> None:
+        level = logging.ERROR if fault.code == "conversation_already_has_active_response" else logging.WARNING
+        log.log(level, "provider error %s: %s", fault.code, fault.message)
+        self.effects.append(Notice("fault", {"code": fault.code, "message": fault.message}))
+        if fault.code == "session_expired":
+            self.effects.append(Notice("session_expired"))
+
+    # --- end of call ----------------------------------------------------------------------------
+    def finish(self, now: float) -> None:
+        """The call is ending: save what the caller heard of agent turns still open."""
+        playing = self.playback.pending_items()
+        for item_id in list(self._item_order):
+            item = self._items[item_id]
+            if item.closed:
+                continue
+            if item_id in playing or item.final is None:
+                self._save_cut(item_id, self.playback.heard_ms(item_id, now), self.playback.sent_ms(item_id))
+            else:
+                item.closed = True
+                if item.final:
+                    self.effects.append(SaveTurn("assistant", item.final, {"item_id": item_id}))
+
+    @property
+    def response_active(self) -> bool:
+        return self._active is not None
+
+    def drain(self) -> tuple[list[str], list[str], list[Effect]]:
+        """Takes everything queued by the last inputs."""
+        out = (self.to_twilio, self.to_provider, self.effects)
+        self.to_twilio, self.to_provider, self.effects = [], [], []
+        return out
+
+
+def _append_event(payload: str) -> str:
+    return '{"type":"input_audio_buffer.append","audio":"' + payload + '"}'

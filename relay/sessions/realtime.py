@@ -1,0 +1,232 @@
+"""The realtime bridge's I/O shell: sockets, tasks and writers around `BridgeCore`.
+
+One reader task per socket feeds the core; one writer task per socket drains a queue. When either
+side ends, the other is cancelled and everything is closed: a Twilio `stop` or disconnect closes
+the provider socket at once (close timeout 1 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
+
+from relay.config import Settings
+from relay.errors import ProviderClosedError
+from relay.sessions import events as ev
+from relay.sessions.bridge import BridgeCore, Effect, Notice, RunTool, SaveTurn
+from relay.sessions.dialects import parse_event, session_update
+from relay.sessions.providers import ProviderAdapter
+from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
+
+log = logging.getLogger("relay.realtime")
+
+Clock = Callable[[], float]
+
+
+def realtime_session(settings: Settings, tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The GA session configuration for a Twilio call: μ-law both ways, no transcoding."""
+    if settings.turn_detection == "semantic_vad":
+        turn: dict[str, Any] = {"type": "semantic_vad", "eagerness": settings.vad_eagerness}
+    else:
+        turn = {
+            "type": "server_vad",
+            "threshold": settings.vad_threshold,
+            "prefix_padding_ms": settings.vad_prefix_padding_ms,
+            "silence_duration_ms": settings.vad_silence_duration_ms,
+        }
+    turn.update(create_response=True, interrupt_response=True)
+    audio_in: dict[str, Any] = {"format": {"type": "audio/pcmu"}, "turn_detection": turn}
+    if settings.input_transcription_model:
+        audio_in["transcription"] = {"model": settings.input_transcription_model}
+    audio_in["noise_reduction"] = (
+        None if settings.noise_reduction == "off" else {"type": settings.noise_reduction}
+    )
+    voice = settings.openai_voice
+    return {
+        "type": "realtime",
+        "instructions": settings.instructions,
+        "output_modalities": ["audio"],
+        "audio": {"input": audio_in, "output": {"format": {"type": "audio/pcmu"}, "voice": voice}},
+        "tools": tools,
+        "tool_choice": "auto",
+    }
+
+
+@dataclass
+class CallStats:
+    """Per-call figures the manager turns into metrics and the record."""
+
+    connect_ms: float | None = None
+    first_audio_ms: float | None = None
+    frames_in: int = 0
+    frames_out: int = 0
+    barge_ins: int = 0
+    truncates: int = 0
+    faults: list[str] = field(default_factory=list)
+
+
+class RealtimeSession:
+    """Bridges one Twilio stream to one realtime provider connection."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        adapter: ProviderAdapter,
+        start: Start,
+        twilio: Any,  # relay.media_stream.TwilioChannel
+        tools: list[dict[str, Any]],
+        on_effect: Callable[[Effect], None],
+        clock: Clock = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.adapter = adapter
+        self.start = start
+        self.twilio = twilio
+        self.clock = clock
+        self.on_effect = on_effect
+        greeting = settings.greeting if settings.greeting_enabled else None
+        if greeting:
+            greeting = f"{settings.instructions}\n\n{greeting}"
+        update = session_update(realtime_session(settings, tools), adapter.dialect)
+        self.core = BridgeCore(stream_sid=start.stream_sid, session_update=update, greeting=greeting)
+        self.stats = CallStats()
+        self._provider: ClientConnection | None = None
+        self._provider_q: asyncio.Queue[str] = asyncio.Queue()
+        self._t0 = clock()
+        self.ended_by = ""
+
+    # --- plumbing -------------------------------------------------------------------------------
+    def flush(self) -> None:
+        """Moves the core's outboxes to the writers and carries out its effects."""
+        to_twilio, to_provider, effects = self.core.drain()
+        for text in to_twilio:
+            self.twilio.send(text)
+        if self.stats.first_audio_ms is None and self.core.audio_chunks_out:
+            self.stats.first_audio_ms = (self.clock() - self._t0) * 1000
+        for text in to_provider:
+            self._provider_q.put_nowait(text)
+        for effect in effects:
+            if isinstance(effect, Notice):
+                if effect.kind == "barge_in":
+                    self.stats.barge_ins += 1
+                elif effect.kind == "truncate":
+                    self.stats.truncates += 1
+                elif effect.kind == "fault":
+                    self.stats.faults.append(str(effect.detail.get("code")))
+            self.on_effect(effect)
+
+    def tool_finished(self, call_id: str, output: str) -> None:
+        self.core.on_tool_output(call_id, output, self.clock())
+        self.flush()
+
+    # --- tasks ----------------------------------------------------------------------------------
+    async def _read_twilio(self) -> str:
+        while (event := await self.twilio.receive()) is not None:
+            if isinstance(event, Media):
+                self.stats.frames_in += 1
+                self.core.on_media(event)
+            elif isinstance(event, Mark):
+                self.core.on_mark(event.name, self.clock())
+            elif isinstance(event, Stop):
+                return "twilio_stop"
+            elif isinstance(event, Dtmf):
+                log.info("caller pressed %s", event.digit)
+                continue
+            else:
+                continue
+            self.flush()
+        return "twilio_closed"
+
+    async def _read_provider(self, conn: ClientConnection) -> str:
+        dialect = self.adapter.dialect
+        try:
+            async for data in conn:
+                try:
+                    event = parse_event(data, dialect)
+                except ValueError as exc:
+                    log.warning("dropped malformed provider event: %s", exc)
+                    continue
+                if isinstance(event, ev.AudioOut):
+                    self.stats.frames_out += 1
+                self.core.on_backend(event, self.clock())
+                self.flush()
+        except ConnectionClosed:
+            pass
+        code = conn.close_code
+        raise ProviderClosedError(
+            f"{self.adapter.display_name} closed the realtime connection (code {code}, "
+            f"reason {conn.close_reason!r})",
+            status=None,
+        )
+
+    async def _write_provider(self, conn: ClientConnection) -> None:
+        queue = self._provider_q
+        while True:
+            text = await queue.get()
+            await conn.send(text)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.core.tick(self.clock())
+            self.flush()
+
+    async def run(self) -> str:
+        """Runs the call until either side ends; returns why it ended."""
+        connect = asyncio.create_task(self.adapter.connect_realtime())
+        twilio_reader = asyncio.create_task(self._read_twilio())
+        tasks: list[asyncio.Task[Any]] = [twilio_reader]
+        try:
+            done, _ = await asyncio.wait({connect, twilio_reader}, return_when=asyncio.FIRST_COMPLETED)
+            if twilio_reader in done:
+                self.ended_by = twilio_reader.result()
+                return self.ended_by
+            conn = connect.result()  # raises ProviderConnectError
+            self._provider = conn
+            self.stats.connect_ms = (self.clock() - self._t0) * 1000
+            self.core.provider_opened(self.clock())
+            self.flush()
+            provider_reader = asyncio.create_task(self._read_provider(conn))
+            tasks += [
+                provider_reader,
+                asyncio.create_task(self._write_provider(conn)),
+                asyncio.create_task(self._tick()),
+            ]
+            done, _ = await asyncio.wait(
+                {twilio_reader, provider_reader}, return_when=asyncio.FIRST_COMPLETED
+            )
+            if twilio_reader in done:
+                self.ended_by = twilio_reader.result()
+                return self.ended_by
+            provider_reader.result()  # raises ProviderClosedError
+            return "provider_closed"
+        finally:
+            connect.cancel()
+            for task in tasks:
+                task.cancel()
+            for task in [connect, *tasks]:
+                with contextlib.suppress(BaseException):
+                    await task
+            if (
+                connect.done()
+                and not connect.cancelled()
+                and connect.exception() is None
+                and self._provider is None
+            ):
+                await connect.result().close()
+            if self._provider is not None:
+                await self._provider.close()
+            self.core.finish(self.clock())
+            self.flush()
+
+
+__all__ = ["CallStats", "RealtimeSession", "RunTool", "SaveTurn", "realtime_session"]

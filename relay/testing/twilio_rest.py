@@ -1,0 +1,157 @@
+"""A fake of Twilio's REST call update (`POST /2010-04-01/Accounts/{sid}/Calls/{CallSid}.json`).
+
+It checks HTTP Basic auth (account SID and auth token), reads the form fields `Status` / `Twiml`,
+records each update and answers a call resource. Errors use Twilio's JSON shape
+`{code, message, more_info, status}`. Failure knob: `status` (answer that HTTP status instead).
+
+    fake = FakeTwilioRest()
+    async with fake.serve() as url:        # TWILIO_API_BASE_URL=url
+        ...
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from relay.testing.server import serve_app
+
+__all__ = ["CallUpdate", "FakeTwilioRest", "TwilioRestRequest"]
+
+API_VERSION = "2010-04-01"
+# status -> (Twilio error code, message)
+_ERRORS = {
+    400: (21220, "Call is not in-progress. Cannot redirect."),
+    401: (20003, "Authenticate"),
+    403: (20403, "Forbidden"),
+    404: (20404, "The requested resource was not found"),
+    429: (20429, "Too Many Requests"),
+    500: (20500, "Internal Server Error"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TwilioRestRequest:
+    """One request the fake received, authenticated or not."""
+
+    account_sid: str
+    call_sid: str
+    username: str | None
+    password: str | None
+    form: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class CallUpdate:
+    """An accepted update of a call."""
+
+    account_sid: str
+    call_sid: str
+    form: dict[str, str]
+
+    @property
+    def status(self) -> str | None:
+        return self.form.get("Status")
+
+    @property
+    def twiml(self) -> str | None:
+        return self.form.get("Twiml")
+
+
+@dataclass
+class FakeTwilioRest:
+    """Scripted Twilio REST API for call updates."""
+
+    account_sid: str = "AC" + "0" * 32
+    auth_token: str = "test-auth-token"
+    status: int | None = None
+    """Failure knob: answer authenticated requests with this HTTP status (400, 404, 500…)."""
+    requests: list[TwilioRestRequest] = field(default_factory=list)
+    updates: list[CallUpdate] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        path = f"/{API_VERSION}/Accounts/{{account_sid}}/Calls/{{call_sid}}.json"
+        self.app = Starlette(routes=[Route(path, self._update_call, methods=["POST"])])
+
+    @contextlib.asynccontextmanager
+    async def serve(self) -> AsyncIterator[str]:
+        """Serves the fake; yields its base URL (`http://127.0.0.1:PORT`)."""
+        async with serve_app(self.app) as url:
+            yield url
+
+    async def _update_call(self, request: Request) -> JSONResponse:
+        account_sid = request.path_params["account_sid"]
+        call_sid = request.path_params["call_sid"]
+        form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
+        username, password = _basic_auth(request.headers.get("authorization", ""))
+        self.requests.append(TwilioRestRequest(account_sid, call_sid, username, password, form))
+        if not (
+            username is not None
+            and password is not None
+            and secrets.compare_digest(username, self.account_sid)
+            and secrets.compare_digest(password, self.auth_token)
+        ):
+            return _error(401)
+        if account_sid != self.account_sid:
+            return _error(404)
+        if self.status is not None and self.status != 200:
+            return _error(self.status)
+        if "Status" not in form and "Twiml" not in form and "Url" not in form:
+            return _error(400, "Nothing to update: send Status, Twiml or Url.", code=21201)
+        self.updates.append(CallUpdate(account_sid, call_sid, form))
+        return JSONResponse(_call_resource(account_sid, call_sid, form))
+
+
+def _basic_auth(header: str) -> tuple[str | None, str | None]:
+    scheme, _, encoded = header.partition(" ")
+    if scheme.lower() != "basic" or not encoded:
+        return None, None
+    try:
+        decoded = base64.b64decode(encoded, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None, None
+    username, sep, password = decoded.partition(":")
+    return (username, password) if sep else (None, None)
+
+
+def _error(status: int, message: str | None = None, *, code: int | None = None) -> JSONResponse:
+    default_code, default_message = _ERRORS.get(status, (status * 100, f"HTTP {status}"))
+    code = code or default_code
+    body = {
+        "code": code,
+        "message": message or default_message,
+        "more_info": f"https://www.twilio.com/docs/errors/{code}",
+        "status": status,
+    }
+    return JSONResponse(body, status_code=status)
+
+
+def _call_resource(account_sid: str, call_sid: str, form: dict[str, str]) -> dict[str, Any]:
+    uri = f"/{API_VERSION}/Accounts/{account_sid}/Calls/{call_sid}.json"
+    return {
+        "sid": call_sid,
+        "account_sid": account_sid,
+        "status": "completed" if form.get("Status") == "completed" else "in-progress",
+        "direction": "inbound",
+        "from": "+15550001111",
+        "to": "+15550002222",
+        "api_version": API_VERSION,
+        "date_created": "Mon, 01 Jan 2024 00:00:00 +0000",
+        "date_updated": "Mon, 01 Jan 2024 00:00:00 +0000",
+        "start_time": "Mon, 01 Jan 2024 00:00:00 +0000",
+        "end_time": None,
+        "duration": None,
+        "uri": uri,
+        "subresource_uris": {},
+    }

@@ -1,0 +1,165 @@
+"""Live-call control over Twilio's REST API: hang up, or replace the call's TwiML (transfer).
+
+Uses the twilio package's async client. The REST base URL comes from TWILIO_API_BASE_URL: it is
+set as the `base_url` of the client's `Api` domain (`client.api.base_url`), which is where the
+twilio package builds every `api.twilio.com` URL (`Domain.absolute_url`), so tests and demos can
+point it at a local fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from types import TracebackType
+from typing import Any
+
+import aiohttp
+from twilio.auth_strategy.auth_strategy import AuthStrategy
+from twilio.auth_strategy.auth_type import AuthType
+from twilio.base.exceptions import TwilioRestException, TwilioServiceException
+from twilio.credential.credential_provider import CredentialProvider
+from twilio.http.async_http_client import AsyncTwilioHttpClient
+from twilio.rest import Client
+
+from relay.config import Settings
+from relay.errors import ConfigError, ToolError
+
+__all__ = ["DEFAULT_TWILIO_API_BASE_URL", "TwilioCalls"]
+
+DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
+
+
+class _BasicAuth(AuthStrategy, CredentialProvider):
+    """Account SID + auth token as a ready `Authorization: Basic …` header.
+
+    Given as the client's `credential_provider`, it makes the twilio package send the header
+    itself instead of handing `(sid, token)` to `AsyncTwilioHttpClient`, which wraps it in
+    `aiohttp.BasicAuth` (deprecated since aiohttp 3.14: a DeprecationWarning on every request).
+    """
+
+    def __init__(self, account_sid: str, auth_token: str) -> None:
+        AuthStrategy.__init__(self, AuthType.BASIC)
+        pair = f"{account_sid}:{auth_token}".encode()
+        self._header = "Basic " + base64.b64encode(pair).decode("ascii")
+
+    def to_auth_strategy(self) -> AuthStrategy:
+        return self
+
+    def get_auth_string(self) -> str:
+        return self._header
+
+    def requires_authentication(self) -> bool:
+        return True
+
+
+class TwilioCalls:
+    """Hangs up or redirects live calls of the configured account.
+
+    Create it inside a running event loop (the aiohttp session is opened on first use) and close
+    it with `aclose()` or `async with`. Every failure raises `ToolError` with a readable message.
+    """
+
+    def __init__(self, settings: Settings, *, timeout: float = 10.0) -> None:
+        token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
+        if not (settings.twilio_account_sid and token):
+            raise ConfigError(
+                "Call control needs TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN (Twilio console, Account info)."
+            )
+        self._account_sid = settings.twilio_account_sid
+        self._auth_token = token
+        self._base_url = settings.twilio_api_base_url or DEFAULT_TWILIO_API_BASE_URL
+        self._timeout = timeout
+        self._http: AsyncTwilioHttpClient | None = None
+        self._client: Client | None = None
+
+    @staticmethod
+    def is_configured(settings: Settings) -> bool:
+        """True when the settings carry an account SID and an auth token."""
+        token = settings.twilio_auth_token
+        return bool(settings.twilio_account_sid and token is not None and token.get_secret_value())
+
+    @property
+    def base_url(self) -> str:
+        """The REST API base URL in use."""
+        return self._base_url
+
+    def _rest(self) -> Client:
+        if self._client is None:
+            self._http = AsyncTwilioHttpClient()
+            client = Client(
+                self._account_sid,
+                self._auth_token,
+                http_client=self._http,
+                credential_provider=_BasicAuth(self._account_sid, self._auth_token),
+            )
+            client.api.base_url = self._base_url
+            if self._base_url != DEFAULT_TWILIO_API_BASE_URL:
+                # TWILIO_EDGE / TWILIO_REGION would rewrite the host into `api.<edge>.<region>...`.
+                client.edge = None
+                client.region = None
+            self._client = client
+        return self._client
+
+    async def hang_up(self, call_sid: str) -> None:
+        """Ends the call now (`Status=completed`)."""
+        await self._update(call_sid, "hang up", status="completed")
+
+    async def redirect(self, call_sid: str, twiml: str) -> None:
+        """Replaces the call's TwiML (e.g. `<Response><Dial>…</Dial></Response>`); the stream ends."""
+        await self._update(call_sid, "redirect", twiml=twiml)
+
+    async def _update(self, call_sid: str, action: str, **fields: Any) -> None:
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._rest().calls(call_sid).update_async(**fields)
+        except (TwilioRestException, TwilioServiceException) as exc:
+            raise _rest_error(exc, call_sid, action) from exc
+        except TimeoutError as exc:
+            raise ToolError(
+                f"Twilio did not answer the {action} request for call {call_sid} within "
+                f"{self._timeout:g} s ({self._base_url}).",
+                retryable=True,
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise ToolError(
+                f"Could not reach the Twilio REST API at {self._base_url} to {action} call {call_sid}: "
+                f"{type(exc).__name__}: {exc}",
+                retryable=True,
+            ) from exc
+
+    async def aclose(self) -> None:
+        """Closes the HTTP session; idempotent."""
+        http, self._http, self._client = self._http, None, None
+        if http is not None:
+            await http.close()
+
+    async def __aenter__(self) -> TwilioCalls:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _rest_error(exc: TwilioRestException | TwilioServiceException, call_sid: str, action: str) -> ToolError:
+    status = int(exc.status)
+    detail = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
+    code = f", Twilio error {exc.code}" if exc.code else ""
+    suffix = f" (HTTP {status}{code}: {detail})"
+    if status == 401:
+        message = "Twilio rejected TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN; check them in the Twilio console"
+    elif status == 403:
+        message = f"Twilio refused to {action} call {call_sid} for this account"
+    elif status == 404:
+        message = f"Twilio has no call {call_sid} on this account (it may have ended already)"
+    elif status == 400:
+        message = f"Twilio could not {action} call {call_sid} (is it still in progress?)"
+    elif status == 429:
+        message = f"Twilio rate-limited the {action} request for call {call_sid}"
+    else:
+        message = f"Twilio failed to {action} call {call_sid}"
+    return ToolError(message + suffix, retryable=status >= 500 or status in (408, 429))

@@ -1,0 +1,164 @@
+"""BridgeCore without sockets: events in, outboxes out."""
+
+import base64
+
+import orjson
+
+from relay.sessions import events as ev
+from relay.sessions.bridge import BridgeCore, Notice, RunTool, SaveTurn, b64_len, cut_text
+from relay.twilio_messages import Media
+
+PAYLOAD = base64.b64encode(b"\xff" * 160).decode()  # one 20 ms frame
+
+
+def core(greeting: str | None = "Say hi") -> BridgeCore:
+    return BridgeCore(
+        stream_sid="MZ1", session_update={"type": "session.update", "session": {}}, greeting=greeting
+    )
+
+
+def sent(texts: list[str]) -> list[dict]:
+    return [orjson.loads(t) for t in texts]
+
+
+def test_b64_len_matches_decoding() -> None:
+    import base64
+
+    for n in range(0, 50):
+        assert b64_len(base64.b64encode(bytes(n)).decode()) == n
+
+
+def test_audio_before_provider_is_buffered_then_flushed_after_session_update() -> None:
+    c = core()
+    for i in range(3):
+        c.on_media(Media(payload=PAYLOAD, timestamp=i * 20, size=160))
+    assert c.drain()[1] == []
+    c.provider_opened(0.0)
+    out = sent(c.drain()[1])
+    assert [e["type"] for e in out] == ["session.update", "response.create"] + [
+        "input_audio_buffer.append"
+    ] * 3
+    assert out[1]["response"]["instructions"] == "Say hi"
+    assert out[2]["audio"] == PAYLOAD  # passed through untouched
+
+
+def test_prebuffer_is_bounded() -> None:
+    c = core(None)
+    for i in range(150):
+        c.on_media(Media(payload=PAYLOAD, timestamp=i * 20, size=160))
+    c.provider_opened(0.0)
+    assert len(c.drain()[1]) == 1 + 100
+    assert c.prebuffer_dropped == 50
+
+
+def test_audio_out_goes_to_twilio_with_a_mark() -> None:
+    c = core(None)
+    c.provider_opened(0.0)
+    c.drain()
+    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
+    tw = sent(c.drain()[0])
+    assert tw[0] == {"event": "media", "streamSid": "MZ1", "media": {"payload": PAYLOAD}}
+    assert tw[1]["event"] == "mark" and tw[1]["mark"]["name"] == "0:1"
+
+
+def test_barge_in_clears_truncates_and_drops_late_audio() -> None:
+    c = core(None)
+    c.provider_opened(0.0)
+    c.on_backend(ev.ResponseStarted("r1"), 0.0)
+    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
+    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
+    c.on_backend(ev.Transcript("assistant", "Hello there my friend", "i1", final=False), 0.0)
+    c.on_mark("0:1", 0.02)
+    c.drain()
+    c.on_backend(ev.Interrupted(item_id="u1"), 0.03)
+    tw, pv, fx = c.drain()
+    assert sent(tw) == [{"event": "clear", "streamSid": "MZ1"}]
+    trunc = sent(pv)[0]
+    assert trunc == {
+        "type": "conversation.item.truncate",
+        "item_id": "i1",
+        "content_index": 0,
+        "audio_end_ms": 30,
+    }
+    assert any(isinstance(e, Notice) and e.kind == "barge_in" for e in fx)
+    saved = [e for e in fx if isinstance(e, SaveTurn)]
+    assert saved and saved[0].meta["interrupted"] and saved[0].meta["heard_ms"] == 30
+    # audio of the interrupted response still in flight is not forwarded
+    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.04)
+    assert c.drain()[0] == []
+    # the old generation's mark echoed after clear changes nothing
+    c.on_mark("0:2", 0.05)
+    assert c.drain() == ([], [], [])
+
+
+def test_barge_in_with_nothing_heard_deletes_instead_of_truncating() -> None:
+    c = core(None)
+    c.provider_opened(0.0)
+    c.on_backend(ev.ResponseStarted("r1"), 0.0)
+    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 1.0)
+    c.drain()
+    c.on_backend(ev.Interrupted(), 1.0)
+    pv = sent(c.drain()[1])
+    assert pv == [{"type": "conversation.item.delete", "item_id": "i1"}]
+
+
+def test_no_barge_in_when_nothing_plays() -> None:
+    c = core(None)
+    c.provider_opened(0.0)
+    c.drain()
+    c.on_backend(ev.Interrupted(), 1.0)
+    assert c.drain() == ([], [], [])
+
+
+def test_tool_calls_one_response_create_after_all_outputs_and_done() -> None:
+    c = core(None)
+    c.provider_opened(0.0)
+    c.on_backend(ev.ResponseStarted("r1"), 0.0)
+    c.on_backend(ev.ToolCall("c1", "a", "{}", response_id="r1"), 0.0)
+    c.on_backend(ev.ToolCall("c2", "b", "{}", response_id="r1"), 0.0)
+    fx = c.drain()[2]
+    assert [e.call.call_id for e in fx if isinstance(e, RunTool)] == ["c1", "c2"]
+    c.on_tool_output("c1", '{"x":1}', 0.1)
+    assert [e["type"] for e in sent(c.drain()[1])] == ["conversation.item.create"]
+    c.on_backend(ev.ResponseDone("r1"), 0.2)
+    assert sent(c.drain()[1]) == []  # c2 still running
+    c.on_tool_output("c2", "ok", 0.3)
+    types = [e["type"] for e in sent(c.drain()[1])]
+    assert types == ["conversation.item.create", "response.create"]
+
+
+def test_tool_output_waits_for_active_response() -> None:
+    c = core(None)
+    c.provider_opened(0.0)
+    c.on_backend(ev.ResponseStarted("r1"), 0.0)
+    c.on_backend(ev.ToolCall("c1", "a", "{}", response_id="r1"), 0.0)
+    c.on_backend(ev.ResponseDone("r1"), 0.1)
+    c.on_backend(ev.ResponseStarted("r2"), 0.1)  # e.g. server VAD started another one
+    c.drain()
+    c.on_tool_output("c1", "ok", 0.2)
+    assert [e["type"] for e in sent(c.drain()[1])] == ["conversation.item.create"]
+    c.on_backend(ev.ResponseDone("r2"), 0.3)
+    assert [e["type"] for e in sent(c.drain()[1])] == ["response.create"]
+
+
+def test_transcript_saved_only_after_audio_played() -> None:
+    c = core(None)
+    c.provider_opened(0.0)
+    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
+    c.on_backend(ev.Transcript("assistant", "Hi!", "i1", final=True), 0.0)
+    assert not [e for e in c.drain()[2] if isinstance(e, SaveTurn)]
+    c.on_mark("0:1", 0.02)
+    saved = [e for e in c.drain()[2] if isinstance(e, SaveTurn)]
+    assert saved == [SaveTurn("assistant", "Hi!", {"item_id": "i1"})]
+
+
+def test_user_transcript_saved() -> None:
+    c = core(None)
+    c.on_backend(ev.Transcript("user", "what time is it", "u1"), 0.0)
+    assert c.drain()[2] == [SaveTurn("user", "what time is it", {"item_id": "u1"})]
+
+
+def test_cut_text_word_boundary() -> None:
+    assert cut_text("hello there friend", 500, 1000) == "hello"
+    assert cut_text("hello", 0, 1000) == ""
+    assert cut_text("hello", 2000, 1000) == "hello"

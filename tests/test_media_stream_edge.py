@@ -1,0 +1,121 @@
+"""`WS /media-stream` edge: signature on the upgrade, stream token, bad input. No provider is
+contacted for a rejected stream (the relay is pointed at a port where nothing listens)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+
+import orjson
+import pytest
+import websockets
+from twilio.request_validator import RequestValidator
+from websockets.asyncio.client import ClientConnection
+
+from relay.app import create_app
+from relay.testing.server import bind_free_port, serve_app
+from tests.conftest import AUTH_TOKEN, make_settings
+from webhooks.token import mint_stream_token
+
+WSS_URL = "wss://relay.example.com/media-stream"
+
+
+def start_msg(call_sid: str, token: str | None) -> str:
+    params = {"token": token} if token is not None else {}
+    return orjson.dumps(
+        {
+            "event": "start",
+            "sequenceNumber": "1",
+            "streamSid": "MZ1",
+            "start": {
+                "accountSid": "AC1",
+                "streamSid": "MZ1",
+                "callSid": call_sid,
+                "tracks": ["inbound"],
+                "customParameters": params,
+                "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+            },
+        }
+    ).decode()
+
+
+@pytest.fixture
+async def relay_dead_provider():
+    """A relay whose provider URL points at a closed port: contacting it would fail loudly."""
+    dead = bind_free_port()
+    port = dead.getsockname()[1]
+    dead.close()
+    app = create_app(make_settings(openai_base_url=f"http://127.0.0.1:{port}/v1", provider_connect_timeout=1))
+    async with serve_app(app) as url:
+        yield url.replace("http://", "ws://") + "/media-stream", app
+
+
+async def open_stream(url: str, sign: bool = True, path_url: str = WSS_URL) -> ClientConnection:
+    headers = (
+        {"X-Twilio-Signature": RequestValidator(AUTH_TOKEN).compute_signature(path_url, {})} if sign else {}
+    )
+    return await websockets.connect(url, additional_headers=headers)
+
+
+async def test_unsigned_upgrade_closed_1008(relay_dead_provider, caplog) -> None:
+    url, app = relay_dead_provider
+    ws = await open_stream(url, sign=False)
+    await ws.wait_closed()
+    assert ws.close_code == 1008
+    assert "invalid X-Twilio-Signature" in caplog.text
+    assert "Connecting to" not in caplog.text
+
+
+async def test_trailing_slash_signature_variant_accepted(relay_dead_provider) -> None:
+    url, _ = relay_dead_provider
+    ws = await open_stream(url, path_url=WSS_URL + "/")
+    await ws.send(start_msg("CA1", "bad"))
+    await ws.wait_closed()
+    assert ws.close_code == 1008 and ws.close_reason == "invalid stream token"
+
+
+@pytest.mark.parametrize("token", [None, "garbage", "other-call"])
+async def test_tokenless_or_bad_token_closed_1008_before_provider(relay_dead_provider, caplog, token) -> None:
+    url, _ = relay_dead_provider
+    if token == "other-call":
+        token = mint_stream_token("CAother", make_settings())
+    ws = await open_stream(url)
+    await ws.send('{"event":"connected","protocol":"Call","version":"1.0.0"}')
+    await ws.send(start_msg("CA1", token))
+    await ws.wait_closed()
+    assert ws.close_code == 1008
+    assert "rejected Media Stream" in caplog.text and "Connecting to" not in caplog.text
+
+
+async def test_bad_input_before_start_is_logged_and_dropped(relay_dead_provider, caplog) -> None:
+    url, _ = relay_dead_provider
+    ws = await open_stream(url)
+    frame = base64.b64encode(b"\xff" * 160).decode()
+    await ws.send("{not json")
+    await ws.send(b"\x00\x01binary")
+    await ws.send('{"event":"media","media":{"payload":"@@@"}}')
+    await ws.send('{"event":"media","media":{"payload":"' + "A" * 70000 + '"}}')
+    await ws.send('{"event":"media","media":{"timestamp":"0","payload":"' + frame + '"}}')  # before start
+    await ws.send('{"event":"brand-new"}')
+    await ws.send(start_msg("CA1", None))
+    await ws.wait_closed()
+    text = caplog.text
+    for needle in (
+        "malformed JSON",
+        "binary frame",
+        "not valid base64",
+        "exceeds",
+        "before 'start'",
+        "unknown Twilio event 'brand-new'",
+    ):
+        assert needle in text, needle
+    assert ws.close_code == 1008  # the start had no token
+
+
+async def test_garbage_flood_closes_stream(relay_dead_provider, caplog) -> None:
+    url, _ = relay_dead_provider
+    ws = await open_stream(url)
+    for _ in range(60):
+        await ws.send("garbage " + uuid.uuid4().hex)
+    await ws.wait_closed()
+    assert "more than 50 bad messages" in caplog.text
