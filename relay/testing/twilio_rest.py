@@ -11,10 +11,12 @@ records each update and answers a call resource. Errors use Twilio's JSON shape
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import contextlib
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -59,6 +61,7 @@ class CallUpdate:
     account_sid: str
     call_sid: str
     form: dict[str, str]
+    at: float = 0.0  # time.monotonic() when it was received
 
     @property
     def status(self) -> str | None:
@@ -81,6 +84,7 @@ class FakeTwilioRest:
     updates: list[CallUpdate] = field(default_factory=list)
 
     def __post_init__(self) -> None:
+        self._updated = asyncio.Event()
         path = f"/{API_VERSION}/Accounts/{{account_sid}}/Calls/{{call_sid}}.json"
         self.app = Starlette(routes=[Route(path, self._update_call, methods=["POST"])])
 
@@ -89,6 +93,17 @@ class FakeTwilioRest:
         """Serves the fake; yields its base URL (`http://127.0.0.1:PORT`)."""
         async with serve_app(self.app) as url:
             yield url
+
+    async def wait_update(self, n: int = 1, timeout: float = 5.0) -> CallUpdate:  # noqa: ASYNC109
+        """The `n`-th accepted update, waiting for it; TimeoutError says what was seen."""
+        try:
+            async with asyncio.timeout(timeout):
+                while len(self.updates) < n:
+                    self._updated.clear()
+                    await self._updated.wait()
+        except TimeoutError:
+            raise TimeoutError(f"update #{n} not received in {timeout}s; got {self.updates}") from None
+        return self.updates[n - 1]
 
     async def _update_call(self, request: Request) -> JSONResponse:
         account_sid = request.path_params["account_sid"]
@@ -109,7 +124,8 @@ class FakeTwilioRest:
             return _error(self.status)
         if "Status" not in form and "Twiml" not in form and "Url" not in form:
             return _error(400, "Nothing to update: send Status, Twiml or Url.", code=21201)
-        self.updates.append(CallUpdate(account_sid, call_sid, form))
+        self.updates.append(CallUpdate(account_sid, call_sid, form, time.monotonic()))
+        self._updated.set()
         return JSONResponse(_call_resource(account_sid, call_sid, form))
 
 

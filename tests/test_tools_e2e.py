@@ -1,0 +1,183 @@
+"""Tools end to end over real sockets: fake Realtime asks for a tool → relay runs it against the
+fake Tavily / Twilio REST → the output goes back with the same call_id → one response.create."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+
+from relay.testing.realtime import Call, Calls, FakeConnection, Say
+from relay.testing.tavily import FakeTavily
+from relay.testing.twilio_rest import FakeTwilioRest
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN
+from tests.rig import Rig, rig, speak
+
+
+@dataclass
+class ToolRig:
+    rt: Rig
+    tavily: FakeTavily
+    rest: FakeTwilioRest
+
+
+@contextlib.asynccontextmanager
+async def tool_rig(
+    replies: list[Any], *, tavily: FakeTavily | None = None, **settings: Any
+) -> AsyncIterator[ToolRig]:
+    tavily = tavily or FakeTavily()
+    rest = FakeTwilioRest(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
+    async with tavily.serve() as tavily_url, rest.serve() as rest_url:
+        cfg = {
+            "greeting_enabled": False,
+            "tavily_api_key": tavily.api_key,
+            "tavily_base_url": tavily_url,
+            "twilio_api_base_url": rest_url,
+            **settings,
+        }
+        async with rig("openai-ga", settings=cfg, responses=replies) as r:
+            yield ToolRig(r, tavily, rest)
+
+
+def output(conn: FakeConnection, call_id: str) -> dict[str, Any]:
+    return orjson.loads(conn.function_outputs[call_id])
+
+
+def creates_after_outputs(conn: FakeConnection) -> list[str]:
+    """Client events after the first function_call_output: outputs and response.creates, in order."""
+    kinds = [
+        "function_call_output" if e["type"] == "conversation.item.create" else e["type"]
+        for _, e in conn.received
+        if e["type"] in ("conversation.item.create", "response.create")
+    ]
+    return kinds[kinds.index("function_call_output") :]
+
+
+async def test_web_search_round_trip() -> None:
+    replies = [
+        Call("web_search", {"query": "weather in Paris"}, call_id="call_ws"),
+        Say("It is sunny.", audio_ms=300),
+    ]
+    async with tool_rig(replies) as t, t.rt.caller() as call:
+        conn = await t.rt.dial(call)
+        await conn.wait_for("session.updated")
+        assert "web_search" in [tool["name"] for tool in conn.session["tools"]]
+        await speak(call)
+        await conn.wait_for("response.done", n=2)
+        assert t.tavily.queries == ["weather in Paris"]
+        assert t.tavily.requests[0].api_key == t.tavily.api_key
+        result = output(conn, "call_ws")
+        assert result["answer"] and result["results"][0]["url"].startswith("http")
+        assert set(result["results"][0]) == {"title", "url", "snippet"}
+        assert creates_after_outputs(conn) == ["function_call_output", "response.create"]
+        assert conn.active_response_conflicts == 0 and not conn.invalid_events
+        await call.stop()
+    record = await t.rt.app.state.store.get(call.call_sid)
+    audit = record["tools"][0]
+    assert audit["name"] == "web_search" and audit["outcome"] == "ok" and audit["output_bytes"] > 0
+
+
+async def test_two_tool_calls_in_one_response_one_response_create() -> None:
+    replies = [
+        Calls(
+            [
+                Call("web_search", {"query": "a"}, call_id="c1"),
+                Call("web_search", {"query": "b"}, call_id="c2"),
+            ]
+        ),
+        Say("Both done.", audio_ms=300),
+    ]
+    async with tool_rig(replies) as t, t.rt.caller() as call:
+        conn = await t.rt.dial(call)
+        await speak(call)
+        await conn.wait_for("response.done", n=2)
+        assert sorted(q or "" for q in t.tavily.queries) == ["a", "b"]
+        assert set(conn.function_outputs) == {"c1", "c2"}
+        assert creates_after_outputs(conn) == [
+            "function_call_output",
+            "function_call_output",
+            "response.create",
+        ]
+        assert conn.active_response_conflicts == 0
+        await call.stop()
+
+
+@pytest.mark.parametrize(
+    ("status", "delay", "needle"), [(401, 0.0, "key"), (429, 0.0, "limit"), (None, 30.0, "")]
+)
+async def test_tavily_failures_become_speakable_outputs(status, delay, needle) -> None:
+    tavily = FakeTavily(status=status, delay=delay)
+    replies = [Call("web_search", {"query": "news"}, call_id="c1"), Say("Sorry about that.", audio_ms=300)]
+    async with tool_rig(replies, tavily=tavily) as t, t.rt.caller() as call:
+        conn = await t.rt.dial(call)
+        await speak(call)
+        await conn.wait_for("response.done", n=2, timeout=20)
+        result = output(conn, "c1")
+        assert "error" in result and needle in result["error"].lower()
+        await call.wait_for_media()  # the call goes on: the next reply is played
+        await call.stop()
+
+
+async def test_invalid_arguments_become_error_output() -> None:
+    replies = [Call("web_search", '{"query": ', call_id="c1"), Say("Let me try again.", audio_ms=200)]
+    async with tool_rig(replies) as t, t.rt.caller() as call:
+        conn = await t.rt.dial(call)
+        await speak(call)
+        await conn.wait_for("response.done", n=2)
+        assert "error" in output(conn, "c1") and not t.tavily.requests
+        await call.stop()
+
+
+async def test_end_call_hangs_up_only_after_goodbye_played() -> None:
+    replies = [Call("end_call", {"reason": "caller said bye"}, call_id="c1"), Say("Goodbye!", audio_ms=800)]
+    async with tool_rig(replies) as t, t.rt.caller() as call:
+        conn = await t.rt.dial(call)
+        await speak(call)
+        update = await t.rest.wait_update(timeout=10)
+        assert update.status == "completed" and update.call_sid == call.call_sid
+        goodbye = conn.audio_sent[list(conn.audio_sent)[-1]]
+        assert len(goodbye) == 800 * 8
+        chunks = [c for c in call.outbound_chunks if c.stopped_at is not None]
+        assert sum(c.played_bytes for c in chunks) >= len(goodbye)
+        assert update.at >= max(c.stopped_at for c in chunks)  # hung up after the last byte played
+        await call.stop()
+    record = await t.rt.app.state.store.get(call.call_sid)
+    assert record["tools"][0]["name"] == "end_call"
+
+
+async def test_transfer_off_allowlist_refused_and_allowed_one_redirects() -> None:
+    replies = [
+        Call("transfer_call", {"destination": "+19999999999"}, call_id="bad"),
+        Say("I can't transfer you there.", audio_ms=200),
+        Call("transfer_call", {"destination": "sales"}, call_id="good"),
+        Say("Connecting you to sales.", audio_ms=200),
+    ]
+    async with tool_rig(replies, transfer_allowlist="sales=+15557654321") as t, t.rt.caller() as call:
+        conn = await t.rt.dial(call)
+        await speak(call)
+        await conn.wait_for("response.done", n=2)
+        refusal = output(conn, "bad")
+        assert "sales" in str(refusal) and not t.rest.updates
+        await speak(call)
+        update = await t.rest.wait_update(timeout=10)
+        assert "<Dial>+15557654321</Dial>" in (update.twiml or "")
+        await call.stop()
+
+
+async def test_user_tool_module_loaded_and_called() -> None:
+    replies = [
+        Call("order_status", {"order_id": "A-42"}, call_id="c1"),
+        Say("Your order has shipped.", audio_ms=200),
+    ]
+    async with tool_rig(replies, relay_tools="tests.fixtures.user_tools") as t, t.rt.caller() as call:
+        conn = await t.rt.dial(call)
+        await conn.wait_for("session.updated")
+        assert "order_status" in [tool["name"] for tool in conn.session["tools"]]
+        await speak(call)
+        await conn.wait_for("response.done", n=2)
+        assert output(conn, "c1") == {"order_id": "A-42", "status": "shipped", "call_sid": call.call_sid}
+        await call.stop()
