@@ -8,13 +8,13 @@ the provider socket at once (close timeout 1 s).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
@@ -70,6 +70,7 @@ class CallStats:
     frames_out: int = 0
     barge_ins: int = 0
     truncates: int = 0
+    reconnects: int = 0
     faults: list[str] = field(default_factory=list)
 
 
@@ -101,6 +102,8 @@ class RealtimeSession:
         self.stats = CallStats()
         self._provider: ClientConnection | None = None
         self._provider_q: asyncio.Queue[str] = asyncio.Queue()
+        self._rotate = asyncio.Event()
+        self.turns: list[tuple[str, str]] = []  # (role, text) the caller heard, for a new session
         self._t0 = clock()
         self.ended_by = ""
 
@@ -115,13 +118,17 @@ class RealtimeSession:
         for text in to_provider:
             self._provider_q.put_nowait(text)
         for effect in effects:
-            if isinstance(effect, Notice):
+            if isinstance(effect, SaveTurn):
+                self.turns.append((effect.role, effect.text))
+            elif isinstance(effect, Notice):
                 if effect.kind == "barge_in":
                     self.stats.barge_ins += 1
                 elif effect.kind == "truncate":
                     self.stats.truncates += 1
                 elif effect.kind == "fault":
                     self.stats.faults.append(str(effect.detail.get("code")))
+                elif effect.kind == "session_expired":
+                    self._rotate.set()
             self.on_effect(effect)
 
     def tool_finished(self, call_id: str, output: str) -> None:
@@ -174,59 +181,108 @@ class RealtimeSession:
             text = await queue.get()
             await conn.send(text)
 
-    async def _tick(self) -> None:
+    async def _tick(self, deadline: float) -> None:
+        """Every half second: retry held-back responses; past the session cap, ask for a rotation
+        at the first quiet moment (no response active, nothing queued at Twilio)."""
         while True:
             await asyncio.sleep(0.5)
-            self.core.tick(self.clock())
+            now = self.clock()
+            self.core.tick(now)
             self.flush()
+            quiet = not self.core.response_active and not self.core.playback.outstanding
+            if now >= deadline and quiet:
+                self._rotate.set()
+
+    async def _open(self, *, first: bool) -> ClientConnection:
+        conn = await self.adapter.connect_realtime()
+        if first:
+            self.stats.connect_ms = (self.clock() - self._t0) * 1000
+        leftover: list[str] = []
+        while not self._provider_q.empty():
+            leftover.append(self._provider_q.get_nowait())
+        self.core.provider_opened(self.clock(), greet=first)
+        if not first:
+            for text in history_events(self.turns, self.adapter.dialect):
+                self.core.to_provider.append(text)
+        self.flush()
+        for text in leftover:  # audio queued for the old socket goes to the new one
+            self._provider_q.put_nowait(text)
+        return conn
+
+    async def _bridge(self, conn: ClientConnection, twilio_reader: asyncio.Task[str]) -> str:
+        """Runs one provider connection; returns why it stopped: a Twilio outcome or 'rotate'."""
+        self._rotate.clear()
+        cap = self.settings.realtime_session_max_minutes * 60
+        reader = asyncio.create_task(self._read_provider(conn))
+        rotate = asyncio.create_task(self._rotate.wait())
+        helpers = [
+            asyncio.create_task(self._write_provider(conn)),
+            asyncio.create_task(self._tick(self.clock() + cap)),
+        ]
+        try:
+            done, _ = await asyncio.wait({twilio_reader, reader, rotate}, return_when=asyncio.FIRST_COMPLETED)
+            if twilio_reader in done:
+                return twilio_reader.result()
+            if reader in done:
+                reader.result()  # raises ProviderClosedError
+            return "rotate"
+        finally:
+            for task in (reader, rotate, *helpers):
+                task.cancel()
+            await asyncio.gather(reader, rotate, *helpers, return_exceptions=True)
 
     async def run(self) -> str:
-        """Runs the call until either side ends; returns why it ended."""
-        connect = asyncio.create_task(self.adapter.connect_realtime())
+        """Runs the call until either side ends; returns why it ended.
+
+        Before the provider's session cap (REALTIME_SESSION_MAX_MINUTES), on `session_expired`,
+        or when the provider drops mid-call, a new connection is opened at once and given the
+        conversation so far; the caller hears at most a short pause. A provider that cannot be
+        reopened raises ProviderError for the manager.
+        """
+        connect = asyncio.create_task(self._open(first=True))
         twilio_reader = asyncio.create_task(self._read_twilio())
-        tasks: list[asyncio.Task[Any]] = [twilio_reader]
+        conn: ClientConnection | None = None
         try:
             done, _ = await asyncio.wait({connect, twilio_reader}, return_when=asyncio.FIRST_COMPLETED)
             if twilio_reader in done:
                 self.ended_by = twilio_reader.result()
                 return self.ended_by
-            conn = connect.result()  # raises ProviderConnectError
-            self._provider = conn
-            self.stats.connect_ms = (self.clock() - self._t0) * 1000
-            self.core.provider_opened(self.clock())
-            self.flush()
-            provider_reader = asyncio.create_task(self._read_provider(conn))
-            tasks += [
-                provider_reader,
-                asyncio.create_task(self._write_provider(conn)),
-                asyncio.create_task(self._tick()),
-            ]
-            done, _ = await asyncio.wait(
-                {twilio_reader, provider_reader}, return_when=asyncio.FIRST_COMPLETED
-            )
-            if twilio_reader in done:
-                self.ended_by = twilio_reader.result()
-                return self.ended_by
-            provider_reader.result()  # raises ProviderClosedError
-            return "provider_closed"
+            conn = self._provider = connect.result()  # raises ProviderConnectError
+            while True:
+                try:
+                    outcome = await self._bridge(conn, twilio_reader)
+                except ProviderClosedError as exc:
+                    log.warning("%s; reopening with the conversation so far", exc)
+                    outcome = "reconnect"
+                if outcome not in ("rotate", "reconnect"):
+                    self.ended_by = outcome
+                    return outcome
+                self.core.provider_lost()
+                old = conn
+                conn = self._provider = await self._open(first=False)  # raises ProviderConnectError
+                self.stats.reconnects += 1
+                log.info("realtime session replaced (%s); %d turns carried over", outcome, len(self.turns))
+                await old.close()
         finally:
             connect.cancel()
-            for task in tasks:
-                task.cancel()
-            for task in [connect, *tasks]:
-                with contextlib.suppress(BaseException):
-                    await task
-            if (
-                connect.done()
-                and not connect.cancelled()
-                and connect.exception() is None
-                and self._provider is None
-            ):
+            twilio_reader.cancel()
+            await asyncio.gather(connect, twilio_reader, return_exceptions=True)
+            if conn is None and connect.done() and not connect.cancelled() and connect.exception() is None:
                 await connect.result().close()
-            if self._provider is not None:
-                await self._provider.close()
+            if conn is not None:
+                await conn.close()
             self.core.finish(self.clock())
             self.flush()
+
+
+def history_events(turns: list[tuple[str, str]], dialect: str, max_turns: int = 40) -> list[str]:
+    """The conversation so far as `conversation.item.create` events, for a new realtime session."""
+    text_type = {"user": "input_text", "assistant": "output_text" if dialect == "ga" else "text"}
+    events = []
+    for role, text in turns[-max_turns:]:
+        item = {"type": "message", "role": role, "content": [{"type": text_type[role], "text": text}]}
+        events.append(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
+    return events
 
 
 __all__ = ["CallStats", "RealtimeSession", "RunTool", "SaveTurn", "realtime_session"]
