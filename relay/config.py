@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     noise_reduction: Literal["near_field", "far_field", "off"] = "near_field"
     realtime_session_max_minutes: float = Field(28.0, gt=0)
     provider_connect_timeout: float = Field(5.0, gt=0)
+    slow_tool_feedback: Literal["tone", "none"] = "tone"
+    slow_tool_after: float = Field(1.0, ge=0)  # seconds a tool may run before the hold tone starts
 
     # --- Twilio ----------------------------------------------------------------------------
     public_url: str = ""

@@ -181,3 +181,32 @@ async def test_user_tool_module_loaded_and_called() -> None:
         await conn.wait_for("response.done", n=2)
         assert output(conn, "c1") == {"order_id": "A-42", "status": "shipped", "call_sid": call.call_sid}
         await call.stop()
+
+
+async def test_slow_tool_plays_hold_tone_then_answer_and_barge_in_still_works() -> None:
+    replies = [
+        Call("slow_lookup", {"topic": "invoices"}, call_id="c1"),
+        Say("I found your invoices.", audio_ms=300),
+        Call("slow_lookup", {"topic": "refunds"}, call_id="c2"),
+        Say("Yes?", audio_ms=200),
+    ]
+    async with tool_rig(replies, relay_tools="tests.fixtures.user_tools") as t, t.rt.caller() as call:
+        conn = await t.rt.dial(call)
+        await speak(call)
+        await conn.wait_for("response.done", n=2, timeout=10)
+        assert conn.function_outputs["c1"] == "found invoices"
+        # the hold tone played while the tool ran, then was cleared for the answer
+        await call.wait_for_clear(timeout=5)
+        await call.wait_for_media(min_bytes=8000 + 300 * 8)
+        await call.wait_playback_idle()
+        hold_bytes = len(call.received_audio) - sum(len(a) for a in conn.audio_sent.values())
+        assert hold_bytes >= 8000
+        # second slow tool: the caller talks over the hold tone
+        await speak(call)
+        await call.wait_for_clear(timeout=10, count=2)
+        await speak(call)  # speaking during the hold: the hold stops, no truncate of a real item
+        await conn.wait_for("response.done", n=3, timeout=10)
+        assert not conn.truncates or all(tr.accepted for tr in conn.truncates)
+        assert not [e for e in conn.errors if e.get("code") != "session_expired"]
+        assert conn.active_response_conflicts == 0
+        await call.stop()

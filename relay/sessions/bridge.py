@@ -15,13 +15,17 @@ response is done.
 
 from __future__ import annotations
 
+import base64
+import functools
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
+from relay.codecs import pcm16_to_ulaw
 from relay.sessions import events as ev
 from relay.sessions.playback import PlaybackTracker
 from relay.twilio_messages import Media, clear_message, mark_message, media_message
@@ -31,6 +35,19 @@ log = logging.getLogger("relay.bridge")
 PREBUFFER_FRAMES = 100  # about 2 s of 20 ms frames held until the provider is ready
 EXPECT_RESPONSE_S = 3.0  # how long server VAD gets to create its response after speech stopped
 MS_PER_CHAR = 60.0  # speaking-rate estimate, for cutting a transcript whose audio is still arriving
+HOLD_CHUNK_MS = 1000  # hold tone kept queued at Twilio while a slow tool runs
+
+
+@functools.cache
+def hold_tone() -> str:
+    """One second of a soft hold tone (a 150 ms, 440 Hz beep, then silence), base64 μ-law."""
+    beep = 1200  # samples: 150 ms
+    samples = [
+        int(2600 * math.sin(2 * math.pi * 440 * n / 8000)) if n < beep else 0
+        for n in range(8 * HOLD_CHUNK_MS)
+    ]
+    pcm = b"".join(v.to_bytes(2, "little", signed=True) for v in samples)
+    return base64.b64encode(pcm16_to_ulaw(pcm)).decode()
 
 
 # --- effects the shell carries out ------------------------------------------------------------
@@ -121,6 +138,8 @@ class BridgeCore:
         self._logged_other: set[str] = set()
         self.greeting_sent = False
         self.audio_chunks_out = 0
+        self._hold_item: str | None = None
+        self._holds = 0
 
     # --- provider lifecycle ---------------------------------------------------------------------
     def provider_opened(self, now: float, *, greet: bool = True) -> None:
@@ -183,6 +202,7 @@ class BridgeCore:
     def _on_audio(self, event: ev.AudioOut, now: float) -> None:
         if event.response_id in self._cut_responses or event.item_id in self._cut_items:
             return  # audio of an interrupted response still in flight
+        self.stop_hold(now)
         if event.item_id not in self._items:
             self._items[event.item_id] = _Item()
             self._item_order.append(event.item_id)
@@ -209,6 +229,7 @@ class BridgeCore:
             item.text += event.text
 
     def _on_interrupted(self, now: float) -> None:
+        self.stop_hold(now)
         if self._active is None and not self.playback.outstanding:
             return
         self.effects.append(Notice("barge_in"))
@@ -324,8 +345,38 @@ class BridgeCore:
         self.to_provider.append(orjson.dumps(event).decode())
 
     def tick(self, now: float) -> None:
-        """Called periodically by the shell: retries a response.create held back by a stale expectation."""
+        """Called periodically by the shell: retries a held-back response.create, feeds the hold tone."""
         self._maybe_continue(now)
+        if self._hold_item is not None:
+            self._feed_hold(now)
+
+    # --- hold tone while a slow tool runs ---------------------------------------------------------
+    def start_hold(self, now: float) -> None:
+        """A tool is slow: play a soft hold tone until the model speaks again or the caller does."""
+        if self._hold_item is not None or not self._pending_tools or self.playback.outstanding:
+            return
+        self._holds += 1
+        self._hold_item = f"hold:{self._holds}"
+        self.effects.append(Notice("hold_started"))
+        self._feed_hold(now)
+
+    def _feed_hold(self, now: float) -> None:
+        item = self._hold_item
+        assert item is not None
+        while self.playback.sent_ms(item) - self.playback.heard_ms(item, now) < HOLD_CHUNK_MS:
+            payload = hold_tone()
+            mark = self.playback.on_audio_sent(item, b64_len(payload), now)
+            self.to_twilio.append(media_message(self.stream_sid, payload))
+            self.to_twilio.append(mark_message(self.stream_sid, mark))
+
+    def stop_hold(self, now: float) -> None:
+        item, self._hold_item = self._hold_item, None
+        if item is None:
+            return
+        if item in self.playback.pending_items():
+            self.playback.interrupt(now)  # a new generation: the hold's marks echoed by clear are ignored
+            self.to_twilio.append(clear_message(self.stream_sid))
+        self.playback.forget(item)
 
     def _on_fault(self, fault: ev.ProviderFault) -> None:
         level = logging.ERROR if fault.code == "conversation_already_has_active_response" else logging.WARNING

@@ -223,7 +223,15 @@ class CallManager:
             control=control,
             twilio=self.twilio_calls,
         )
-        result = await self.registry.dispatch(ToolCallRequest(call.call_id, call.name, call.arguments), ctx)
+        timer = None
+        if self.settings.slow_tool_feedback == "tone":
+            timer = asyncio.get_running_loop().call_later(self.settings.slow_tool_after, session.hold)
+        try:
+            request = ToolCallRequest(call.call_id, call.name, call.arguments)
+            result = await self.registry.dispatch(request, ctx)
+        finally:
+            if timer is not None:
+                timer.cancel()
         recorder.put("add_event", "tools", result.audit())
         session.tool_finished(call.call_id, result.output)
 

@@ -131,6 +131,11 @@ class RealtimeSession:
                     self._rotate.set()
             self.on_effect(effect)
 
+    def hold(self) -> None:
+        """A tool is taking a while: let the caller hear a hold tone."""
+        self.core.start_hold(self.clock())
+        self.flush()
+
     def tool_finished(self, call_id: str, output: str) -> None:
         self.core.on_tool_output(call_id, output, self.clock())
         self.flush()
