@@ -183,6 +183,7 @@ async def test_user_tool_module_loaded_and_called() -> None:
         await call.stop()
 
 
+@pytest.mark.slow
 async def test_slow_tool_plays_hold_tone_then_answer_and_barge_in_still_works() -> None:
     replies = [
         Call("slow_lookup", {"topic": "invoices"}, call_id="c1"),
