@@ -17,13 +17,20 @@ when nothing was lost).
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
+import bisect
 import contextlib
+import functools
+import gc
+import math
+import sys
 import time
 import xml.etree.ElementTree as ElementTree
 from array import array
 from collections import Counter, deque
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -33,7 +40,8 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from relay.testing.realtime import FakeConnection
+import relay.testing.realtime_script as realtime_script
+from relay.testing.realtime import FakeConnection, FakeRealtimeServer, Say
 
 FRAME_S = 0.020
 FRAME_BYTES = 160
@@ -42,6 +50,10 @@ SIGNATURE_HEADER = "X-Twilio-Signature"
 APPEND = "input_audio_buffer.append"
 DELTA = "response.output_audio.delta"
 _MEDIA = '{"event":"media"'
+REPLY_TEXT = "This is a long benchmark reply streamed in real time."
+HARVEST_S = 0.5
+PIPE_LIMIT = 2**28
+HERE = Path(__file__).resolve()
 _MARK = '{"event":"mark"'
 
 
@@ -224,27 +236,27 @@ class SimCall:
 class ProviderTrack:
     """The fake provider's side of one call, as compact timestamps."""
 
-    def __init__(self, conn: FakeConnection) -> None:
+    def __init__(self, conn: FakeConnection | None = None) -> None:
         self.conn = conn
         self.append_times = array("d")
         self.delta_times = array("d")
         self.response_create_at: float | None = None
         self.first_delta_at: float | None = None
-        self.received: Counter[str] = Counter()
+        self.faults = 0  # error events the fake sent + client events it refused
 
     def harvest(self) -> None:
         """Moves new records out of the connection (synchronous: no event interleaves)."""
         conn = self.conn
+        if conn is None:
+            return
         received, sent = conn.received, conn.sent
         n = len(received)
         for t, event in received[:n]:
             kind = event.get("type", "")
             if kind == APPEND:
                 self.append_times.append(t)
-            else:
-                self.received[kind] += 1
-                if kind == "response.create" and self.response_create_at is None:
-                    self.response_create_at = t
+            elif kind == "response.create" and self.response_create_at is None:
+                self.response_create_at = t
         del received[:n]
         m = len(sent)
         for t, event in sent[:m]:
@@ -254,10 +266,236 @@ class ProviderTrack:
                 self.delta_times.append(t)
         del sent[:m]
         del conn.audio_in[:]
+        self.faults = len(conn.invalid_events) + len(conn.errors)
+
+    def progress(self, stop: float | None) -> tuple[int, int]:
+        """(appends received, deltas sent until `stop`)."""
+        until = math.inf if stop is None else stop
+        return len(self.append_times), bisect.bisect_right(self.delta_times, until)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "append_times": self.append_times.tolist(),
+            "delta_times": self.delta_times.tolist(),
+            "response_create_at": self.response_create_at,
+            "first_delta_at": self.first_delta_at,
+            "faults": self.faults,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ProviderTrack:
+        track = cls()
+        track.append_times = array("d", data["append_times"])
+        track.delta_times = array("d", data["delta_times"])
+        track.response_create_at = data["response_create_at"]
+        track.first_delta_at = data["first_delta_at"]
+        track.faults = data["faults"]
+        return track
+
+
+# --------------------------------------------------------------------------- the fake provider
+
+
+def memoize_fake_audio(reply_ms: int) -> None:
+    """The fake computes a reply's whole tone with numpy when it starts (about 20 ms for 25 s),
+    which at a hundred call starts would stall its loop for seconds. The tone depends on the reply
+    index only modulo 8, so the bytes of a memoized version are identical; all 8 are made now."""
+    original = realtime_script.expected_audio
+
+    @functools.lru_cache(maxsize=64)
+    def cached(index8: int, audio_ms: int, output_index: int, start_ms: int, fmt: str) -> bytes:
+        return original(index8, audio_ms, output_index=output_index, start_ms=start_ms, fmt=fmt)
+
+    def expected_audio(
+        response_index: int, audio_ms: int, *, output_index: int = 0, start_ms: int = 0, fmt: Any = "pcmu"
+    ) -> bytes:
+        name = fmt if isinstance(fmt, str) else fmt.name
+        return cached(response_index % 8, audio_ms, output_index, start_ms, name)
+
+    realtime_script.expected_audio = expected_audio
+    for index in range(8):
+        expected_audio(index, reply_ms)
+
+
+class LocalFake:
+    """`FakeRealtimeServer` in this process (one long reply, paced in real time, 20 ms deltas)."""
+
+    pid: int | None = None  # no process of its own
+
+    def __init__(self, reply_ms: int) -> None:
+        memoize_fake_audio(reply_ms)
+        reply = Say(REPLY_TEXT, audio_ms=reply_ms)
+        self.server = FakeRealtimeServer(default_reply=reply, pace=1.0, delta_ms=20)
+        self.tracks: list[ProviderTrack] = []
+        self._harvester: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self.server.start()
+        self._harvester = asyncio.create_task(self._harvest_loop())
 
     @property
-    def faults(self) -> int:
-        return len(self.conn.invalid_events) + len(self.conn.errors)
+    def url(self) -> str:
+        return self.server.url
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.server.openai_base_url
+
+    async def _harvest_loop(self) -> None:
+        while True:
+            await asyncio.sleep(HARVEST_S)
+            self.harvest()
+
+    def harvest(self) -> None:
+        conns = self.server.connections
+        self.tracks += [ProviderTrack(c) for c in conns[len(self.tracks) :]]
+        for track in self.tracks:
+            track.harvest()
+
+    async def count(self) -> int:
+        return len(self.server.connections)
+
+    async def wait_connection(self, n: int, timeout: float) -> None:  # noqa: ASYNC109
+        await self.server.wait_connection(n=n, timeout=timeout)
+
+    async def progress(self, stops: dict[int, float | None]) -> dict[int, tuple[int, int]]:
+        self.harvest()
+        return {i: self.tracks[i].progress(stop) for i, stop in stops.items()}
+
+    async def collect(self, indices: list[int]) -> list[ProviderTrack]:
+        self.harvest()
+        return [self.tracks[i] for i in indices]
+
+    async def close(self) -> None:
+        if self._harvester is not None:
+            self._harvester.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._harvester
+        await self.server.stop()
+
+
+class HelperFake:
+    """The same fake in a helper process (`python bench/_loadgen.py --reply-ms MS`), driven over
+    JSON lines on its stdin/stdout. Its timestamps are CLOCK_MONOTONIC too, so they compare."""
+
+    def __init__(self, reply_ms: int) -> None:
+        self.reply_ms = reply_ms
+        self.port = 0
+        self.pid: int | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            str(HERE),
+            "--reply-ms",
+            str(self.reply_ms),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            cwd=HERE.parent.parent,
+            limit=PIPE_LIMIT,
+        )
+        self.pid = self._proc.pid
+        assert self._proc.stdout is not None
+        line = await asyncio.wait_for(self._proc.stdout.readline(), timeout=30)
+        if not line:
+            raise RuntimeError("the fake helper process exited before listening")
+        self.port = orjson.loads(line)["port"]
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def _ask(self, command: dict[str, Any]) -> Any:
+        proc = self._proc
+        assert proc is not None and proc.stdin is not None and proc.stdout is not None
+        async with self._lock:
+            proc.stdin.write(orjson.dumps(command) + b"\n")
+            await proc.stdin.drain()
+            line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
+        if not line:
+            raise RuntimeError("the fake helper process died")
+        answer = orjson.loads(line)
+        if "error" in answer:
+            raise RuntimeError(answer["error"])
+        return answer["result"]
+
+    async def count(self) -> int:
+        return int(await self._ask({"cmd": "count"}))
+
+    async def wait_connection(self, n: int, timeout: float) -> None:  # noqa: ASYNC109
+        await self._ask({"cmd": "wait", "n": n, "timeout": timeout})
+
+    async def progress(self, stops: dict[int, float | None]) -> dict[int, tuple[int, int]]:
+        answer = await self._ask({"cmd": "progress", "stops": [[i, s] for i, s in stops.items()]})
+        return {int(i): (int(a), int(d)) for i, a, d in answer}
+
+    async def collect(self, indices: list[int]) -> list[ProviderTrack]:
+        answer = await self._ask({"cmd": "collect", "indices": indices})
+        return [ProviderTrack.from_json(data) for data in answer]
+
+    async def close(self) -> None:
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.stdin is not None:
+            proc.stdin.close()  # the helper exits at end of input
+        try:
+            await asyncio.wait_for(proc.wait(), timeout=10)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+async def _helper_main(reply_ms: int) -> None:
+    fake = LocalFake(reply_ms)
+    await fake.start()
+    freeze_heap()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=PIPE_LIMIT)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    out = sys.stdout.buffer
+    out.write(orjson.dumps({"port": fake.server.port}) + b"\n")
+    out.flush()
+    try:
+        while line := await reader.readline():
+            command = orjson.loads(line)
+            try:
+                result: Any
+                if command["cmd"] == "count":
+                    result = await fake.count()
+                elif command["cmd"] == "wait":
+                    await fake.wait_connection(command["n"], command["timeout"])
+                    result = True
+                elif command["cmd"] == "progress":
+                    done = await fake.progress({int(i): s for i, s in command["stops"]})
+                    result = [[i, a, d] for i, (a, d) in done.items()]
+                elif command["cmd"] == "collect":
+                    result = [t.to_json() for t in await fake.collect(command["indices"])]
+                else:
+                    raise ValueError(f"unknown command {command['cmd']!r}")
+                answer: dict[str, Any] = {"result": result}
+            except Exception as exc:
+                answer = {"error": f"{type(exc).__name__}: {exc}"}
+            out.write(orjson.dumps(answer) + b"\n")
+            out.flush()
+    finally:
+        await fake.close()
+
+
+def freeze_heap() -> None:
+    """Moves everything alive now (the openai SDK's types the fake imports: a million objects) out of
+    the garbage collector's sight; without this a full collection stalls the loop for ~80 ms."""
+    gc.collect()
+    gc.freeze()
+
+
+# --------------------------------------------------------------------------- statistics
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -265,7 +503,7 @@ def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    rank = max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))
+    rank = max(0, min(len(ordered) - 1, math.ceil(q / 100 * len(ordered)) - 1))
     return ordered[rank]
 
 
@@ -273,3 +511,9 @@ def match_latencies(sent: Any, arrived: Any, count: int, window: tuple[float, fl
     """`arrived[k] - sent[k]` for the first `count` frames sent inside `window`, in seconds."""
     lo, hi = window
     return [arrived[k] - sent[k] for k in range(count) if lo <= sent[k] <= hi]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="the fake Realtime server as a helper process")
+    parser.add_argument("--reply-ms", type=int, required=True)
+    asyncio.run(_helper_main(parser.parse_args().reply_ms))

@@ -2,22 +2,28 @@
 
 Run: ``python bench/realtime_load.py`` (``--calls 25,50,100 --seconds 20``; ``--quick`` for a 10-call,
 5 s smoke run). For every N the relay (``python -m relay serve``) and the floor
-(``bench/floor_relay.py``) are measured back to back, each in its own fresh process so that its CPU
-time (/proc/<pid>/stat) and RSS (/proc/<pid>/status) are its own. The fake Realtime server
-(``relay.testing.realtime.FakeRealtimeServer``, streaming one long reply paced in real time in 20 ms
-deltas: 50 frames/s per call) and the simulated callers (``bench/_loadgen.py``: 20 ms frames of
-μ-law silence on an absolute schedule, marks echoed after "playback") run in this process, on the
-default asyncio loop: its `loop.time()` is `time.monotonic()` with sub-ms resolution (uvloop's is
-ms-granular), and both the callers and the fake stamp with it.
+(``bench/floor_relay.py``) are measured back to back, each in a fresh process of its own so that its
+CPU time (/proc/<pid>/stat) and RSS (/proc/<pid>/status) are its own.
+
+Three processes share the machine: the server under test; the fake Realtime server
+(``relay.testing.realtime.FakeRealtimeServer``: one long reply paced in real time in 20 ms deltas,
+i.e. 50 frames/s per call) in a helper process (``--fake-in-process`` keeps it here: one core then
+saturates near 100 calls); and this process, the callers (``bench/_loadgen.py``: 20 ms frames of
+μ-law silence on an absolute schedule, marks echoed after "playback"). The bench side runs on the
+default asyncio loop, whose `loop.time()` is `time.monotonic()` (CLOCK_MONOTONIC, comparable across
+processes, sub-ms; uvloop's is ms-granular), the clock the fake stamps its records with.
 
 Per N and system it prints: frames lost (caller→provider: frames sent vs appends the fake received;
-provider→caller: deltas the fake sent before the caller stopped vs `media` received), added latency
-p50/p99 per direction (caller send → fake receive; fake send → caller receive; frames sent while all
-N calls were up), CPU % of one core per call and RSS per call (steady window, above a warm-up
-baseline), and greeting latency: `start` sent → first `media` at the caller, minus the fake's own
-latency (`response.create` received → first delta sent). "bench CPU" is this process: the fake
-validates every client event with pydantic and runs its VAD with numpy, costs that land here, not in
-the relay; when it nears 100 % the latencies include the bench's own queueing (for both systems).
+provider→caller: deltas the fake sent before the caller stopped vs `media` received); added latency
+p50/p99 per direction (caller send → fake receive, fake send → caller receive, for frames sent while
+all N calls were up; the loopback hops are included for both systems, so the floor's figures are the
+baseline); CPU % of one core per call and RSS per call (steady window, above the RSS after two
+warm-up calls); the greeting: `start` sent → first `media` at the caller minus the fake's own latency
+(`response.create` received → first delta sent); and the bench's own health: CPU of the callers'
+process and of the fake's (the fake validates every client event with pydantic and runs an energy
+VAD with numpy: CPU spent there, not in the relay), whole-machine busy %, and how late the callers
+sent their frames. Both bench processes freeze their startup heap out of the garbage collector's
+reach, so that a full collection (~80 ms with the openai SDK's types loaded) cannot stall them.
 """
 
 from __future__ import annotations
@@ -25,7 +31,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
 import math
 import os
 import re
@@ -37,50 +42,37 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 
-import relay.testing.realtime_script as realtime_script
-from relay.testing.realtime import FakeRealtimeServer, Say
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
-from _loadgen import FRAME_S, ProviderTrack, SimCall, fetch_twiml, match_latencies, percentile  # noqa: E402
+from _loadgen import (  # noqa: E402
+    FRAME_S,
+    HelperFake,
+    LocalFake,
+    ProviderTrack,
+    SimCall,
+    fetch_twiml,
+    freeze_heap,
+    match_latencies,
+    percentile,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 AUTH_TOKEN = "bench-auth-token"
 PUBLIC_URL = "https://relay.example.com"
-REPLY_TEXT = "This is a long benchmark reply streamed in real time."
 START_GAP_S = 0.010  # at least this between two call starts (the ramp is also sequential)
 SETTLE_S = 0.5  # after the last call started, before the steady window opens
 DRAIN_S = 3.0  # longest wait for frames still in flight after the callers stopped
 WARMUP_CALLS, WARMUP_S = 2, 1.0
 READY_TRIES, READY_SLEEP_S = 150, 0.1
 LATENCY_GOAL_MS = 20.0
+SATURATED_PCT = 90.0
+QUIET_PCT, QUIET_SAMPLE_S, QUIET_WAIT_S = 10.0, 1.0, 30.0  # before each run, wait for an idle box
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+Fake = LocalFake | HelperFake
 LOG_LINE = re.compile(r"\b(WARNING|ERROR|CRITICAL)\b|Traceback")
-
-
-def _memoize_fake_audio(reply_ms: int) -> None:
-    """The fake computes a reply's whole tone with numpy when it starts (about 20 ms for 25 s),
-    which at a hundred call starts would stall this loop for seconds. The tone depends on the reply
-    index only modulo 8, so the bytes of a memoized version are identical; all 8 are made now."""
-    original = realtime_script.expected_audio
-
-    @functools.lru_cache(maxsize=64)
-    def cached(index8: int, audio_ms: int, output_index: int, start_ms: int, fmt: str) -> bytes:
-        return original(index8, audio_ms, output_index=output_index, start_ms=start_ms, fmt=fmt)
-
-    def expected_audio(
-        response_index: int, audio_ms: int, *, output_index: int = 0, start_ms: int = 0, fmt: Any = "pcmu"
-    ) -> bytes:
-        name = fmt if isinstance(fmt, str) else fmt.name
-        return cached(response_index % 8, audio_ms, output_index, start_ms, name)
-
-    realtime_script.expected_audio = expected_audio  # type: ignore[assignment]
-    for index in range(8):
-        expected_audio(index, reply_ms)
 
 
 # --------------------------------------------------------------------------- process probes
@@ -98,6 +90,14 @@ def rss_kb(pid: int) -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return 0
+
+
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores, from /proc/stat."""
+    with open("/proc/stat") as f:
+        values = [int(x) for x in f.readline().split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
 
 
 def free_port() -> int:
@@ -126,7 +126,10 @@ class RunResult:
     cpu_pct_total: float = math.nan
     rss_base_kb: int = 0
     rss_peak_kb: int = 0
-    bench_cpu_pct: float = math.nan
+    gen_cpu_pct: float = math.nan  # this process: the callers (and the fake when in process)
+    fake_cpu_pct: float = math.nan  # the fake's helper process
+    machine_busy_pct: float = math.nan  # all cores together
+    other_cpu_pct: float = math.nan  # processes not ours, in % of one core
     late_p99_ms: float = math.nan
     provider_faults: int = 0
     log_lines: list[str] = field(default_factory=list)
@@ -165,7 +168,7 @@ class RunResult:
 class Target:
     """The system under test in its own process: the relay or the floor."""
 
-    def __init__(self, system: str, fake: FakeRealtimeServer, log_dir: Path, n: int) -> None:
+    def __init__(self, system: str, fake: Fake, log_dir: Path, n: int) -> None:
         self.system = system
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -221,16 +224,18 @@ class Target:
 
 async def place_calls(
     target: Target,
-    fake: FakeRealtimeServer,
+    fake: Fake,
     client: httpx.AsyncClient,
     n: int,
     seconds: float,
     result: RunResult | None,
+    first: int = 0,
 ) -> None:
-    """Ramps up `n` calls one after the other, streams `seconds` with all of them up, drains, ends."""
+    """Ramps up `n` calls one after the other, streams `seconds` with all of them up, drains, ends.
+    Calls are numbered from `first` (their SIDs derive from it)."""
     pid = target.proc.pid
     calls: list[SimCall] = []
-    tracks: list[ProviderTrack] = []
+    conn_index: list[int] = []  # each call's provider connection (0-based, in the fake's order)
     tasks: list[asyncio.Task[None]] = []
     max_frames = int((n * 0.2 + seconds + 10) / FRAME_S)  # a bound: the ramp never takes 200 ms per call
     ramp_start = time.monotonic()
@@ -239,26 +244,24 @@ async def place_calls(
             delay = ramp_start + i * START_GAP_S - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-            expected = len(fake.connections) + 1
+            expected = await fake.count() + 1
+            call = SimCall(first + i, target.base_url, stream_url="wss://floor.example.com/media-stream")
             try:
                 if target.system == "relay":
-                    sid = f"CA{i + 1:032x}"
-                    url, params = await fetch_twiml(client, target.base_url, PUBLIC_URL, AUTH_TOKEN, sid)
-                    call = SimCall(
-                        i, target.base_url, stream_url=url, auth_token=AUTH_TOKEN, parameters=params
+                    call.stream_url, call.parameters = await fetch_twiml(
+                        client, target.base_url, PUBLIC_URL, AUTH_TOKEN, call.call_sid
                     )
-                else:
-                    call = SimCall(i, target.base_url, stream_url="wss://floor.example.com/media-stream")
+                    call.auth_token = AUTH_TOKEN
                 await call.open()
-                # Calls start one at a time, so the n-th provider connection is this call's.
-                conn = await fake.wait_connection(n=expected, timeout=10.0)
+                # Calls start one at a time, so the next provider connection is this call's.
+                await fake.wait_connection(expected, 10.0)
             except Exception as exc:  # a refused or failed call is a result, not a crash
                 if result is not None:
                     result.failed_calls += 1
                     result.errors.append(f"call {i}: {type(exc).__name__}: {exc}")
                 continue
             calls.append(call)
-            tracks.append(ProviderTrack(conn))
+            conn_index.append(expected - 1)
             tasks.append(asyncio.create_task(call.stream(max_frames)))
         all_up = time.monotonic()
         deadline = all_up + seconds
@@ -266,38 +269,49 @@ async def place_calls(
             call.until = deadline
         window = (all_up + min(SETTLE_S, seconds / 4), deadline)
 
-        # steady window: CPU at both ends, RSS sampled, records harvested as we go
+        # steady window: CPU at both ends, RSS sampled
         await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
-        cpu0, bench0, t0 = cpu_seconds(pid), time.process_time(), time.monotonic()
+        busy0, total0 = machine_jiffies()
+        cpu0, gen0, fake0, t0 = cpu_seconds(pid), time.process_time(), _cpu(fake.pid), time.monotonic()
         peak = rss_kb(pid)
         while (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(0.5, left))
             peak = max(peak, rss_kb(pid))
-            for track in tracks:
-                track.harvest()
-        cpu1, bench1, t1 = cpu_seconds(pid), time.process_time(), time.monotonic()
+        cpu1, gen1, fake1, t1 = cpu_seconds(pid), time.process_time(), _cpu(fake.pid), time.monotonic()
+        busy1, total1 = machine_jiffies()
         await asyncio.wait(tasks, timeout=5.0)
 
         # drain: wait (bounded) until what was sent before each caller stopped has arrived
         drain_end = time.monotonic() + DRAIN_S
         while time.monotonic() < drain_end:
-            for track in tracks:
-                track.harvest()
-            if all(_settled(c, t) for c, t in zip(calls, tracks, strict=True)):
+            stops = {k: c.stop_at for k, c in zip(conn_index, calls, strict=True)}
+            progress = await fake.progress(stops)
+            if all(
+                c.stop_at is not None
+                and progress[k][0] >= len(c.send_times)
+                and len(c.media_times) >= progress[k][1]
+                for k, c in zip(conn_index, calls, strict=True)
+            ):
                 break
             await asyncio.sleep(0.1)
     finally:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await asyncio.wait_for(asyncio.gather(*(c.finish() for c in calls), return_exceptions=True), 15.0)
-        for track in tracks:
-            track.harvest()
+        ending = asyncio.gather(*(c.finish() for c in calls), return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # each finish() is bounded; this bounds them all
+            await asyncio.wait_for(ending, 15.0)
     if result is None:
         return
-    result.cpu_pct_total = (cpu1 - cpu0) / (t1 - t0) * 100
-    result.bench_cpu_pct = (bench1 - bench0) / (t1 - t0) * 100
+    tracks = await fake.collect(conn_index)
+    span = t1 - t0
+    result.cpu_pct_total = (cpu1 - cpu0) / span * 100
+    result.gen_cpu_pct = (gen1 - gen0) / span * 100
+    result.fake_cpu_pct = (fake1 - fake0) / span * 100
     result.rss_peak_kb = peak
+    result.machine_busy_pct = (busy1 - busy0) / max(1, total1 - total0) * 100
+    ours = (cpu1 - cpu0) + (gen1 - gen0) + (0.0 if fake.pid is None else fake1 - fake0)
+    result.other_cpu_pct = ((busy1 - busy0) / CLK_TCK - ours) / span * 100
     late: list[float] = []
     for call, track in zip(calls, tracks, strict=True):
         _account(result, call, track, window)
@@ -305,16 +319,8 @@ async def place_calls(
     result.late_p99_ms = percentile(late, 99) * 1000
 
 
-def _deltas_before_stop(call: SimCall, track: ProviderTrack) -> int:
-    stop = call.stop_at if call.stop_at is not None else math.inf
-    return sum(1 for t in track.delta_times if t <= stop)
-
-
-def _settled(call: SimCall, track: ProviderTrack) -> bool:
-    if call.stop_at is None:
-        return False
-    done_c2p = len(track.append_times) >= len(call.send_times)
-    return done_c2p and len(call.media_times) >= _deltas_before_stop(call, track)
+def _cpu(pid: int | None) -> float:
+    return math.nan if pid is None else cpu_seconds(pid)
 
 
 def _account(result: RunResult, call: SimCall, track: ProviderTrack, window: tuple[float, float]) -> None:
@@ -323,7 +329,7 @@ def _account(result: RunResult, call: SimCall, track: ProviderTrack, window: tup
     result.lost_c2p += max(0, sent - got)
     count = min(sent, got)
     result.c2p_ms += [x * 1000 for x in match_latencies(call.send_times, track.append_times, count, window)]
-    deltas = _deltas_before_stop(call, track)
+    deltas = track.progress(call.stop_at)[1]  # the deltas sent before the caller stopped
     received = len(call.media_times)
     result.sent_p2c += deltas
     result.lost_p2c += max(0, deltas - received)
@@ -338,24 +344,44 @@ def _account(result: RunResult, call: SimCall, track: ProviderTrack, window: tup
         result.provider_ms.append(own * 1000)
 
 
-async def run_system(system: str, n: int, seconds: float, reply_ms: int, log_dir: Path) -> RunResult:
+async def wait_quiet() -> float:
+    """Waits (at most QUIET_WAIT_S) until the machine is nearly idle; returns its last busy %."""
+    busy = math.nan
+    for _ in range(int(QUIET_WAIT_S / QUIET_SAMPLE_S)):
+        busy0, total0 = machine_jiffies()
+        await asyncio.sleep(QUIET_SAMPLE_S)
+        busy1, total1 = machine_jiffies()
+        busy = (busy1 - busy0) / max(1, total1 - total0) * 100
+        if busy <= QUIET_PCT:
+            break
+    return busy
+
+
+async def run_system(
+    system: str, n: int, seconds: float, reply_ms: int, log_dir: Path, *, in_process: bool
+) -> RunResult:
     result = RunResult(system, n)
-    reply = Say(REPLY_TEXT, audio_ms=reply_ms)
-    async with (
-        FakeRealtimeServer(default_reply=reply, pace=1.0, delta_ms=20) as fake,
-        httpx.AsyncClient(timeout=10.0) as client,
-    ):
-        target = Target(system, fake, log_dir, n)
-        result.log_path = str(target.log_path)
-        try:
-            await target.wait_ready(client)
-            await place_calls(target, fake, client, WARMUP_CALLS, WARMUP_S, None)
-            await asyncio.sleep(0.3)
-            result.rss_base_kb = rss_kb(target.proc.pid)
-            await place_calls(target, fake, client, n, seconds, result)
-        finally:
-            await target.stop()
-        result.log_lines = target.log_lines()
+    busy = await wait_quiet()
+    if busy > QUIET_PCT:
+        result.errors.append(f"the machine was {busy:.0f} % busy before the run (other work)")
+    fake: Fake = LocalFake(reply_ms) if in_process else HelperFake(reply_ms)
+    await fake.start()
+    freeze_heap()
+    try:
+        async with httpx.AsyncClient(timeout=10.0) as client:
+            target = Target(system, fake, log_dir, n)
+            result.log_path = str(target.log_path)
+            try:
+                await target.wait_ready(client)
+                await place_calls(target, fake, client, WARMUP_CALLS, WARMUP_S, None, first=1_000_000)
+                await asyncio.sleep(0.3)
+                result.rss_base_kb = rss_kb(target.proc.pid)
+                await place_calls(target, fake, client, n, seconds, result)
+            finally:
+                await target.stop()
+            result.log_lines = target.log_lines()
+    finally:
+        await fake.close()
     return result
 
 
@@ -367,23 +393,31 @@ def _f(x: float, digits: int = 1) -> str:
 
 
 HEADER = (
-    f"{'N':>4} {'system':<6} {'lost c→p':>12} {'lost p→c':>12} {'c→p p50/p99 ms':>15} "
-    f"{'p→c p50/p99 ms':>15} {'CPU %/call':>10} {'CPU % tot':>9} {'RSS KB/call':>11} "
-    f"{'greet +ms p50/p99':>18} {'prov ms':>7} {'bench CPU%':>10} {'late p99':>8} {'log W/E':>7}"
+    f"{'N':>4} {'system':<6} {'lost c→p':>12} {'lost p→c':>12} {'c→p p50/p99':>12} {'p→c p50/p99':>12} "
+    f"{'CPU%/call':>9} {'CPU%':>6} {'RSS KB/call':>11} {'greet+ p50/p99':>15} {'prov':>5} "
+    f"{'gen%':>5} {'fake%':>5} {'box%':>5} {'other%':>6} {'late99':>6} {'log':>4}"
+)
+LEGEND = (
+    "latencies in ms (added: relay path only); CPU% = % of one core; greet+ = start → first media at\n"
+    "the caller minus prov (the fake's response.create → first delta), ms; gen%/fake% = CPU of the\n"
+    "callers' process / the fake's process; box% = all cores busy (100 = all saturated); other% = CPU\n"
+    "of processes not in this bench (a shared machine); late99 = p99 of how late the callers sent a\n"
+    "frame vs its 20 ms slot (ms, bench health); log = WARNING/ERROR lines in the server's log"
 )
 
 
 def row(r: RunResult) -> str:
     lost_c2p = f"{r.lost_c2p}/{r.sent_c2p}"
     lost_p2c = f"{r.lost_p2c}/{r.sent_p2c}"
-    c2p = f"{_f(r.p(r.c2p_ms, 50), 2)}/{_f(r.p(r.c2p_ms, 99), 2)}"
-    p2c = f"{_f(r.p(r.p2c_ms, 50), 2)}/{_f(r.p(r.p2c_ms, 99), 2)}"
+    c2p = f"{_f(r.p(r.c2p_ms, 50), 2)}/{_f(r.p(r.c2p_ms, 99), 1)}"
+    p2c = f"{_f(r.p(r.p2c_ms, 50), 2)}/{_f(r.p(r.p2c_ms, 99), 1)}"
     greet = f"{_f(r.p(r.greeting_ms, 50))}/{_f(r.p(r.greeting_ms, 99))}"
     line = (
-        f"{r.n:>4} {r.system:<6} {lost_c2p:>12} {lost_p2c:>12} {c2p:>15} {p2c:>15} "
-        f"{_f(r.cpu_per_call, 3):>10} {_f(r.cpu_pct_total):>9} {_f(r.rss_per_call_kb):>11} {greet:>18} "
-        f"{_f(r.p(r.provider_ms, 50)):>7} {_f(r.bench_cpu_pct):>10} {_f(r.late_p99_ms):>8} "
-        f"{len(r.log_lines):>7}"
+        f"{r.n:>4} {r.system:<6} {lost_c2p:>12} {lost_p2c:>12} {c2p:>12} {p2c:>12} "
+        f"{_f(r.cpu_per_call, 3):>9} {_f(r.cpu_pct_total):>6} {_f(r.rss_per_call_kb):>11} {greet:>15} "
+        f"{_f(r.p(r.provider_ms, 50)):>5} {_f(r.gen_cpu_pct, 0):>5} {_f(r.fake_cpu_pct, 0):>5} "
+        f"{_f(r.machine_busy_pct, 0):>5} {_f(r.other_cpu_pct, 0):>6} "
+        f"{_f(r.late_p99_ms):>6} {len(r.log_lines):>4}"
     )
     extra = []
     if r.failed_calls or r.ended_early:
@@ -413,7 +447,7 @@ def summary(results: list[RunResult]) -> None:
     print(f"{'max N':34} {relay_n:>10} {floor_n:>10} {_f(ratio_n, 2):>7}   relay ≥ 0.8× floor and ≥ 100")
     print(
         f"{'CPU % of a core per call':34} {_f(rr.cpu_per_call, 3):>10} {_f(fr.cpu_per_call, 3):>10} "
-        f"{_f(cpu_ratio, 2):>7}   ≤ 1.3× floor"
+        f"{_f(cpu_ratio, 3):>7}   ≤ 1.3× floor"
     )
     rss = f"{_f(rr.rss_per_call_kb):>10} {_f(fr.rss_per_call_kb):>10}"
     print(f"{'RSS per call (KB)':34} {rss} {'':>7}   ≤ 150 KB")
@@ -427,18 +461,29 @@ def summary(results: list[RunResult]) -> None:
         ("greeting", rr.p(rr.greeting_ms, 99) <= 10),
     ]
     print("goals met: " + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in verdicts))
+    common = [n for n in sorted(relay) if n in floor]
+    ratios = [f"{n}: {_f(relay[n].cpu_per_call / floor[n].cpu_per_call, 2)}" for n in common]
+    print("CPU per call relay/floor at each N: " + ", ".join(ratios))
+    greets = [f"{n}: {_f(relay[n].p(relay[n].greeting_ms, 99))}" for n in common]
+    print("relay greeting +ms p99 at each N: " + ", ".join(greets))
+    busy = [f"{r.system} N={r.n}" for r in results if r.machine_busy_pct >= SATURATED_PCT]
+    if busy:
+        print(f"machine ≥ {SATURATED_PCT:g} % busy (limited by the box, not the server): {', '.join(busy)}")
 
 
 async def main_async(args: argparse.Namespace, log_dir: Path) -> None:
     reply_ms = int((max(args.calls) * 0.2 + args.seconds + 10) * 1000)
-    _memoize_fake_audio(reply_ms)
-    print(f"calls {args.calls}, {args.seconds:g} s each with all calls up; logs in {log_dir}")
+    where = "in this process" if args.fake_in_process else "in a helper process"
+    print(f"calls {args.calls}, {args.seconds:g} s each with all calls up, fake {where}; logs in {log_dir}")
     print(f"{os.cpu_count()} cores, Python {sys.version.split()[0]}; latencies of frames sent in that window")
+    print(LEGEND)
     print(HEADER)
     results: list[RunResult] = []
     for n in args.calls:
         for system in ("relay", "floor"):
-            result = await run_system(system, n, args.seconds, reply_ms, log_dir)
+            result = await run_system(
+                system, n, args.seconds, reply_ms, log_dir, in_process=args.fake_in_process
+            )
             results.append(result)
             print(row(result), flush=True)
     summary(results)
@@ -454,6 +499,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calls", default="25,50,100,125,150", help="comma-separated N (%(default)s)")
     parser.add_argument("--seconds", type=float, default=15.0, help="seconds with all N calls up")
     parser.add_argument("--quick", action="store_true", help="smoke run: 10 calls, 5 s")
+    parser.add_argument(
+        "--fake-in-process", action="store_true", help="run the fake Realtime server in this process"
+    )
     parser.add_argument("--log-dir", default=None, help="where the servers' logs go (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.quick:

@@ -12,11 +12,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
 
+from relay.admin import admin_routes
 from relay.config import Settings, load_settings
 from relay.media_stream import media_stream_endpoint
+from relay.metrics import Metrics
+from relay.sessions.limits import make_limiter
 from relay.sessions.manager import CallManager
 from relay.sessions.providers import AsyncTokenCredential, make_adapter
-from relay.sessions.store import CallStore, MemoryStore
+from relay.sessions.store import CallStore, make_store
 from webhooks.routes import routes as webhook_routes
 
 log = logging.getLogger("relay.app")
@@ -73,14 +76,17 @@ def create_app(
 ) -> Starlette:
     """Builds the relay app. Dependencies may be injected (tests inject a fake Entra credential)."""
     settings = settings or load_settings()
-    store = store or MemoryStore()
+    store = store or make_store(settings)
     registry, twilio_calls = _build_tools(settings)
+    metrics = Metrics()
     manager = CallManager(
         settings,
         store=store,
         adapter_factory=lambda: make_adapter(settings, azure_credential=azure_credential),
         registry=registry,
         twilio_calls=twilio_calls,
+        metrics=metrics,
+        limiter=make_limiter(settings),
     )
 
     @contextlib.asynccontextmanager
@@ -111,6 +117,7 @@ def create_app(
         routes=[
             Route("/health", health),
             Route("/ready", ready),
+            *admin_routes(settings),
             *webhook_routes,
             WebSocketRoute("/media-stream", media_stream_endpoint),
             WebSocketRoute("/media-stream/", media_stream_endpoint),
@@ -120,6 +127,7 @@ def create_app(
     app.state.settings = settings
     app.state.store = store
     app.state.manager = manager
+    app.state.metrics = metrics
     return app
 
 

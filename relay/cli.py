@@ -1,10 +1,20 @@
-"""`relay` command line: serve (more commands: call, doctor, demo)."""
+"""`relay` command line: serve, call (a simulated Twilio caller), doctor (configuration checks), demo.
+
+Only `serve` runs the relay for real; `call` and `demo` drive the local fakes of `relay.testing`,
+imported lazily so `relay serve` never loads them.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import logging
+import os
 import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
 
 from relay.errors import ConfigError
 
@@ -30,6 +40,85 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+@contextlib.contextmanager
+def _command_logging(verbose: bool) -> Iterator[None]:
+    """Log lines on stderr (warnings only unless `verbose`) while a command runs, so its own
+    output on stdout stays readable; the logging set-up is restored afterwards."""
+    from relay.logs import TextFormatter, install_context_filter
+
+    root = logging.getLogger()
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(TextFormatter())
+    handler.setLevel(logging.INFO if verbose else logging.WARNING)
+    install_context_filter(handler)
+    level = root.level
+    root.addHandler(handler)
+    if verbose:
+        root.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+
+
+def _call(args: argparse.Namespace) -> int:
+    from relay.config import load_settings
+    from relay.simulate import CallOptions, build_utterances, call_command
+
+    settings = load_settings()
+    try:
+        utterances = build_utterances(args.script)
+    except (ValueError, RuntimeError, OSError) as exc:
+        sys.stderr.write(f"relay call: {exc}\n")
+        return 2
+    token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else None
+    options = CallOptions(
+        url=args.url.rstrip("/"),
+        public_url=(args.public_url or settings.public_url or args.url).rstrip("/"),
+        auth_token=token,
+        utterances=utterances,
+        out=args.out,
+        record=args.record,
+        timeout=args.timeout,
+    )
+    with _command_logging(args.verbose):
+        return asyncio.run(call_command(options))
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from relay.doctor import doctor_command
+
+    with _command_logging(args.verbose):
+        return asyncio.run(doctor_command())
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from relay.demo import DemoOptions, demo_command
+
+    with _command_logging(args.verbose):
+        return asyncio.run(demo_command(DemoOptions(out=args.out)))
+
+
+class _ScriptAction(argparse.Action):
+    """Appends `(kind, value)` to `script`, keeping the order of --say, --wav and --barge-in."""
+
+    def __init__(self, *args: Any, kind: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.kind = kind
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: str | Sequence[Any] | None,
+        option_string: str | None = None,
+    ) -> None:
+        script = list(getattr(namespace, self.dest, None) or [])
+        script.append((self.kind, str(values)))
+        setattr(namespace, self.dest, script)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="relay", description="Twilio ⇄ speech-AI relay")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -37,6 +126,90 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
     serve.set_defaults(func=_serve)
+
+    call = sub.add_parser(
+        "call",
+        help="a simulated Twilio phone call against a running relay",
+        description=(
+            "Calls the relay as Twilio does (signed webhook, Media Stream in real time), says each "
+            "--say/--wav in order, waiting for the agent's answer to play in between, then hangs up. "
+            "Prints a timeline with latencies; exits non-zero on a rejected webhook, a protocol "
+            "error or no agent audio at all."
+        ),
+    )
+    call.add_argument("--url", default="http://127.0.0.1:8000", help="the relay's base URL (%(default)s)")
+    call.add_argument(
+        "--public-url",
+        default=None,
+        help="the URL Twilio signs (default: PUBLIC_URL from the settings, else --url)",
+    )
+    call.add_argument(
+        "--say",
+        dest="script",
+        action=_ScriptAction,
+        kind="say",
+        metavar="TEXT",
+        default=[],
+        help="say TEXT (espeak-ng); repeat for several turns",
+    )
+    call.add_argument(
+        "--wav",
+        dest="script",
+        action=_ScriptAction,
+        kind="wav",
+        metavar="IN.wav",
+        default=[],
+        help="say the audio of a WAV file (16-bit PCM or μ-law, any rate); repeatable",
+    )
+    call.add_argument(
+        "--barge-in",
+        dest="script",
+        action=_ScriptAction,
+        kind="barge-in",
+        metavar="MS",
+        default=[],
+        help="the NEXT --say/--wav starts MS ms after the agent starts talking, instead of waiting "
+        "for it to finish (an interruption)",
+    )
+    call.add_argument("--out", type=Path, default=None, metavar="OUT.wav", help="the agent's audio as played")
+    call.add_argument(
+        "--record",
+        type=Path,
+        default=None,
+        metavar="CALL.wav",
+        help="both sides on the call's timeline (stereo: caller left, agent right)",
+    )
+    call.add_argument("--timeout", type=float, default=120.0, help="bound on the whole call, s (%(default)g)")
+    call.add_argument("-v", "--verbose", action="store_true", help="log lines on stderr")
+    call.set_defaults(func=_call)
+
+    doctor = sub.add_parser(
+        "doctor",
+        help="check the configuration and every configured service",
+        description="One line per check (OK / WARN / FAIL / SKIP) with what to fix; exit 0 when nothing "
+        "FAILs.",
+    )
+    doctor.add_argument("-v", "--verbose", action="store_true", help="log lines on stderr")
+    doctor.set_defaults(func=_doctor)
+
+    demo = sub.add_parser(
+        "demo",
+        help="a whole call against local fakes, no account needed",
+        description=(
+            "Runs the relay with a fake realtime model and a fake web search in this process and "
+            "calls it: greeting, a spoken question, a web_search tool call, an interruption. "
+            "Prints the timeline and writes the call as a WAV."
+        ),
+    )
+    demo.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo.wav"),
+        metavar="OUT.wav",
+        help="the call, caller left / agent right (%(default)s)",
+    )
+    demo.add_argument("-v", "--verbose", action="store_true", help="the relay's log lines on stderr")
+    demo.set_defaults(func=_demo)
     return parser
 
 
@@ -47,3 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         sys.stderr.write(f"relay: {exc}\n")
         return 2
+    except BrokenPipeError:  # the reader went away (`relay call | head`): no traceback
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -71,6 +71,9 @@ class Settings(BaseSettings):
     azure_openai_tts_deployment: str = ""
     azure_cascade_api_version: str = "2025-03-01-preview"
     azure_token_scope: str = "https://cognitiveservices.azure.com/.default"
+    # Where the realtime WebSocket lives when not at the HTTP endpoint (a proxy; tests). Empty: derived
+    # from OPENAI_BASE_URL (e.g. ws://host/v1) or AZURE_OPENAI_ENDPOINT (e.g. ws://host).
+    realtime_websocket_base_url: str = ""
 
     # --- the conversation ------------------------------------------------------------------
     instructions: str = DEFAULT_INSTRUCTIONS
@@ -85,6 +88,9 @@ class Settings(BaseSettings):
     noise_reduction: Literal["near_field", "far_field", "off"] = "near_field"
     realtime_session_max_minutes: float = Field(28.0, gt=0)
     provider_connect_timeout: float = Field(5.0, gt=0)
+    cascade_silence_ms: int = Field(500, ge=100)  # silence that ends the caller's turn (cascade VAD)
+    cascade_min_speech_ms: int = Field(200, ge=20)  # shorter sounds (clicks, coughs) are not a turn
+    cascade_vad_aggressiveness: int = Field(2, ge=0, le=3)  # webrtcvad 0 (lenient) … 3 (strict)
     slow_tool_feedback: Literal["tone", "none"] = "tone"
     slow_tool_after: float = Field(1.0, ge=0)  # seconds a tool may run before the hold tone starts
 

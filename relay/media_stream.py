@@ -126,6 +126,7 @@ async def media_stream_endpoint(websocket: WebSocket) -> None:
     settings = app.state.settings
     if not websocket_signature_ok(websocket, settings):
         log.warning("rejected Media Stream: missing or invalid X-Twilio-Signature on the upgrade")
+        app.state.metrics.observe_rejection("signature")
         await websocket.accept()  # then close with 1008, so the peer sees a policy violation, not a 403
         await websocket.close(code=WS_1008_POLICY_VIOLATION, reason="invalid signature")
         return
@@ -145,6 +146,7 @@ async def media_stream_endpoint(websocket: WebSocket) -> None:
             verify_stream_token(start.custom_parameters.get("token", ""), start.call_sid, settings)
         except StreamAuthError as exc:
             log.warning("rejected Media Stream: %s", exc)
+            app.state.metrics.observe_rejection("signature")
             await channel.close(WS_1008_POLICY_VIOLATION, "invalid stream token")
             return
         channel.start_writer()

@@ -73,7 +73,7 @@ async def rig(kind: str, *, settings: dict[str, Any] | None = None, **server_kw:
     credential = FakeCredential()
     server_kw.setdefault("bearer_tokens", {f"entra-{i}" for i in range(1, 20)})
     async with FakeRealtimeServer(**server_kw) as server:
-        cfg = {**provider_settings(kind, server), **(settings or {})}
+        cfg = {"relay_mode": "realtime", **provider_settings(kind, server), **(settings or {})}
         app = create_app(make_settings(**cfg), azure_credential=credential)
         async with serve_app(app) as url:
             yield Rig(server, url, app, credential)

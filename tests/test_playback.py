@@ -67,3 +67,12 @@ def test_gap_in_delivery_restarts_clock_at_send_time() -> None:
     t.on_mark(m1, 0.1)
     send(t, "a", 100, 0.5)  # arrived after the queue ran dry
     assert t.heard_ms("a", 0.55) == 150
+
+
+def test_prefixed_trackers_ignore_each_others_marks() -> None:
+    a, b = PlaybackTracker(), PlaybackTracker(prefix="c")
+    ma = send(a, "x", 100, 0.0)
+    mb = send(b, "y", 100, 0.0)
+    assert ma == "0:1" and mb == "c0:1"
+    assert not b.on_mark(ma, 0.1) and b.outstanding
+    assert b.on_mark(mb, 0.1) and not b.outstanding

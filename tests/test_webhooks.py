@@ -88,8 +88,8 @@ async def test_unconfigured_provider_says_sorry_and_hangs_up() -> None:
 
 async def test_over_capacity_is_busy() -> None:
     app = create_app(make_settings(max_concurrent_calls=1))
-    app.state.manager.active["CAbusy"] = object()  # one call in progress
     async with serve_app(app) as base:
+        assert await app.state.manager.limiter.acquire("CAbusy", 60)  # one call in progress
         r = await post(base, "/incoming-call", FORM, signed("https://relay.example.com/incoming-call", FORM))
     assert "busy" in r.text and "<Hangup" in r.text
 

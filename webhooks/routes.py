@@ -58,10 +58,12 @@ async def incoming_call(request: Request) -> Response:
     with bind_call(call_sid or "-"):
         if not request_signature_ok(request, settings, form):
             log.warning("rejected /incoming-call: invalid X-Twilio-Signature (is PUBLIC_URL right?)")
+            state.metrics.observe_rejection("signature")
             return PlainTextResponse("invalid signature", status_code=403)
-        refusal = state.manager.admission()
+        refusal = await state.manager.admit(call_sid)
         if refusal is not None:
             log.warning("refusing call: %s", refusal)
+            state.metrics.observe_rejection(refusal)
             text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
             return say_and_hang_up(text)
         host = urlsplit(public_base(request, settings)).netloc

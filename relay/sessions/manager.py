@@ -9,19 +9,30 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from twilio.twiml.voice_response import VoiceResponse
 
 from relay.config import Settings
-from relay.errors import ProviderError
+from relay.errors import ProviderClosedError, ProviderError, StoreError
+from relay.metrics import Metrics
+from relay.sessions import events as ev
 from relay.sessions.bridge import Effect, Notice, RunTool, SaveTurn
+from relay.sessions.limits import CallLimiter, MemoryLimiter
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime import RealtimeSession
 from relay.sessions.store import CallStore
 from relay.twilio_messages import Start
 
+if TYPE_CHECKING:
+    from cascade.session import CascadeSession
+
 log = logging.getLogger("relay.manager")
 
 HANGUP_GRACE_S = 15.0  # longest wait for the goodbye to play before hanging up anyway
+SLOT_TTL_S = 60.0  # a call's concurrency slot lapses this long after its instance stops refreshing it
+GOODBYE_DURATION = "We have reached the time limit for this call. Thank you for calling, goodbye."
+GOODBYE_SHUTDOWN = "Sorry, this service is restarting. Please call again in a moment. Goodbye."
 
 
 class CallRecorder:
@@ -58,7 +69,7 @@ class CallControlImpl:
     def __init__(self, manager: CallManager, call_sid: str) -> None:
         self.manager = manager
         self.call_sid = call_sid
-        self.session: RealtimeSession | None = None
+        self.session: RealtimeSession | CascadeSession | None = None
         self.tool_response_id = ""  # the response whose tool call is running
         self._goodbye_done = False
         self._armed_for: str | None = None
@@ -72,7 +83,7 @@ class CallControlImpl:
         asyncio.get_running_loop().create_task(self._hang_up_when_played())
 
     def _goodbye_played(self) -> bool:
-        playing = self.session is not None and self.session.core.playback.outstanding
+        playing = self.session is not None and self.session.playing
         return self._goodbye_done and not playing
 
     async def _hang_up_when_played(self) -> None:
@@ -107,13 +118,21 @@ class CallManager:
         adapter_factory: Callable[[], ProviderAdapter],
         registry: Any = None,
         twilio_calls: Any = None,
+        alternate_adapter_factory: Callable[[], ProviderAdapter | None] | None = None,
+        metrics: Metrics | None = None,
+        limiter: CallLimiter | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.adapter_factory = adapter_factory
         self.registry = registry
         self.twilio_calls = twilio_calls
-        self.active: dict[str, RealtimeSession] = {}
+        self.alternate_adapter_factory = alternate_adapter_factory
+        self.active: dict[str, CallRun] = {}
+        self._idle = asyncio.Event()
+        self.limiter = limiter if limiter is not None else MemoryLimiter(settings.max_concurrent_calls)
+        self.metrics = metrics if metrics is not None else Metrics()
+        self.metrics.active_calls.set_function(lambda: len(self.active))
         self.draining = False
         self._adapter: ProviderAdapter | None = None
 
@@ -123,15 +142,38 @@ class CallManager:
             self._adapter = self.adapter_factory()
         return self._adapter
 
-    def admission(self) -> str | None:
-        """None when a new call can be served, else why not: draining, busy, unconfigured."""
+    async def admit(self, call_sid: str) -> str | None:
+        """None when the call is admitted (a slot is held for it), else why not: draining, unconfigured
+        or busy. The slot is shared by every instance when Redis is used; if Redis cannot be
+        reached the relay fails open, bounded by this instance's own MAX_CONCURRENT_CALLS."""
         if self.draining:
             return "draining"
         if not self.settings.provider_configured:
             return "unconfigured"
-        if len(self.active) >= self.settings.max_concurrent_calls:
-            return "busy"
-        return None
+        try:
+            ok = await self.limiter.acquire(call_sid, SLOT_TTL_S)
+        except StoreError as exc:
+            self.metrics.store_errors_total.inc()
+            log.warning("call limiter unavailable, admitting on this instance's bound: %s", exc)
+            ok = len(self.active) < self.settings.max_concurrent_calls
+        return None if ok else "busy"
+
+    async def _keep_slot(self, call_sid: str) -> None:
+        """Refreshes the call's slot while it runs, so a crashed instance's slots expire."""
+        while True:
+            try:
+                await self.limiter.acquire(call_sid, SLOT_TTL_S)
+            except StoreError as exc:
+                self.metrics.store_errors_total.inc()
+                log.warning("could not refresh the call's limiter slot: %s", exc)
+            await asyncio.sleep(SLOT_TTL_S / 3)
+
+    async def _release_slot(self, call_sid: str) -> None:
+        try:
+            await self.limiter.release(call_sid)
+        except StoreError as exc:
+            self.metrics.store_errors_total.inc()
+            log.warning("could not release the call's limiter slot (it expires by itself): %s", exc)
 
     async def hang_up(self, call_sid: str) -> None:
         if self.twilio_calls is None:
@@ -145,96 +187,243 @@ class CallManager:
             return
         await self.twilio_calls.redirect(call_sid, twiml)
 
+    def cascade_adapter(self) -> ProviderAdapter | None:
+        """The adapter whose cascade serves a fallback: the same vendor's, unless that one has no
+        cascade models and ALLOW_CROSS_PROVIDER_FALLBACK permits the other configured vendor."""
+        if all(self.adapter.cascade_models().values()):
+            return self.adapter
+        if self.settings.allow_cross_provider_fallback and self.alternate_adapter_factory is not None:
+            other = self.alternate_adapter_factory()
+            if other is not None and all(other.cascade_models().values()):
+                return other
+        return None
+
+    async def drain(self, grace: float) -> int:
+        """Graceful shutdown: stop taking calls, let active ones finish for up to `grace` seconds,
+        then end the rest with a spoken goodbye. Returns how many calls had to be ended."""
+        self.draining = True
+        log.info("draining: %d active calls, waiting up to %.0f s", len(self.active), grace)
+        with contextlib.suppress(TimeoutError):
+            await self.wait_idle(grace)
+        remaining = list(self.active.values())
+        for run in remaining:
+            await run.end_politely(GOODBYE_SHUTDOWN, "shutdown")
+        if remaining:
+            log.warning("drain timeout: ended %d calls with a goodbye", len(remaining))
+        return len(remaining)
+
+    async def wait_idle(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a deadline API
+        """Returns once no call is active (their slots released); TimeoutError after `timeout` s."""
+        async with asyncio.timeout(timeout):
+            while self.active:
+                self._idle.clear()
+                await self._idle.wait()
+
     async def run_call(self, start: Start, channel: Any) -> str:
-        call_sid = start.call_sid
-        recorder = CallRecorder(self.store, call_sid)
-        adapter = self.adapter
-        recorder.put(
-            "upsert",
-            stream_sid=start.stream_sid,
-            provider=adapter.vendor,
-            mode="realtime",
-            started_at=time.time(),
-            status="in-progress",
-        )
-        control = CallControlImpl(self, call_sid)
-        tool_tasks: set[asyncio.Task[None]] = set()
-        session: RealtimeSession | None = None
-
-        def on_effect(effect: Effect) -> None:
-            if isinstance(effect, SaveTurn):
-                recorder.put("add_turn", effect.role, effect.text, **effect.meta)
-            elif isinstance(effect, RunTool):
-                task = asyncio.create_task(self._run_tool(effect, session, control, recorder))
-                tool_tasks.add(task)
-                task.add_done_callback(tool_tasks.discard)
-            elif isinstance(effect, Notice):
-                control.on_notice(effect)
-
-        tools = self.registry.realtime_tools() if self.registry is not None else []
-        session = RealtimeSession(
-            settings=self.settings,
-            adapter=adapter,
-            start=start,
-            twilio=channel,
-            tools=tools,
-            on_effect=on_effect,
-        )
-        control.session = session
-        self.active[call_sid] = session
-        outcome = "error"
+        run = CallRun(self, start, channel)
+        self.active[start.call_sid] = run
+        keeper = asyncio.create_task(self._keep_slot(start.call_sid))
         try:
-            async with asyncio.timeout(self.settings.max_call_duration):
-                outcome = await session.run()
-        except TimeoutError:
-            outcome = "max_duration"
-            log.info("call reached MAX_CALL_DURATION (%.0f s)", self.settings.max_call_duration)
-        except ProviderError as exc:
-            outcome = "provider_error"
-            log.error("realtime provider failed: %s", exc, extra={"cause": type(exc).__name__})
-            recorder.put("add_event", "errors", {"cause": str(exc), "status": getattr(exc, "status", None)})
+            return await run.run()
         finally:
-            for task in tool_tasks:
-                task.cancel()
-            self.active.pop(call_sid, None)
-            recorder.put(
-                "upsert", ended_at=time.time(), status="ended", outcome=outcome, stats=vars(session.stats)
-            )
-            await recorder.aclose()
-        log.info("call ended: %s", outcome)
-        return outcome
-
-    async def _run_tool(
-        self,
-        effect: RunTool,
-        session: RealtimeSession | None,
-        control: CallControlImpl,
-        recorder: CallRecorder,
-    ) -> None:
-        from relay.tools import ToolCallRequest, ToolContext
-
-        assert session is not None
-        call = effect.call
-        control.tool_response_id = call.response_id
-        ctx = ToolContext(
-            call_sid=session.start.call_sid,
-            stream_sid=session.start.stream_sid,
-            settings=self.settings,
-            control=control,
-            twilio=self.twilio_calls,
-        )
-        timer = None
-        if self.settings.slow_tool_feedback == "tone":
-            timer = asyncio.get_running_loop().call_later(self.settings.slow_tool_after, session.hold)
-        try:
-            request = ToolCallRequest(call.call_id, call.name, call.arguments)
-            result = await self.registry.dispatch(request, ctx)
-        finally:
-            if timer is not None:
-                timer.cancel()
-        recorder.put("add_event", "tools", result.audit())
-        session.tool_finished(call.call_id, result.output)
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+            await self._release_slot(start.call_sid)
+            self.active.pop(start.call_sid, None)
+            self._idle.set()
 
     async def aclose(self) -> None:
         if self._adapter is not None:
             await self._adapter.aclose()
+        await self.limiter.close()
+
+
+class CallRun:
+    """One call: its record, its tools, and the session serving it (realtime, then maybe cascade)."""
+
+    def __init__(self, manager: CallManager, start: Start, channel: Any) -> None:
+        self.manager = manager
+        self.settings = manager.settings
+        self.start = start
+        self.channel = channel
+        self.recorder = CallRecorder(manager.store, start.call_sid)
+        self.control = CallControlImpl(manager, start.call_sid)
+        self.session: RealtimeSession | CascadeSession | None = None
+        self.mode = "cascade" if self.settings.relay_mode == "cascade" else "realtime"
+        self._tool_tasks: set[asyncio.Task[None]] = set()
+        self.earlier_stats: list[Any] = []  # the realtime phase's figures, after a fallback
+        self.ending = ""
+
+    async def end_politely(self, text: str, reason: str) -> None:
+        """Ends the call with a spoken goodbye: a TwiML redirect when Twilio credentials are set,
+        otherwise by closing the stream (Twilio then speaks the `<Say>` after `<Connect>`)."""
+        if self.manager.twilio_calls is not None:
+            vr = VoiceResponse()
+            vr.say(text)
+            vr.hangup()
+            try:
+                await self.manager.twilio_calls.redirect(self.start.call_sid, str(vr))
+            except Exception as exc:  # the stream close below still ends the call
+                log.warning("could not redirect the call to its goodbye (%s): %s", reason, exc)
+        self.ending = reason
+        await self.channel.close()
+
+    def all_stats(self) -> list[Any]:
+        return [*self.earlier_stats, *([self.session.stats] if self.session is not None else [])]
+
+    def on_effect(self, effect: Effect) -> None:
+        if isinstance(effect, SaveTurn):
+            self.recorder.put("add_turn", effect.role, effect.text, **effect.meta)
+        elif isinstance(effect, RunTool):
+            task = asyncio.create_task(self._realtime_tool(effect.call))
+            self._tool_tasks.add(task)
+            task.add_done_callback(self._tool_tasks.discard)
+        elif isinstance(effect, Notice):
+            self.control.on_notice(effect)
+
+    async def run(self) -> str:
+        adapter = self.manager.adapter
+        self.recorder.put(
+            "upsert",
+            stream_sid=self.start.stream_sid,
+            provider=adapter.vendor,
+            mode=self.mode,
+            started_at=time.time(),
+            status="in-progress",
+        )
+        outcome = "error"
+        try:
+            async with asyncio.timeout(self.settings.max_call_duration):
+                outcome = await self._serve(adapter)
+        except TimeoutError:
+            outcome = "max_duration"
+            log.info("call reached MAX_CALL_DURATION (%.0f s)", self.settings.max_call_duration)
+            await self.end_politely(GOODBYE_DURATION, outcome)
+        except ProviderError as exc:
+            outcome = "provider_error"
+            log.error("%s provider failed: %s", self.mode, exc, extra={"cause": type(exc).__name__})
+            self.recorder.put(
+                "add_event", "errors", {"cause": str(exc), "status": getattr(exc, "status", None)}
+            )
+        finally:
+            for task in self._tool_tasks:
+                task.cancel()
+            stats = [vars(st) for st in self.all_stats()]
+            self.recorder.put(
+                "upsert", ended_at=time.time(), status="ended", outcome=outcome, mode=self.mode, stats=stats
+            )
+            await self.recorder.aclose()
+            metrics = self.manager.metrics
+            for stats_obj in self.all_stats():
+                metrics.observe_call_end(stats_obj, self.mode, outcome, provider=adapter.vendor, count=False)
+            metrics.calls_total.labels(mode=self.mode, outcome=outcome).inc()
+            metrics.store_errors_total.inc(self.recorder.lost)
+        log.info("call ended: %s", outcome)
+        return outcome
+
+    async def _serve(self, adapter: ProviderAdapter) -> str:
+        if self.mode == "cascade":
+            return await self._cascade(adapter, history=[], greet=True)
+        realtime = RealtimeSession(
+            settings=self.settings,
+            adapter=adapter,
+            start=self.start,
+            twilio=self.channel,
+            tools=self.manager.registry.realtime_tools() if self.manager.registry is not None else [],
+            on_effect=self.on_effect,
+        )
+        self.session = self.control.session = realtime
+        try:
+            return await realtime.run()
+        except ProviderError as exc:
+            if self.settings.relay_mode != "auto":
+                raise
+            fallback = self.manager.cascade_adapter()
+            if fallback is None:
+                log.error(
+                    "cannot fall back to the cascade: no STT/chat/TTS models configured for %s%s",
+                    adapter.display_name,
+                    ""
+                    if self.settings.allow_cross_provider_fallback
+                    else " (cross-provider fallback is off)",
+                )
+                raise
+            cause = fallback_cause(exc)
+            self.manager.metrics.fallbacks_total.labels(cause=cause).inc()
+            self.earlier_stats.append(realtime.stats)
+            log.warning("falling back to the cascade (%s): %s", cause, exc)
+            self.recorder.put(
+                "add_event", "fallbacks", {"cause": cause, "error": str(exc), "at": time.time()}
+            )
+            self.mode = "cascade"
+            self.recorder.put("upsert", mode="cascade")
+            greeted = realtime.stats.first_audio_ms is not None
+            for task in self._tool_tasks:
+                task.cancel()
+            return await self._cascade(fallback, history=realtime.turns, greet=not greeted)
+
+    async def _cascade(self, adapter: ProviderAdapter, *, history: list[tuple[str, str]], greet: bool) -> str:
+        from cascade.session import CascadeSession
+
+        registry = self.manager.registry
+        cascade = CascadeSession(
+            settings=self.settings,
+            adapter=adapter,
+            start=self.start,
+            twilio=self.channel,
+            tools=registry.chat_tools() if registry is not None else [],
+            run_tool=self._dispatch,
+            on_effect=self.on_effect,
+            history=history,
+            greet=greet,
+        )
+        self.session = self.control.session = cascade
+        return await cascade.run()
+
+    async def _dispatch(self, call: ev.ToolCall) -> str:
+        """Runs a tool for either path: context, hold tone when slow, audit on the record."""
+        from relay.tools import ToolCallRequest, ToolContext
+
+        assert self.session is not None and self.manager.registry is not None
+        self.control.tool_response_id = call.response_id
+        ctx = ToolContext(
+            call_sid=self.start.call_sid,
+            stream_sid=self.start.stream_sid,
+            settings=self.settings,
+            control=self.control,
+            twilio=self.manager.twilio_calls,
+        )
+        timer = None
+        if self.settings.slow_tool_feedback == "tone":
+            timer = asyncio.get_running_loop().call_later(self.settings.slow_tool_after, self.session.hold)
+        try:
+            request = ToolCallRequest(call.call_id, call.name, call.arguments)
+            result = await self.manager.registry.dispatch(request, ctx)
+        finally:
+            if timer is not None:
+                timer.cancel()
+        audit = result.audit()
+        self.recorder.put("add_event", "tools", audit)
+        self.manager.metrics.observe_tool(audit)
+        return str(result.output)
+
+    async def _realtime_tool(self, call: ev.ToolCall) -> None:
+        output = await self._dispatch(call)
+        if isinstance(self.session, RealtimeSession):
+            self.session.tool_finished(call.call_id, output)
+
+
+def fallback_cause(exc: ProviderError) -> str:
+    """A short label for metrics and the record: auth, not_found, rate_limited, server_error, timeout…"""
+    status = exc.status
+    if status in (401, 403):
+        return "auth"
+    if status == 404:
+        return "not_found"
+    if status == 429:
+        return "rate_limited"
+    if status is not None and status >= 500:
+        return "server_error"
+    if "did not answer" in str(exc):
+        return "timeout"
+    return "dropped" if isinstance(exc, ProviderClosedError) else "unreachable"

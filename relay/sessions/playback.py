@@ -40,7 +40,8 @@ class Cut:
 class PlaybackTracker:
     """Tracks outbound audio per item against Twilio's mark echoes. Sans-I/O."""
 
-    def __init__(self) -> None:
+    def __init__(self, prefix: str = "") -> None:
+        self.prefix = prefix  # distinguishes this tracker's marks from another session's on the same call
         self.generation = 0
         self._seq = 0
         self._pending: deque[_PendingMark] = deque()
@@ -55,7 +56,7 @@ class PlaybackTracker:
         total = start + nbytes
         self._sent_bytes[item_id] = total
         self._seq += 1
-        name = f"{self.generation}:{self._seq}"
+        name = f"{self.prefix}{self.generation}:{self._seq}"
         self._pending.append(_PendingMark(name, item_id, start // BYTES_PER_MS, total / BYTES_PER_MS, now))
         return name
 
@@ -66,7 +67,7 @@ class PlaybackTracker:
     def on_mark(self, name: str, now: float) -> bool:
         """Handles a mark echo. Returns False for marks of an older generation or unknown names."""
         gen, _, _ = name.partition(":")
-        if gen != str(self.generation):
+        if gen != f"{self.prefix}{self.generation}":
             return False
         while self._pending:
             mark = self._pending.popleft()

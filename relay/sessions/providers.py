@@ -140,7 +140,10 @@ class OpenAIAdapter(ProviderAdapter):
     @property
     def realtime_url(self) -> str:
         model = quote(self.settings.openai_realtime_model, safe="")
-        return f"{_ws_base(self.settings.openai_base_url)}/realtime?model={model}"
+        base = self.settings.realtime_websocket_base_url.rstrip("/") or _ws_base(
+            self.settings.openai_base_url
+        )
+        return f"{base}/realtime?model={model}"
 
     async def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._key}"}
@@ -194,7 +197,7 @@ class AzureAdapter(ProviderAdapter):
     @property
     def realtime_url(self) -> str:
         s = self.settings
-        base = _ws_base(s.azure_openai_endpoint)
+        base = s.realtime_websocket_base_url.rstrip("/") or _ws_base(s.azure_openai_endpoint)
         dep = quote(s.azure_openai_deployment, safe="")
         if self.dialect == "preview":
             return (

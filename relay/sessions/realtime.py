@@ -131,6 +131,11 @@ class RealtimeSession:
                     self._rotate.set()
             self.on_effect(effect)
 
+    @property
+    def playing(self) -> bool:
+        """True while agent audio is queued at Twilio."""
+        return self.core.playback.outstanding
+
     def hold(self) -> None:
         """A tool is taking a while: let the caller hear a hold tone."""
         self.core.start_hold(self.clock())

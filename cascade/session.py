@@ -1,0 +1,321 @@
+"""The cascaded path for one call: VAD → STT → streaming chat (with tools) → sentence TTS → Twilio.
+
+It has the same shape as the realtime session (`run()`, `turns`, `stats`, `playing`, `hold()`), so
+the manager can start a call here (RELAY_MODE=cascade) or move a call here mid-way, carrying the
+conversation. It takes its HTTP client and model/deployment names from the provider adapter: with
+Azure, every byte stays in the Azure resource.
+
+Pipelining: the chat stream is split into sentences as it arrives; each sentence goes to TTS while
+the model keeps writing, and TTS audio is resampled and framed as it streams, so the caller hears
+the first sentence before the answer is complete. Caller speech during playback (barge-in) clears
+Twilio's queue, cancels the chat and TTS streams, and the history keeps only what was heard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from cascade.llm import ToolCallsDone, assistant_tool_calls_message, stream_chat, tool_result_message
+from cascade.sentences import SentenceChunker
+from cascade.stt import transcribe
+from cascade.tts import PcmToTwilio, synthesize
+from cascade.vad import SpeechStarted, TurnDetector, Utterance
+from relay.config import Settings
+from relay.errors import ProviderError
+from relay.sessions import events as ev
+from relay.sessions.bridge import MS_PER_CHAR, Effect, Notice, SaveTurn, b64_len, cut_text, hold_tone
+from relay.sessions.playback import PlaybackTracker
+from relay.sessions.providers import ProviderAdapter
+from relay.sessions.realtime import CallStats
+from relay.twilio_messages import Mark, Media, Start, Stop, clear_message, mark_message, media_message
+
+log = logging.getLogger("relay.cascade")
+
+MAX_TOOL_ROUNDS = 5
+HOLD_SECONDS = 5
+RunTool = Callable[[ev.ToolCall], Awaitable[str]]
+
+
+class CascadeSession:
+    """Runs one call on STT → LLM → TTS until either side ends."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        adapter: ProviderAdapter,
+        start: Start,
+        twilio: Any,  # relay.media_stream.TwilioChannel
+        tools: list[dict[str, Any]],
+        run_tool: RunTool,
+        on_effect: Callable[[Effect], None],
+        history: list[tuple[str, str]] | None = None,
+        greet: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.start = start
+        self.twilio = twilio
+        self.client = adapter.cascade_client()
+        self.models = adapter.cascade_models()
+        self.tools = tools
+        self.run_tool = run_tool
+        self.on_effect = on_effect
+        self.clock = clock
+        self.greet = greet
+        self.detector = TurnDetector(
+            silence_ms=settings.cascade_silence_ms,
+            min_speech_ms=settings.cascade_min_speech_ms,
+            aggressiveness=settings.cascade_vad_aggressiveness,
+        )
+        self.playback = PlaybackTracker(prefix="c")
+        self.turns: list[tuple[str, str]] = list(history or [])
+        self.messages: list[dict[str, Any]] = [{"role": "system", "content": settings.instructions}]
+        self.messages += [{"role": role, "content": text} for role, text in self.turns]
+        self.stats = CallStats()
+        self.timings: list[dict[str, float]] = []  # per turn: vad_end, stt_sent, … first_frame
+        self._t0 = clock()
+        self._reply: asyncio.Task[None] | None = None
+        self._reply_items: list[str] = []
+        self._item_text: dict[str, str] = {}
+        self._item_done: set[str] = set()
+        self._reply_text: str | None = None  # a finished reply, saved once its audio has played
+        self._turn = 0
+        self._hold_item: str | None = None
+        self._failure: BaseException | None = None
+        self._failed = asyncio.Event()
+
+    # --- the interface the manager uses -------------------------------------------------------
+    @property
+    def playing(self) -> bool:
+        """True while the agent is speaking or about to."""
+        return self.playback.outstanding or (self._reply is not None and not self._reply.done())
+
+    def hold(self) -> None:
+        """A tool is slow: queue a few seconds of the soft hold tone, cleared when the answer starts."""
+        if self.playback.outstanding or self._hold_item is not None:
+            return
+        self._hold_item = f"hold:{self._turn}"
+        payload = hold_tone()
+        sid = self.start.stream_sid
+        for _ in range(HOLD_SECONDS):
+            mark = self.playback.on_audio_sent(self._hold_item, b64_len(payload), self.clock())
+            self.twilio.send(media_message(sid, payload))
+            self.twilio.send(mark_message(sid, mark))
+
+    def _stop_hold(self) -> None:
+        item, self._hold_item = self._hold_item, None
+        if item is not None and item in self.playback.pending_items():
+            self.playback.interrupt(self.clock())
+            self.twilio.send(clear_message(self.start.stream_sid))
+
+    async def run(self) -> str:
+        """Runs until Twilio ends the call; raises ProviderError if the cascade itself fails."""
+        reader = asyncio.create_task(self._read_twilio())
+        failed = asyncio.create_task(self._failed.wait())
+        if self.greet:
+            self._start_reply(None)
+        try:
+            done, _ = await asyncio.wait({reader, failed}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                return reader.result()
+            raise ProviderError(f"the cascade failed: {self._failure!r}", retryable=False)
+        finally:
+            for task in (reader, failed, self._reply):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(
+                reader, failed, *([self._reply] if self._reply else []), return_exceptions=True
+            )
+            self._settle_reply(self.clock())
+
+    # --- Twilio side ----------------------------------------------------------------------------
+    async def _read_twilio(self) -> str:
+        while (event := await self.twilio.receive()) is not None:
+            if isinstance(event, Media):
+                self.stats.frames_in += 1
+                for turn_event in self.detector.feed(base64.b64decode(event.payload), event.timestamp):
+                    if isinstance(turn_event, SpeechStarted):
+                        if self.playing:
+                            self._barge_in()
+                    elif isinstance(turn_event, Utterance):
+                        self._on_utterance(turn_event)
+            elif isinstance(event, Mark):
+                if self.playback.on_mark(event.name, self.clock()) and not self.playback.outstanding:
+                    self._settle_reply(self.clock())
+                    self.on_effect(Notice("playback_idle"))
+            elif isinstance(event, Stop):
+                return "twilio_stop"
+        return "twilio_closed"
+
+    def _on_utterance(self, utterance: Utterance) -> None:
+        if self.playing:
+            self._barge_in()
+        self._start_reply(utterance)
+
+    # --- one reply ------------------------------------------------------------------------------
+    def _start_reply(self, utterance: Utterance | None) -> None:
+        self._settle_reply(self.clock())
+        self._turn += 1
+        self._reply_items = []
+        timing: dict[str, float] = {"vad_end": self.clock()}
+        self.timings.append(timing)
+        self._reply = asyncio.create_task(
+            self._respond(utterance, timing), name=f"cascade-reply-{self._turn}"
+        )
+        self._reply.add_done_callback(self._reply_finished)
+
+    def _reply_finished(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        self._failure = task.exception()
+        log.error("cascade reply failed: %r", self._failure)
+        self._failed.set()
+
+    async def _respond(self, utterance: Utterance | None, timing: dict[str, float]) -> None:
+        extra: list[dict[str, Any]] = []
+        if utterance is None:
+            extra = [{"role": "system", "content": self.settings.greeting}]
+        else:
+            timing["stt_sent"] = self.clock()
+            text = await transcribe(self.client, self.models["stt"], utterance.pcm16, utterance.rate)
+            timing["stt_done"] = self.clock()
+            if not text:
+                return
+            self._save("user", text, {})
+        sentences: asyncio.Queue[str | None] = asyncio.Queue()
+        speaker = asyncio.create_task(self._speak(sentences, timing))
+        try:
+            spoken = await self._think(extra, sentences, timing)
+            sentences.put_nowait(None)
+            await speaker
+        except BaseException:
+            speaker.cancel()
+            raise
+        self._reply_text = " ".join(spoken)
+        if not self.playback.outstanding:
+            self._settle_reply(self.clock())
+
+    async def _think(
+        self, extra: list[dict[str, Any]], sentences: asyncio.Queue[str | None], timing: dict[str, float]
+    ) -> list[str]:
+        """Streams the model's answer into sentences; runs its tool calls and asks again."""
+        spoken: list[str] = []
+        for round_no in range(MAX_TOOL_ROUNDS):
+            response_id = f"c{self._turn}:{round_no}"
+            chunker = SentenceChunker()
+            calls: ToolCallsDone | None = None
+            timing.setdefault("chat_sent", self.clock())
+            async for piece in stream_chat(
+                self.client, self.models["chat"], self.messages + extra, self.tools
+            ):
+                if isinstance(piece, ToolCallsDone):
+                    calls = piece
+                    continue
+                for sentence in chunker.push(piece.text):
+                    timing.setdefault("first_sentence", self.clock())
+                    spoken.append(sentence)
+                    sentences.put_nowait(sentence)
+            rest = chunker.flush()
+            if rest:
+                timing.setdefault("first_sentence", self.clock())
+                spoken.append(rest)
+                sentences.put_nowait(rest)
+            self.on_effect(Notice("response_done", {"response_id": response_id}))
+            if calls is None or not calls.calls:
+                return spoken
+            self.messages.append(assistant_tool_calls_message(calls.calls))
+            outputs = await asyncio.gather(
+                *(
+                    self.run_tool(ev.ToolCall(c.id, c.name, c.arguments, response_id=response_id))
+                    for c in calls.calls
+                )
+            )
+            for call, output in zip(calls.calls, outputs, strict=True):
+                self.messages.append(tool_result_message(call.id, output))
+        log.warning("the model kept calling tools for %d rounds; stopping", MAX_TOOL_ROUNDS)
+        return spoken
+
+    async def _speak(self, sentences: asyncio.Queue[str | None], timing: dict[str, float]) -> None:
+        """Synthesizes sentences in order, streaming their audio to Twilio as it arrives. One
+        converter for the whole reply keeps the audio continuous across sentences (no padded gaps)."""
+        converter = PcmToTwilio()
+        item = ""
+        while (text := await sentences.get()) is not None:
+            item = f"t{self._turn}:{len(self._reply_items)}"
+            self._item_text[item] = text
+            self._reply_items.append(item)
+            timing.setdefault("tts_sent", self.clock())
+            async for pcm in synthesize(self.client, self.models["tts"], self.settings.openai_voice, text):
+                timing.setdefault("tts_first_bytes", self.clock())
+                self._send_audio(item, converter.push(pcm), timing)
+            self._item_done.add(item)
+        if item:
+            self._send_audio(item, converter.flush(), timing)
+
+    def _send_audio(self, item: str, frames: list[bytes], timing: dict[str, float]) -> None:
+        if not frames:
+            return
+        self._stop_hold()
+        ulaw = b"".join(frames)
+        now = self.clock()
+        mark = self.playback.on_audio_sent(item, len(ulaw), now)
+        sid = self.start.stream_sid
+        self.twilio.send(media_message(sid, base64.b64encode(ulaw).decode()))
+        self.twilio.send(mark_message(sid, mark))
+        self.stats.frames_out += len(frames)
+        timing.setdefault("first_frame", now)
+        if self.stats.first_audio_ms is None:
+            self.stats.first_audio_ms = (now - self._t0) * 1000
+
+    # --- barge-in and history -------------------------------------------------------------------
+    def _barge_in(self) -> None:
+        """The caller speaks over the agent: stop everything, keep only what was heard."""
+        now = self.clock()
+        self.stats.barge_ins += 1
+        self.on_effect(Notice("barge_in"))
+        heard = self._heard_text(now)
+        self._hold_item = None
+        self.playback.interrupt(now)
+        self.twilio.send(clear_message(self.start.stream_sid))
+        if self._reply is not None and not self._reply.done():
+            self._reply.cancel()
+        self._reply_text = None
+        if heard:
+            self._save("assistant", heard, {"interrupted": True})
+
+    def _heard_text(self, now: float) -> str:
+        parts: list[str] = []
+        for item in self._reply_items:
+            sent = self.playback.sent_ms(item)
+            heard = self.playback.heard_ms(item, now)
+            if sent == 0:
+                break
+            text = self._item_text[item]
+            total = sent if item in self._item_done else max(sent, len(text) * MS_PER_CHAR)
+            if heard < total:
+                part = cut_text(text, heard, total)
+                if part:
+                    parts.append(part)
+                break
+            parts.append(text)
+        return " ".join(parts)
+
+    def _settle_reply(self, now: float) -> None:
+        """Saves a finished reply once its audio has played (or what was heard at the end)."""
+        if self._reply_text is None:
+            return
+        text = self._reply_text if not self.playback.outstanding else self._heard_text(now)
+        self._reply_text = None
+        if text:
+            self._save("assistant", text, {})
+
+    def _save(self, role: str, text: str, meta: dict[str, Any]) -> None:
+        self.messages.append({"role": role, "content": text})
+        self.turns.append((role, text))
+        self.on_effect(SaveTurn(role, text, meta))  # type: ignore[arg-type]

@@ -1,0 +1,218 @@
+"""`relay demo`: a whole phone call with no account, in one process and one command.
+
+Everything runs on 127.0.0.1 in this process: the fake Realtime model of `relay.testing.realtime`
+(it speaks in tones, with scripted transcripts), the fake Tavily web search, the real relay app
+(`relay.app.create_app`, served by uvicorn) and the simulated Twilio caller of `relay call`. The
+settings are built in code, so no `.env` is needed and the user's is not read.
+
+The call: the agent greets; the caller asks a question (espeak-ng speech); the model calls the
+`web_search` tool, which the relay runs against the fake Tavily; the model starts a long answer;
+the caller interrupts it (barge-in: Twilio `clear`, the model's memory truncated at what was
+heard); the agent answers briefly; the caller hangs up. The timeline is printed as it happens,
+then the transcript the relay stored, and the call is written as a stereo WAV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from relay.app import create_app
+from relay.config import load_settings
+from relay.simulate import CallOptions, CallResult, Timeline, Utterance, print_line, run_call
+from relay.testing.realtime import Call, FakeRealtimeServer, Reply, Say
+from relay.testing.server import serve_app
+from relay.testing.tavily import FakeTavily
+
+__all__ = ["DemoOptions", "DemoResult", "demo_command", "run_demo"]
+
+PUBLIC_URL = "https://relay-demo.invalid"  # what the simulated Twilio signs; never resolved
+AUTH_TOKEN = "demo-auth-token"
+API_KEY = "sk-demo"
+
+
+@dataclass
+class DemoOptions:
+    """The demo's script and pacing (the defaults take about 15 s)."""
+
+    out: Path | None = Path("demo.wav")
+    question: str = "What's the weather like in Paris today?"
+    interruption: str = "Sorry, just the short version please."
+    search_query: str = "weather in Paris today"
+    search_answer: str = "Sunny, 22 °C, light westerly breeze, dry until Friday."
+    greeting: str = "Hello! You are talking to the relay demo. How can I help you?"
+    answer: str = (
+        "I looked it up. According to the web it is sunny in Paris today, around twenty two degrees, "
+        "with a light breeze from the west, and the evening should stay dry, although clouds may "
+        "come in from the Atlantic later this week, so if you plan to be outside on Friday"
+    )
+    reply: str = "Sunny and twenty two degrees."
+    greeting_ms: int = 2500
+    answer_ms: int = 7000
+    reply_ms: int = 1800
+    barge_in_ms: int = 1800
+    """The caller interrupts the answer this long after it starts."""
+    quiet_ms: int = 800
+    timeout: float = 55.0
+
+
+@dataclass
+class DemoResult:
+    call: CallResult
+    tool_calls: list[dict[str, Any]] = field(default_factory=list)
+    """The tool audit of the call record (name, arguments, outcome, duration)."""
+    transcript: list[dict[str, Any]] = field(default_factory=list)
+    """The transcript the relay stored: only what the caller heard."""
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.call.ok and not self.problems else 1
+
+
+async def _watch_tools(server: FakeRealtimeServer, timeline: Timeline) -> None:
+    """Adds the tool calls to the timeline: the model's request, and the result the relay sent back."""
+    try:
+        conn = await server.wait_connection(timeout=30)
+        n = 0
+        while True:
+            n += 1
+            done = await conn.wait_for(
+                "response.function_call_arguments.done", timeout=3600, n=n, direction="sent"
+            )
+            name, call_id = done["name"], done["call_id"]
+            timeline.add("tool", f"the model calls {name} {done['arguments']}")
+            started = time.monotonic()
+
+            def is_output(event: dict[str, Any], call_id: str = call_id) -> bool:
+                item = event.get("item") or {}
+                return bool(item.get("type") == "function_call_output" and item.get("call_id") == call_id)
+
+            sent = await conn.wait_for(
+                "conversation.item.create", timeout=30, predicate=is_output, direction="received"
+            )
+            took = (time.monotonic() - started) * 1000
+            try:
+                output = orjson.loads(sent["item"]["output"])
+            except orjson.JSONDecodeError:
+                output = {}
+            summary = (
+                f"answer {output.get('answer')!r} + {len(output.get('results') or [])} results"
+                if isinstance(output, dict) and "answer" in output
+                else f"{str(sent['item']['output'])[:80]!r}"
+            )
+            timeline.add(
+                "tool", f"the relay ran {name} (fake Tavily) in {took:.0f} ms and sent back: {summary}"
+            )
+    except TimeoutError:  # EventNotSeen: the connection closed
+        return
+
+
+async def run_demo(
+    options: DemoOptions | None = None, *, emit: Callable[[str], None] | None = None
+) -> DemoResult:
+    """Runs the whole demo call; `emit` receives every output line (None: silent)."""
+    o = options or DemoOptions()
+    say = emit or (lambda line: None)
+    utterances = [
+        Utterance.say(o.question),
+        Utterance.say(o.interruption, barge_in_ms=o.barge_in_ms),
+    ]
+    script: list[Reply] = [
+        Say(o.greeting, audio_ms=o.greeting_ms),
+        Call("web_search", {"query": o.search_query}),
+        Say(o.answer, audio_ms=o.answer_ms),
+        Say(o.reply, audio_ms=o.reply_ms),
+    ]
+    tavily = FakeTavily(api_key="tvly-demo", answers={o.search_query: o.search_answer})
+    async with (
+        FakeRealtimeServer(
+            api_key=API_KEY, responses=script, transcripts=[o.question, o.interruption]
+        ) as server,
+        tavily.serve() as tavily_url,
+    ):
+        settings = load_settings(
+            _env_file=None,
+            use_azure_openai=False,
+            relay_mode="realtime",
+            allow_cross_provider_fallback=False,
+            openai_api_key=API_KEY,
+            openai_base_url=server.openai_base_url,
+            openai_realtime_model="gpt-realtime",
+            public_url=PUBLIC_URL,
+            twilio_auth_token=AUTH_TOKEN,
+            twilio_account_sid="",
+            twilio_phone_number="",
+            stream_token_secret=None,
+            tavily_api_key=tavily.api_key,
+            tavily_base_url=tavily_url,
+            redis_url=None,
+            relay_tools="",
+            transfer_allowlist="",
+            relay_admin_token=None,
+            greeting_enabled=True,
+            turn_detection="server_vad",
+            vad_silence_duration_ms=500,
+        )
+        app = create_app(settings)
+        async with serve_app(app) as url:
+            say(
+                "relay demo: the relay with a fake realtime model (it speaks in tones) and a fake web "
+                "search, all on 127.0.0.1 — no account needed"
+            )
+            say(f"  relay {url}   fake realtime {server.openai_base_url}   fake Tavily {tavily_url}")
+            timeline = Timeline(say)
+            watcher = asyncio.create_task(_watch_tools(server, timeline), name="demo-tool-watcher")
+            try:
+                result = await run_call(
+                    CallOptions(
+                        url=url,
+                        public_url=PUBLIC_URL,
+                        auth_token=AUTH_TOKEN,
+                        utterances=utterances,
+                        record=o.out,
+                        quiet_ms=o.quiet_ms,
+                        timeout=o.timeout,
+                    ),
+                    timeline=timeline,
+                )
+            finally:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
+        # The app has shut down: every record is written.
+        record = await app.state.store.get(result.call_sid) or {}
+    demo = DemoResult(result, list(record.get("tools") or []), list(record.get("transcript") or []))
+    kinds = result.timeline.kinds()
+    for kind, what in (("tool", "no web_search tool call"), ("barge-in", "no barge-in (clear)")):
+        if kind not in kinds:
+            demo.problems.append(f"the demo expected a {kind} event but saw {what}")
+    return demo
+
+
+async def demo_command(options: DemoOptions | None = None, emit: Callable[[str], None] = print_line) -> int:
+    """`relay demo`: prints the timeline, a summary and the stored transcript; the exit status."""
+    demo = await run_demo(options, emit=emit)
+    emit("summary")
+    for line in demo.call.summary_lines():
+        emit("  " + line)
+    if demo.transcript:
+        emit("transcript (as the relay stored it: only what the caller heard)")
+        for turn in demo.transcript:
+            cut = "  [interrupted]" if turn.get("interrupted") else ""
+            emit(f"  {turn.get('role', '?'):<10} {turn.get('text', '')}{cut}")
+    for tool in demo.tool_calls:
+        emit(
+            f"tool audit       {tool.get('name')} {orjson.dumps(tool.get('arguments')).decode()} → "
+            f"{tool.get('outcome')} in {tool.get('duration_ms')} ms"
+        )
+    for problem in demo.problems:
+        emit(f"problem          {problem}")
+    return demo.exit_code

@@ -1,0 +1,221 @@
+"""Prometheus metrics for the relay: one `Metrics` object per app, each with its own registry.
+
+Owning the registry (instead of using prometheus_client's process-wide default) lets several apps
+live in one process — tests build many — without "Duplicated timeseries" errors, and `/metrics`
+shows exactly this app's series.
+
+The manager updates the named attributes directly (`metrics.active_calls.inc()`) or through the
+convenience methods that take what a call already produces: its `CallStats` at the end
+(`observe_call_end`) and each tool call's audit entry (`observe_tool`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final, Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+# Voice latencies: a 20 ms frame is the unit the caller can perceive; beyond ~1 s a pause feels
+# broken, beyond 5 s the caller assumes the line is dead.
+VOICE_BUCKETS: Final[tuple[float, ...]] = (
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    1.5,
+    2.0,
+    3.0,
+    5.0,
+)
+# Tools run under a timeout of 10 s by default (relay.tools.registry.DEFAULT_TIMEOUT): the voice
+# buckets plus room to tell a slow tool from one that hit its timeout.
+TOOL_BUCKETS: Final[tuple[float, ...]] = (*VOICE_BUCKETS, 7.5, 10.0, 15.0, 30.0)
+
+REJECT_REASONS: Final[tuple[str, ...]] = ("busy", "draining", "unconfigured", "signature")
+"""The `reason` label values of `relay_calls_rejected_total`, created at zero up front."""
+
+
+class CallStatsLike(Protocol):
+    """What `observe_call_end` reads: relay.sessions.realtime.CallStats, or anything shaped like it.
+
+    An object may also carry `response_latencies_ms` (a sequence of floats, one per turn: the
+    caller's end of speech → the first agent audio of the answer); it is observed when present.
+    """
+
+    connect_ms: float | None
+    first_audio_ms: float | None
+    frames_in: int
+    frames_out: int
+    barge_ins: int
+    truncates: int
+
+
+class Metrics:
+    """The relay's metrics, registered in a registry of their own (`self.registry`)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        reg = self.registry
+        self.active_calls = Gauge("relay_active_calls", "Calls being bridged right now.", registry=reg)
+        self.calls_total = Counter(
+            "relay_calls_total", "Calls that ended, by mode and outcome.", ["mode", "outcome"], registry=reg
+        )
+        self.calls_rejected_total = Counter(
+            "relay_calls_rejected_total",
+            "Calls refused before bridging: busy, draining, unconfigured, signature.",
+            ["reason"],
+            registry=reg,
+        )
+        for reason in REJECT_REASONS:
+            self.calls_rejected_total.labels(reason=reason)
+        self.frames_in_total = Counter(
+            "relay_frames_in_total", "Media frames received from Twilio (caller audio).", registry=reg
+        )
+        self.frames_out_total = Counter(
+            "relay_frames_out_total", "Audio chunks received from the provider (agent audio).", registry=reg
+        )
+        self.barge_ins_total = Counter(
+            "relay_barge_ins_total", "Times the caller spoke over the agent.", registry=reg
+        )
+        self.truncates_total = Counter(
+            "relay_truncates_total", "Agent items truncated at what the caller heard.", registry=reg
+        )
+        self.tool_calls_total = Counter(
+            "relay_tool_calls_total",
+            "Tool calls, by tool name and outcome.",
+            ["name", "outcome"],
+            registry=reg,
+        )
+        self.tool_duration_seconds = Histogram(
+            "relay_tool_duration_seconds",
+            "How long tool calls ran, by tool name.",
+            ["name"],
+            buckets=TOOL_BUCKETS,
+            registry=reg,
+        )
+        self.provider_connect_seconds = Histogram(
+            "relay_provider_connect_seconds",
+            "Stream start to the provider's realtime socket being open, by provider.",
+            ["provider"],
+            buckets=VOICE_BUCKETS,
+            registry=reg,
+        )
+        self.fallbacks_total = Counter(
+            "relay_fallbacks_total",
+            "Calls moved to another provider or mode, by cause.",
+            ["cause"],
+            registry=reg,
+        )
+        self.store_errors_total = Counter(
+            "relay_store_errors_total", "Call record writes that failed (the call went on).", registry=reg
+        )
+        self.first_audio_seconds = Histogram(
+            "relay_first_audio_seconds",
+            "Stream start to the first agent audio sent to Twilio.",
+            buckets=VOICE_BUCKETS,
+            registry=reg,
+        )
+        self.response_latency_seconds = Histogram(
+            "relay_response_latency_seconds",
+            "The caller's end of speech (as the VAD decided it) to the first agent audio of the answer.",
+            buckets=VOICE_BUCKETS,
+            registry=reg,
+        )
+
+    def observe_call_end(
+        self, stats: CallStatsLike | None, mode: str, outcome: str, *, provider: str = "", count: bool = True
+    ) -> None:
+        """Counts an ended call and its figures; call once per call, after the session has run.
+
+        `stats` is None when the call ended before a session existed: only the call is counted.
+        `provider` labels the connect time (`adapter.vendor`: openai, azure); the connect time is
+        observed only when the provider was reached (`stats.connect_ms` set). `count=False` adds the
+        figures of one phase (realtime before a fallback) without counting the call again.
+        """
+        if count:
+            self.calls_total.labels(mode=mode, outcome=outcome).inc()
+        if stats is None:
+            return
+        self.frames_in_total.inc(stats.frames_in)
+        self.frames_out_total.inc(stats.frames_out)
+        self.barge_ins_total.inc(stats.barge_ins)
+        self.truncates_total.inc(stats.truncates)
+        if stats.connect_ms is not None:
+            self.provider_connect_seconds.labels(provider=provider or "unknown").observe(
+                stats.connect_ms / 1000
+            )
+        if stats.first_audio_ms is not None:
+            self.first_audio_seconds.observe(stats.first_audio_ms / 1000)
+        latencies: Iterable[float] = getattr(stats, "response_latencies_ms", None) or ()
+        for ms in latencies:
+            self.response_latency_seconds.observe(ms / 1000)
+
+    def observe_tool(self, audit: Mapping[str, Any]) -> None:
+        """Counts one tool call from its audit entry (relay.tools.registry.ToolResult.audit()).
+
+        A name the registry does not know (outcome `unknown_tool`) is the model's invention: it is
+        counted as `unknown`, so made-up names cannot grow the number of series without bound.
+        """
+        outcome = str(audit.get("outcome") or "unknown")
+        name = "unknown" if outcome == "unknown_tool" else str(audit.get("name") or "unknown")
+        self.tool_calls_total.labels(name=name, outcome=outcome).inc()
+        duration_ms = audit.get("duration_ms")
+        if isinstance(duration_ms, int | float):
+            self.tool_duration_seconds.labels(name=name).observe(duration_ms / 1000)
+
+    def observe_rejection(self, reason: str) -> None:
+        """Counts a refused call: `manager.admit()`'s answer, or 'signature'."""
+        self.calls_rejected_total.labels(reason=reason).inc()
+
+    def render(self) -> tuple[bytes, str]:
+        """The Prometheus text exposition of this registry and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+
+class ResponseTimer:
+    """Per call, sans-I/O: the caller's end of speech → the first agent audio that follows.
+
+    The realtime shell feeds it the provider's events in order; `latencies_ms` collects one figure
+    per answered turn. Pass `CallStats.response_latencies_ms` as `into` to fill that list directly.
+    The end of speech is when the VAD decided it (after its silence window), so the pause the caller
+    perceives is longer by about that window.
+    """
+
+    def __init__(self, into: list[float] | None = None) -> None:
+        self.latencies_ms: list[float] = into if into is not None else []
+        self._since: float | None = None
+
+    def speech_started(self) -> None:
+        """The caller started (again) to speak: the turn is not over yet."""
+        self._since = None
+
+    def speech_ended(self, now: float) -> None:
+        """The caller stopped speaking at `now` (seconds, the session's clock)."""
+        self._since = now
+
+    def audio_sent(self, now: float) -> None:
+        """Agent audio went to Twilio at `now`; the first after an end of speech is measured."""
+        if self._since is not None:
+            self.latencies_ms.append((now - self._since) * 1000)
+            self._since = None
+
+
+__all__ = ["REJECT_REASONS", "TOOL_BUCKETS", "VOICE_BUCKETS", "CallStatsLike", "Metrics", "ResponseTimer"]
