@@ -78,7 +78,7 @@ class CascadeSession:
         self.messages: list[dict[str, Any]] = [{"role": "system", "content": settings.instructions}]
         self.messages += [{"role": role, "content": text} for role, text in self.turns]
         self.stats = CallStats()
-        self.timings: list[dict[str, float]] = []  # per turn: vad_end, stt_sent, … first_frame
+        self.timings = self.stats.turn_timings  # per turn: vad_end, stt_sent, … first_frame
         self._t0 = clock()
         self._reply: asyncio.Task[None] | None = None
         self._reply_items: list[str] = []
@@ -106,7 +106,7 @@ class CascadeSession:
         for _ in range(HOLD_SECONDS):
             mark = self.playback.on_audio_sent(self._hold_item, b64_len(payload), self.clock())
             self.twilio.send(media_message(sid, payload))
-            self.twilio.send(mark_message(sid, mark))
+            self.twilio.send(mark_message(sid, mark or ""))
 
     def _stop_hold(self) -> None:
         item, self._hold_item = self._hold_item, None
@@ -139,7 +139,9 @@ class CascadeSession:
         while (event := await self.twilio.receive()) is not None:
             if isinstance(event, Media):
                 self.stats.frames_in += 1
-                for turn_event in self.detector.feed(base64.b64decode(event.payload), event.timestamp):
+                # the detector's clock is the time of a chunk's last sample: Twilio stamps its start
+                end_ms = event.timestamp + event.size // 8
+                for turn_event in self.detector.feed(base64.b64decode(event.payload), end_ms):
                     if isinstance(turn_event, SpeechStarted):
                         if self.playing:
                             self._barge_in()
@@ -267,8 +269,10 @@ class CascadeSession:
         mark = self.playback.on_audio_sent(item, len(ulaw), now)
         sid = self.start.stream_sid
         self.twilio.send(media_message(sid, base64.b64encode(ulaw).decode()))
-        self.twilio.send(mark_message(sid, mark))
+        self.twilio.send(mark_message(sid, mark or ""))
         self.stats.frames_out += len(frames)
+        if "first_frame" not in timing and "stt_sent" in timing:
+            self.stats.response_latencies_ms.append((now - timing["vad_end"]) * 1000)
         timing.setdefault("first_frame", now)
         if self.stats.first_audio_ms is None:
             self.stats.first_audio_ms = (now - self._t0) * 1000

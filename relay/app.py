@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -105,6 +106,10 @@ def create_app(
                 "TWILIO_AUTH_TOKEN is not set: Twilio signatures are NOT validated. "
                 "Fine for local development only; set it before exposing the relay."
             )
+        # Objects built at startup live for the whole process: keep them out of the cyclic GC, whose
+        # full collections would otherwise pause every call at once (measured: 10-30 ms).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

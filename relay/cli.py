@@ -97,7 +97,13 @@ def _demo(args: argparse.Namespace) -> int:
     from relay.demo import DemoOptions, demo_command
 
     with _command_logging(args.verbose):
-        return asyncio.run(demo_command(DemoOptions(out=args.out)))
+        try:
+            return asyncio.run(demo_command(DemoOptions(out=args.out)))
+        except RuntimeError as exc:  # espeak-ng missing: the caller cannot speak
+            if "espeak-ng" not in str(exc):
+                raise
+            sys.stderr.write(f"relay demo: {exc}\n")
+            return 2
 
 
 class _ScriptAction(argparse.Action):

@@ -146,6 +146,7 @@ async def run_demo(
             openai_api_key=API_KEY,
             openai_base_url=server.openai_base_url,
             openai_realtime_model="gpt-realtime",
+            realtime_websocket_base_url="",
             public_url=PUBLIC_URL,
             twilio_auth_token=AUTH_TOKEN,
             twilio_account_sid="",

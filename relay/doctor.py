@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import socket
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -151,6 +152,7 @@ def check_configuration(settings: Settings) -> list[Check]:
     except ConfigError as exc:
         checks.append(_fail("provider", str(exc)))
     else:
+        via = " (from REALTIME_WEBSOCKET_BASE_URL)" if s.realtime_websocket_base_url else ""
         if isinstance(adapter, AzureAdapter):
             host = urlsplit(s.azure_openai_endpoint).netloc
             protocol = (
@@ -163,11 +165,11 @@ def check_configuration(settings: Settings) -> list[Check]:
                 _ok(
                     "provider",
                     f"Azure OpenAI, resource {host}, deployment '{s.azure_openai_deployment}', {protocol}, "
-                    f"auth {auth}; realtime URL {adapter.realtime_url}",
+                    f"auth {auth}; realtime URL {adapter.realtime_url}{via}",
                 )
             )
         else:
-            checks.append(_ok("provider", f"OpenAI, key set; realtime URL {adapter.realtime_url}"))
+            checks.append(_ok("provider", f"OpenAI, key set; realtime URL {adapter.realtime_url}{via}"))
     checks.extend(_contradictions(s))
     checks.extend(_cascade(s))
     checks.extend(_twilio_settings(s))
@@ -333,10 +335,22 @@ async def check_realtime(
     except ConfigError as exc:
         return [_skip("realtime", f"not checked: {exc}")]
     try:
-        return await _realtime(adapter, settings, limit)
+        with _quiet_logger("azure"):  # DefaultAzureCredential logs a page per failure; we say it in one line
+            return await _realtime(adapter, settings, limit)
     finally:
         with contextlib.suppress(Exception):
             await adapter.aclose()
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 async def _realtime(adapter: ProviderAdapter, settings: Settings, limit: float) -> list[Check]:
@@ -361,6 +375,8 @@ async def _realtime(adapter: ProviderAdapter, settings: Settings, limit: float) 
     parts = urlsplit(url)
     host = parts.hostname or ""
     variable = "AZURE_OPENAI_ENDPOINT" if isinstance(adapter, AzureAdapter) else "OPENAI_BASE_URL"
+    if settings.realtime_websocket_base_url:
+        variable = "REALTIME_WEBSOCKET_BASE_URL"
     try:
         async with asyncio.timeout(limit):
             await asyncio.get_running_loop().getaddrinfo(

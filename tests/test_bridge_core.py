@@ -51,26 +51,34 @@ def test_prebuffer_is_bounded() -> None:
     assert c.prebuffer_dropped == 50
 
 
-def test_audio_out_goes_to_twilio_with_a_mark() -> None:
+def test_audio_out_goes_to_twilio_marks_every_100_ms_and_at_item_end() -> None:
     c = core(None)
     c.provider_opened(0.0)
     c.drain()
-    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
+    for _ in range(5):  # 5 × 20 ms
+        c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
     tw = sent(c.drain()[0])
     assert tw[0] == {"event": "media", "streamSid": "MZ1", "media": {"payload": PAYLOAD}}
-    assert tw[1]["event"] == "mark" and tw[1]["mark"]["name"] == "0:1"
+    assert [m["event"] for m in tw] == ["media"] * 5 + ["mark"]
+    assert tw[-1]["mark"]["name"] == "0:1"
+    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
+    assert [m["event"] for m in sent(c.drain()[0])] == ["media"]  # not yet 100 ms
+    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i2", response_id="r1"), 0.0)
+    assert [m["event"] for m in sent(c.drain()[0])] == ["mark", "media"]  # i1 ended
+    c.on_backend(ev.ResponseDone("r1"), 0.0)
+    assert [m["event"] for m in sent(c.drain()[0])] == ["mark"]  # the response's tail
 
 
 def test_barge_in_clears_truncates_and_drops_late_audio() -> None:
     c = core(None)
     c.provider_opened(0.0)
     c.on_backend(ev.ResponseStarted("r1"), 0.0)
-    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
-    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
+    for _ in range(10):  # 200 ms, two marks of 100 ms
+        c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
     c.on_backend(ev.Transcript("assistant", "Hello there my friend", "i1", final=False), 0.0)
-    c.on_mark("0:1", 0.02)
+    c.on_mark("0:1", 0.1)
     c.drain()
-    c.on_backend(ev.Interrupted(item_id="u1"), 0.03)
+    c.on_backend(ev.Interrupted(item_id="u1"), 0.13)
     tw, pv, fx = c.drain()
     assert sent(tw) == [{"event": "clear", "streamSid": "MZ1"}]
     trunc = sent(pv)[0]
@@ -78,16 +86,16 @@ def test_barge_in_clears_truncates_and_drops_late_audio() -> None:
         "type": "conversation.item.truncate",
         "item_id": "i1",
         "content_index": 0,
-        "audio_end_ms": 30,
+        "audio_end_ms": 130,
     }
     assert any(isinstance(e, Notice) and e.kind == "barge_in" for e in fx)
     saved = [e for e in fx if isinstance(e, SaveTurn)]
-    assert saved and saved[0].meta["interrupted"] and saved[0].meta["heard_ms"] == 30
+    assert saved and saved[0].meta["interrupted"] and saved[0].meta["heard_ms"] == 130
     # audio of the interrupted response still in flight is not forwarded
-    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.04)
+    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.14)
     assert c.drain()[0] == []
     # the old generation's mark echoed after clear changes nothing
-    c.on_mark("0:2", 0.05)
+    c.on_mark("0:2", 0.15)
     assert c.drain() == ([], [], [])
 
 
@@ -146,6 +154,7 @@ def test_transcript_saved_only_after_audio_played() -> None:
     c.provider_opened(0.0)
     c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
     c.on_backend(ev.Transcript("assistant", "Hi!", "i1", final=True), 0.0)
+    c.on_backend(ev.ResponseDone("r1"), 0.0)  # its mark follows the last audio
     assert not [e for e in c.drain()[2] if isinstance(e, SaveTurn)]
     c.on_mark("0:1", 0.02)
     saved = [e for e in c.drain()[2] if isinstance(e, SaveTurn)]

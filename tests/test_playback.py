@@ -76,3 +76,17 @@ def test_prefixed_trackers_ignore_each_others_marks() -> None:
     assert ma == "0:1" and mb == "c0:1"
     assert not b.on_mark(ma, 0.1) and b.outstanding
     assert b.on_mark(mb, 0.1) and not b.outstanding
+
+
+def test_unmarked_audio_joins_the_next_mark_and_counts_as_outstanding() -> None:
+    t = PlaybackTracker()
+    assert t.on_audio_sent("a", 160, 0.0, mark=False) is None
+    assert t.on_audio_sent("a", 160, 0.0, mark=False) is None
+    assert t.outstanding and t.unmarked_ms() == 40
+    assert t.heard_ms("a", 0.03) == 30  # extrapolated inside the unmarked audio, capped at 40
+    name = t.mark(0.0)
+    assert name == "0:1" and t.unmarked_ms() == 0 and t.mark(0.0) is None
+    assert t.on_mark(name, 0.04) and not t.outstanding and t.heard_ms("a", 1.0) == 40
+    t.on_audio_sent("a", 160, 1.0, mark=False)
+    t.on_audio_sent("b", 160, 1.0, mark=False)  # a new item closes the previous one's mark
+    assert t.mark(1.0) == "0:3" and t.pending_items() == {"a", "b"}

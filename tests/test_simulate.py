@@ -12,7 +12,7 @@ import pytest
 from relay.cli import main
 from relay.demo import DemoOptions, demo_command
 from relay.simulate import CallOptions, Utterance, build_utterances, run_call
-from relay.testing.audio import read_wav_ulaw, tone_ulaw
+from relay.testing.audio import read_wav_ulaw, tone_ulaw, write_wav_ulaw
 from relay.testing.realtime import Say
 from relay.testing.server import bind_free_port
 from tests.conftest import AUTH_TOKEN
@@ -133,10 +133,13 @@ async def test_unreachable_relay_fails() -> None:
 async def test_no_agent_audio_at_all_fails() -> None:
     async with rig("openai-ga", settings={"greeting_enabled": False}) as r:
         result = await run_call(
-            CallOptions(url=r.url, public_url=PUBLIC, auth_token=AUTH_TOKEN, answer_timeout=0.5)
+            CallOptions(
+                url=r.url, public_url=PUBLIC, auth_token=AUTH_TOKEN, answer_timeout=0.7, progress_every=0.2
+            )
         )
     assert result.exit_code == 1
     assert "no audio at all" in result.errors[0], result.timeline.text()
+    assert "waiting" in result.timeline.kinds()  # long waits show progress lines
 
 
 def test_barge_in_must_precede_an_utterance() -> None:
@@ -170,3 +173,12 @@ async def test_demo_core_greets_searches_and_is_interrupted(tmp_path: Path) -> N
     assert "tool audit       web_search" in printed and "→ ok" in printed
     with wave.open(str(out), "rb") as w:
         assert w.getnchannels() == 2 and w.getnframes() > 8000
+
+
+def test_wav_utterances_keep_their_order_and_barge_in(tmp_path: Path) -> None:
+    path = tmp_path / "hello.wav"
+    write_wav_ulaw(path, tone_ulaw(400, 300, 0.5))
+    first, second = build_utterances([("wav", str(path)), ("barge-in", "250"), ("wav", str(path))])
+    assert (first.label, first.barge_in_ms) == ("hello.wav", None)
+    assert (second.label, second.barge_in_ms) == ("hello.wav", 250)
+    assert first.duration_ms == pytest.approx(300, abs=1)

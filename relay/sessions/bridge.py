@@ -36,6 +36,7 @@ PREBUFFER_FRAMES = 100  # about 2 s of 20 ms frames held until the provider is r
 EXPECT_RESPONSE_S = 3.0  # how long server VAD gets to create its response after speech stopped
 MS_PER_CHAR = 60.0  # speaking-rate estimate, for cutting a transcript whose audio is still arriving
 HOLD_CHUNK_MS = 1000  # hold tone kept queued at Twilio while a slow tool runs
+MARK_EVERY_MS = 100  # a mark covers at least this much audio (and every item's end): fewer messages
 
 
 @functools.cache
@@ -206,11 +207,19 @@ class BridgeCore:
         if event.item_id not in self._items:
             self._items[event.item_id] = _Item()
             self._item_order.append(event.item_id)
+        if event.item_id != self._current_item:
+            self._send_mark(now)  # the previous item ends here
         self._current_item = event.item_id
         self.audio_chunks_out += 1
-        mark = self.playback.on_audio_sent(event.item_id, b64_len(event.payload), now)
+        self.playback.on_audio_sent(event.item_id, b64_len(event.payload), now, mark=False)
         self.to_twilio.append(media_message(self.stream_sid, event.payload))
-        self.to_twilio.append(mark_message(self.stream_sid, mark))
+        if self.playback.unmarked_ms() >= MARK_EVERY_MS:
+            self._send_mark(now)
+
+    def _send_mark(self, now: float) -> None:
+        name = self.playback.mark(now)
+        if name is not None:
+            self.to_twilio.append(mark_message(self.stream_sid, name))
 
     def _on_transcript(self, event: ev.Transcript) -> None:
         if event.role == "user":
@@ -295,6 +304,7 @@ class BridgeCore:
         self._item_order = [i for i in self._item_order if not self._items[i].closed]
 
     def _on_response_done(self, event: ev.ResponseDone, now: float) -> None:
+        self._send_mark(now)  # the response's last audio is covered by a mark
         if event.response_id == self._active:
             self._active = None
         self.effects.append(
@@ -365,9 +375,9 @@ class BridgeCore:
         assert item is not None
         while self.playback.sent_ms(item) - self.playback.heard_ms(item, now) < HOLD_CHUNK_MS:
             payload = hold_tone()
-            mark = self.playback.on_audio_sent(item, b64_len(payload), now)
+            self.playback.on_audio_sent(item, b64_len(payload), now, mark=False)
             self.to_twilio.append(media_message(self.stream_sid, payload))
-            self.to_twilio.append(mark_message(self.stream_sid, mark))
+            self._send_mark(now)
 
     def stop_hold(self, now: float) -> None:
         item, self._hold_item = self._hold_item, None

@@ -20,7 +20,7 @@ BYTES_PER_MS = 8  # μ-law 8 kHz
 
 @dataclass(slots=True)
 class _PendingMark:
-    name: str
+    name: str | None  # None: audio sent but not yet followed by a mark (always the last entry)
     item_id: str
     start_ms: int  # position of this chunk's first byte within its item
     end_ms: float  # position after this chunk within its item
@@ -50,15 +50,33 @@ class PlaybackTracker:
         self._last_ack_at: float | None = None
 
     # --- outbound -------------------------------------------------------------------------------
-    def on_audio_sent(self, item_id: str, nbytes: int, now: float) -> str:
-        """Records a chunk sent to Twilio; returns the name of the mark to send right after it."""
+    def on_audio_sent(self, item_id: str, nbytes: int, now: float, *, mark: bool = True) -> str | None:
+        """Records a chunk sent to Twilio. With `mark`, returns the name of the mark to send right
+        after it; without, the chunk joins the audio the next mark will cover (fewer messages)."""
         start = self._sent_bytes.get(item_id, 0)
         total = start + nbytes
         self._sent_bytes[item_id] = total
+        tail = self._pending[-1] if self._pending else None
+        if tail is not None and tail.name is None and tail.item_id == item_id:
+            tail.end_ms = total / BYTES_PER_MS
+        else:
+            self.mark(now)  # the previous item's unmarked audio gets its own mark first
+            entry = _PendingMark(None, item_id, start // BYTES_PER_MS, total / BYTES_PER_MS, now)
+            self._pending.append(entry)
+        return self.mark(now) if mark else None
+
+    def mark(self, now: float) -> str | None:
+        """Names the audio sent since the last mark; returns the mark to send, or None if there is none."""
+        tail = self._pending[-1] if self._pending else None
+        if tail is None or tail.name is not None:
+            return None
         self._seq += 1
-        name = f"{self.prefix}{self.generation}:{self._seq}"
-        self._pending.append(_PendingMark(name, item_id, start // BYTES_PER_MS, total / BYTES_PER_MS, now))
-        return name
+        tail.name = f"{self.prefix}{self.generation}:{self._seq}"
+        return tail.name
+
+    def unmarked_ms(self) -> float:
+        tail = self._pending[-1] if self._pending else None
+        return tail.end_ms - tail.start_ms if tail is not None and tail.name is None else 0.0
 
     def sent_ms(self, item_id: str) -> int:
         return self._sent_bytes.get(item_id, 0) // BYTES_PER_MS

@@ -19,7 +19,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed
 
 from relay.config import Settings
-from relay.errors import ProviderClosedError
+from relay.errors import ProviderClosedError, ProviderConnectError
 from relay.sessions import events as ev
 from relay.sessions.bridge import BridgeCore, Effect, Notice, RunTool, SaveTurn
 from relay.sessions.dialects import parse_event, session_update
@@ -71,7 +71,10 @@ class CallStats:
     barge_ins: int = 0
     truncates: int = 0
     reconnects: int = 0
+    prebuffer_dropped: int = 0
     faults: list[str] = field(default_factory=list)
+    response_latencies_ms: list[float] = field(default_factory=list)  # caller's end of speech → agent audio
+    turn_timings: list[dict[str, float]] = field(default_factory=list)  # cascade hops, per turn
 
 
 class RealtimeSession:
@@ -103,6 +106,7 @@ class RealtimeSession:
         self._provider: ClientConnection | None = None
         self._provider_q: asyncio.Queue[str] = asyncio.Queue()
         self._rotate = asyncio.Event()
+        self._speech_ended_at: float | None = None
         self.turns: list[tuple[str, str]] = []  # (role, text) the caller heard, for a new session
         self._t0 = clock()
         self.ended_by = ""
@@ -172,9 +176,17 @@ class RealtimeSession:
                 except ValueError as exc:
                     log.warning("dropped malformed provider event: %s", exc)
                     continue
+                now = self.clock()
                 if isinstance(event, ev.AudioOut):
                     self.stats.frames_out += 1
-                self.core.on_backend(event, self.clock())
+                    if self._speech_ended_at is not None:
+                        self.stats.response_latencies_ms.append((now - self._speech_ended_at) * 1000)
+                        self._speech_ended_at = None
+                elif isinstance(event, ev.SpeechEnded):
+                    self._speech_ended_at = now
+                elif isinstance(event, ev.Interrupted):
+                    self._speech_ended_at = None
+                self.core.on_backend(event, now)
                 self.flush()
         except ConnectionClosed:
             pass
@@ -203,14 +215,32 @@ class RealtimeSession:
             if now >= deadline and quiet:
                 self._rotate.set()
 
+    async def _connect(self) -> ClientConnection:
+        """Connects; a 5xx answer is retried once at once (a 4xx or a timeout is final)."""
+        try:
+            return await self.adapter.connect_realtime()
+        except ProviderConnectError as exc:
+            if exc.status is None or exc.status < 500:
+                raise
+            log.warning("%s; retrying once", exc)
+            return await self.adapter.connect_realtime()
+
     async def _open(self, *, first: bool) -> ClientConnection:
-        conn = await self.adapter.connect_realtime()
+        conn = await self._connect()
         if first:
             self.stats.connect_ms = (self.clock() - self._t0) * 1000
         leftover: list[str] = []
         while not self._provider_q.empty():
             leftover.append(self._provider_q.get_nowait())
         self.core.provider_opened(self.clock(), greet=first)
+        if self.core.prebuffer_dropped:
+            log.warning(
+                "slow provider connect: %d frames (%d ms) of the caller's first audio were dropped",
+                self.core.prebuffer_dropped,
+                self.core.prebuffer_dropped * 20,
+            )
+            self.stats.prebuffer_dropped += self.core.prebuffer_dropped
+            self.core.prebuffer_dropped = 0
         if not first:
             for text in history_events(self.turns, self.adapter.dialect):
                 self.core.to_provider.append(text)

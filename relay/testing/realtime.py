@@ -318,6 +318,7 @@ class FakeRealtimeServer:
         self._pending: dict[Any, _Route] = {}
         self._server: Server | None = None
         self._cond = asyncio.Condition()
+        self._stopping = asyncio.Event()
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self) -> FakeRealtimeServer:
@@ -336,6 +337,7 @@ class FakeRealtimeServer:
 
     async def stop(self) -> None:
         """Closes every connection (1001) and stops listening."""
+        self._stopping.set()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
@@ -399,7 +401,9 @@ class FakeRealtimeServer:
     # -- handshake ------------------------------------------------------------------------------
     async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
         if self.connect_delay > 0:
-            await asyncio.sleep(self.connect_delay)
+            with contextlib.suppress(TimeoutError):  # released early when the server stops
+                async with asyncio.timeout(self.connect_delay):
+                    await self._stopping.wait()
         split = urlsplit(request.path)
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
         try:
