@@ -34,9 +34,13 @@ test: $(STAMP) sysdeps lint
 
 bench: $(STAMP)
 	$(BIN)/python bench/codecs.py
+	$(BIN)/python bench/vad.py
+	$(BIN)/python bench/cascade_latency.py
 	$(BIN)/python bench/realtime_load.py
+	$(BIN)/python bench/load.py
 
 demo: $(STAMP)
+	@scripts/sysdeps.sh espeak-ng:espeak-ng
 	$(BIN)/relay demo
 
 clean:

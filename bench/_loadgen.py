@@ -2,11 +2,13 @@
 
 `SimCall` is a deliberately thin Twilio Media Streams client (not `relay.testing.twilio.FakeTwilioCall`,
 whose playback model costs too much CPU at a hundred calls): it opens the stream as Twilio does
-(signed upgrade, `connected`, `start` with the TwiML's parameters), sends a 20 ms `media` frame of
-μ-law silence on an absolute schedule, timestamps every frame it sends and every `media` it receives
-(`time.monotonic()`, the clock of asyncio's default loop, which the fake Realtime server also uses),
-and echoes `mark`s when the audio before them would have finished playing (each outbound `media`
-is taken to be 20 ms, the fake's `delta_ms`), in the sender's 20 ms tick.
+(signed upgrade, `connected`, `start` with the TwiML's parameters), sends a 20 ms `media` frame on an
+absolute schedule (μ-law silence, or what its `audio` callback returns: `bench/load.py` speaks),
+timestamps every frame it sends and every `media` it receives (`time.monotonic()`, the clock of
+asyncio's default loop, which the fakes also use) with the μ-law bytes it carried, and echoes
+`mark`s when the audio before them would have finished playing (a `media` lasts its payload's bytes
+at 8 kHz; a `clear` drops what is queued and releases the pending marks, as Twilio does), in the
+sender's 20 ms tick.
 
 `ProviderTrack` harvests one `FakeConnection`'s records into compact timestamp arrays and empties
 its lists (they would otherwise hold every event of every call: hundreds of MB and long GC pauses).
@@ -30,8 +32,9 @@ import time
 import xml.etree.ElementTree as ElementTree
 from array import array
 from collections import Counter, deque
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -45,16 +48,37 @@ from relay.testing.realtime import FakeConnection, FakeRealtimeServer, Say
 
 FRAME_S = 0.020
 FRAME_BYTES = 160
+ULAW_BYTES_PER_S = 8000
 SILENCE_B64 = base64.b64encode(b"\xff" * FRAME_BYTES).decode()  # μ-law 0: far below the fake's VAD
 SIGNATURE_HEADER = "X-Twilio-Signature"
 APPEND = "input_audio_buffer.append"
 DELTA = "response.output_audio.delta"
 _MEDIA = '{"event":"media"'
+_CLEAR = '{"event":"clear"'
+_PAYLOAD = '"payload":"'
 REPLY_TEXT = "This is a long benchmark reply streamed in real time."
 HARVEST_S = 0.5
 PIPE_LIMIT = 2**28
 HERE = Path(__file__).resolve()
 _MARK = '{"event":"mark"'
+
+
+class AudioSource(Protocol):
+    def __call__(self, index: int, slot: float, until: float) -> str:
+        """The base64 μ-law payload of frame `index` (due at `slot`; the call streams until `until`)."""
+        ...
+
+
+def payload_bytes(message: str) -> int:
+    """μ-law bytes in a `media` message: its base64 payload's decoded length, without decoding it."""
+    start = message.find(_PAYLOAD)
+    if start < 0:
+        return 0
+    start += len(_PAYLOAD)
+    end = message.find('"', start)
+    if end - start < 4:
+        return 0
+    return (end - start) // 4 * 3 - (message[end - 1] == "=") - (message[end - 2] == "=")
 
 
 def twilio_sid(prefix: str, n: int) -> str:
@@ -96,6 +120,7 @@ class SimCall:
         stream_url: str,
         auth_token: str | None = None,
         parameters: dict[str, str] | None = None,
+        audio: AudioSource | None = None,
     ) -> None:
         self.index = index
         self.call_sid = twilio_sid("CA", index + 1)
@@ -104,10 +129,13 @@ class SimCall:
         self.stream_url = stream_url  # the public wss:// URL Twilio signs
         self.auth_token = auth_token
         self.parameters = parameters or {}
+        self.audio = audio  # None: silence
         self.until = float("inf")  # set by the bench once every call is up
         self.send_times = array("d")
         self.lateness = array("d")  # seconds each frame left after its slot (bench health)
         self.media_times = array("d")
+        self.media_bytes = array("i")  # μ-law bytes of each `media` received
+        self.clears = 0
         self.start_sent_at: float | None = None
         self.stop_at: float | None = None
         self.marks_received = 0
@@ -163,12 +191,18 @@ class SimCall:
                 if not isinstance(message, str):
                     self.other["<binary>"] += 1
                 elif message.startswith(_MEDIA):
+                    size = payload_bytes(message)
                     self.media_times.append(now)
-                    self._play_end = max(self._play_end, now) + FRAME_S
+                    self.media_bytes.append(size)
+                    self._play_end = max(self._play_end, now) + size / ULAW_BYTES_PER_S
                 elif message.startswith(_MARK):
                     self.marks_received += 1
                     name = orjson.loads(message)["mark"]["name"]
                     self._marks.append((self._play_end, name))
+                elif message.startswith(_CLEAR):
+                    self.clears += 1
+                    self._play_end = now  # the queued audio is dropped; its marks come back at once
+                    self._marks = deque((now, name) for _, name in self._marks)
                 else:
                     self.other[str(orjson.loads(message).get("event"))] += 1
         except ConnectionClosed:
@@ -179,13 +213,15 @@ class SimCall:
                 self.ended_early = True
 
     async def stream(self, max_frames: int) -> None:
-        """Sends silence every 20 ms on an absolute schedule until `self.until` (or `max_frames`)."""
+        """Sends a frame every 20 ms on an absolute schedule until `self.until` (or `max_frames`)."""
         ws = self._ws
         assert ws is not None and self.start_sent_at is not None
         t0 = self.start_sent_at
+        audio = self.audio
         head = '{"event":"media","sequenceNumber":"'
         mid = '","media":{"track":"inbound","chunk":"'
-        tail = '","payload":"' + SILENCE_B64 + '"},"streamSid":"' + self.stream_sid + '"}'
+        stamp = '","timestamp":"'
+        tail = '"},"streamSid":"' + self.stream_sid + '"}'
         try:
             for i in range(max_frames):
                 slot = t0 + i * FRAME_S
@@ -200,7 +236,8 @@ class SimCall:
                     echo = {"event": "mark", "sequenceNumber": self._next_seq(), "streamSid": self.stream_sid}
                     await ws.send(orjson.dumps(echo | {"mark": {"name": name}}).decode())
                     self.marks_echoed += 1
-                text = f'{head}{self._next_seq()}{mid}{i + 1}","timestamp":"{i * 20}{tail}'
+                payload = SILENCE_B64 if audio is None else audio(i, slot, self.until)
+                text = f'{head}{self._next_seq()}{mid}{i + 1}{stamp}{i * 20}","payload":"{payload}{tail}'
                 sent_at = time.monotonic()
                 await ws.send(text)
                 self.send_times.append(sent_at)
@@ -374,12 +411,14 @@ class LocalFake:
         await self.server.stop()
 
 
-class HelperFake:
-    """The same fake in a helper process (`python bench/_loadgen.py --reply-ms MS`), driven over
-    JSON lines on its stdin/stdout. Its timestamps are CLOCK_MONOTONIC too, so they compare."""
+class JsonLinesHelper:
+    """A fake in a helper process of its own (`python SCRIPT ARGS...`), driven over JSON lines on
+    its stdin/stdout: it prints `{"port": P}` once it listens, then answers each command
+    (`{"cmd": ...}`) with `{"result": ...}` or `{"error": ...}`; it exits at the end of its input.
+    Its timestamps are CLOCK_MONOTONIC too, so they compare with ours."""
 
-    def __init__(self, reply_ms: int) -> None:
-        self.reply_ms = reply_ms
+    def __init__(self, script: Path, *args: str) -> None:
+        self.argv = [str(script), *args]
         self.port = 0
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
@@ -388,9 +427,7 @@ class HelperFake:
     async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
-            str(HERE),
-            "--reply-ms",
-            str(self.reply_ms),
+            *self.argv,
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             cwd=HERE.parent.parent,
@@ -400,18 +437,10 @@ class HelperFake:
         assert self._proc.stdout is not None
         line = await asyncio.wait_for(self._proc.stdout.readline(), timeout=30)
         if not line:
-            raise RuntimeError("the fake helper process exited before listening")
+            raise RuntimeError(f"the helper process {self.argv} exited before listening")
         self.port = orjson.loads(line)["port"]
 
-    @property
-    def url(self) -> str:
-        return f"ws://127.0.0.1:{self.port}"
-
-    @property
-    def openai_base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1"
-
-    async def _ask(self, command: dict[str, Any]) -> Any:
+    async def ask(self, command: dict[str, Any]) -> Any:
         proc = self._proc
         assert proc is not None and proc.stdin is not None and proc.stdout is not None
         async with self._lock:
@@ -419,25 +448,11 @@ class HelperFake:
             await proc.stdin.drain()
             line = await asyncio.wait_for(proc.stdout.readline(), timeout=60)
         if not line:
-            raise RuntimeError("the fake helper process died")
+            raise RuntimeError("the helper process died")
         answer = orjson.loads(line)
         if "error" in answer:
             raise RuntimeError(answer["error"])
         return answer["result"]
-
-    async def count(self) -> int:
-        return int(await self._ask({"cmd": "count"}))
-
-    async def wait_connection(self, n: int, timeout: float) -> None:  # noqa: ASYNC109
-        await self._ask({"cmd": "wait", "n": n, "timeout": timeout})
-
-    async def progress(self, stops: dict[int, float | None]) -> dict[int, tuple[int, int]]:
-        answer = await self._ask({"cmd": "progress", "stops": [[i, s] for i, s in stops.items()]})
-        return {int(i): (int(a), int(d)) for i, a, d in answer}
-
-    async def collect(self, indices: list[int]) -> list[ProviderTrack]:
-        answer = await self._ask({"cmd": "collect", "indices": indices})
-        return [ProviderTrack.from_json(data) for data in answer]
 
     async def close(self) -> None:
         proc = self._proc
@@ -452,38 +467,73 @@ class HelperFake:
             await proc.wait()
 
 
-async def _helper_main(reply_ms: int) -> None:
-    fake = LocalFake(reply_ms)
-    await fake.start()
-    freeze_heap()
+async def serve_json_lines(port: int, handle: Callable[[dict[str, Any]], Awaitable[Any]]) -> None:
+    """The helper's side of `JsonLinesHelper`: announces `port`, then answers commands until EOF."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=PIPE_LIMIT)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
     out = sys.stdout.buffer
-    out.write(orjson.dumps({"port": fake.server.port}) + b"\n")
+    out.write(orjson.dumps({"port": port}) + b"\n")
     out.flush()
+    while line := await reader.readline():
+        try:
+            answer: dict[str, Any] = {"result": await handle(orjson.loads(line))}
+        except Exception as exc:
+            answer = {"error": f"{type(exc).__name__}: {exc}"}
+        out.write(orjson.dumps(answer) + b"\n")
+        out.flush()
+
+
+class HelperFake(JsonLinesHelper):
+    """The fake Realtime server in a helper process (`python bench/_loadgen.py --reply-ms MS`)."""
+
+    def __init__(self, reply_ms: int) -> None:
+        super().__init__(HERE, "--reply-ms", str(reply_ms))
+        self.reply_ms = reply_ms
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    @property
+    def openai_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    async def count(self) -> int:
+        return int(await self.ask({"cmd": "count"}))
+
+    async def wait_connection(self, n: int, timeout: float) -> None:  # noqa: ASYNC109
+        await self.ask({"cmd": "wait", "n": n, "timeout": timeout})
+
+    async def progress(self, stops: dict[int, float | None]) -> dict[int, tuple[int, int]]:
+        answer = await self.ask({"cmd": "progress", "stops": [[i, s] for i, s in stops.items()]})
+        return {int(i): (int(a), int(d)) for i, a, d in answer}
+
+    async def collect(self, indices: list[int]) -> list[ProviderTrack]:
+        answer = await self.ask({"cmd": "collect", "indices": indices})
+        return [ProviderTrack.from_json(data) for data in answer]
+
+
+async def _helper_main(reply_ms: int) -> None:
+    fake = LocalFake(reply_ms)
+    await fake.start()
+    freeze_heap()
+
+    async def handle(command: dict[str, Any]) -> Any:
+        if command["cmd"] == "count":
+            return await fake.count()
+        if command["cmd"] == "wait":
+            await fake.wait_connection(command["n"], command["timeout"])
+            return True
+        if command["cmd"] == "progress":
+            done = await fake.progress({int(i): s for i, s in command["stops"]})
+            return [[i, a, d] for i, (a, d) in done.items()]
+        if command["cmd"] == "collect":
+            return [t.to_json() for t in await fake.collect(command["indices"])]
+        raise ValueError(f"unknown command {command['cmd']!r}")
+
     try:
-        while line := await reader.readline():
-            command = orjson.loads(line)
-            try:
-                result: Any
-                if command["cmd"] == "count":
-                    result = await fake.count()
-                elif command["cmd"] == "wait":
-                    await fake.wait_connection(command["n"], command["timeout"])
-                    result = True
-                elif command["cmd"] == "progress":
-                    done = await fake.progress({int(i): s for i, s in command["stops"]})
-                    result = [[i, a, d] for i, (a, d) in done.items()]
-                elif command["cmd"] == "collect":
-                    result = [t.to_json() for t in await fake.collect(command["indices"])]
-                else:
-                    raise ValueError(f"unknown command {command['cmd']!r}")
-                answer: dict[str, Any] = {"result": result}
-            except Exception as exc:
-                answer = {"error": f"{type(exc).__name__}: {exc}"}
-            out.write(orjson.dumps(answer) + b"\n")
-            out.flush()
+        await serve_json_lines(fake.server.port, handle)
     finally:
         await fake.close()
 

@@ -42,6 +42,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -168,13 +169,24 @@ class RunResult:
 class Target:
     """The system under test in its own process: the relay or the floor."""
 
-    def __init__(self, system: str, fake: Fake, log_dir: Path, n: int) -> None:
+    def __init__(
+        self,
+        system: str,
+        fake: Any,
+        log_dir: Path,
+        n: int,
+        *,
+        env: dict[str, str] | None = None,
+        label: str = "",
+    ) -> None:
+        """`fake`: anything with `openai_base_url` (and `url`, the realtime WebSocket, for the floor);
+        `env` overrides the relay's environment; `label` goes into the log file's name."""
         self.system = system
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
-        self.log_path = log_dir / f"{system}-N{n}.log"
-        env = dict(os.environ)
-        env.update(
+        self.log_path = log_dir / f"{system}{label}-N{n}.log"
+        environ = dict(os.environ)
+        environ.update(
             PYTHONPATH=str(ROOT),
             OPENAI_API_KEY="sk-test",
             OPENAI_BASE_URL=fake.openai_base_url,
@@ -186,6 +198,7 @@ class Target:
             LOG_LEVEL="WARNING",
             GREETING_ENABLED="true",
         )
+        environ.update(env or {})
         if system == "relay":
             cmd = [PYTHON, "-m", "relay", "serve", "--host", "127.0.0.1", "--port", str(self.port)]
         else:
@@ -193,7 +206,7 @@ class Target:
             cmd = [PYTHON, str(ROOT / "bench" / "floor_relay.py"), "--port", str(self.port)]
             cmd += ["--provider", provider]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=self._log, stderr=subprocess.STDOUT)
 
     async def wait_ready(self, client: httpx.AsyncClient) -> None:
         for _ in range(READY_TRIES):

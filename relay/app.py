@@ -31,7 +31,7 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "ws_max_size": 1024 * 1024,  # our own 64 KB check logs oversize frames; this bounds memory
     "ws_per_message_deflate": False,  # base64 audio does not compress: deflate only costs CPU
     "lifespan": "on",
-    "timeout_graceful_shutdown": 30,
+    "timeout_graceful_shutdown": 5,  # after the relay's own drain (relay/server.py)
 }
 
 

@@ -22,11 +22,10 @@ log = logging.getLogger("relay.cli")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from relay.app import UVICORN_OPTIONS, create_app
+    from relay.app import create_app
     from relay.config import load_settings
     from relay.logs import configure_logging
+    from relay.server import serve
 
     settings = load_settings()
     configure_logging(settings.log_format, settings.log_level)
@@ -34,9 +33,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or settings.host
     port = args.port or settings.port
     log.info("relay listening on http://%s:%d (public URL: %s)", host, port, settings.public_url or "not set")
-    uvicorn.run(
-        app, host=host, port=port, log_config=None, log_level=settings.log_level.lower(), **UVICORN_OPTIONS
-    )
+    serve(app, host=host, port=port, log_level=settings.log_level.lower(), grace=settings.drain_timeout)
     return 0
 
 

@@ -114,6 +114,7 @@ class Settings(BaseSettings):
     call_record_ttl_days: float = Field(7.0, gt=0)
     max_concurrent_calls: int = Field(100, ge=1)
     max_call_duration: float = Field(3600.0, gt=0)  # seconds
+    drain_timeout: float = Field(30.0, ge=0)  # seconds active calls get to finish on SIGTERM
 
     # --- operations ------------------------------------------------------------------------
     relay_admin_token: SecretStr | None = None

@@ -277,3 +277,14 @@ async def test_fallback_after_mid_call_drop_carries_the_conversation(vendor: str
         await call.stop()
     record = await r.app.state.store.get(call.call_sid)
     assert record["fallbacks"] and record["mode"] == "cascade"
+
+
+async def test_cascade_without_greeting_waits_for_the_caller() -> None:
+    http = FakeOpenAIHTTP(transcripts=["hi"], replies=[Text("Hello there.")])
+    async with cascade_rig("openai", http, greeting_enabled=False) as r, r.caller() as call:
+        await r.dial(call)
+        await say(call, "Hi.")
+        chat = await http.wait_for("chat", timeout=10)
+        assert chat.messages[-1] == {"role": "user", "content": "hi"}  # no greeting turn came first
+        assert len(http.transcription_requests) == 1
+        await call.stop()

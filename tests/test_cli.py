@@ -75,3 +75,70 @@ async def test_config_error_is_named_and_exit_code_2(tmp_path) -> None:
     _, err = await asyncio.wait_for(proc.communicate(), timeout=20)
     assert proc.returncode == 2
     assert b"AZURE_OPENAI_ENDPOINT" in err
+
+
+async def test_sigterm_drains_live_call_then_exits(tmp_path) -> None:
+    import signal
+
+    from relay.testing.realtime import FakeRealtimeServer, Say
+    from relay.testing.twilio import FakeTwilioCall
+
+    async with FakeRealtimeServer(responses=[Say("Hello there, I am still talking.", audio_ms=3000)]) as rt:
+        sock = bind_free_port()
+        port = sock.getsockname()[1]
+        sock.close()
+        env = {
+            **os.environ,
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": rt.openai_base_url,
+            "RELAY_MODE": "realtime",
+            "TWILIO_AUTH_TOKEN": "cli-token",
+            "PUBLIC_URL": "https://relay.example.com",
+            "DRAIN_TIMEOUT": "20",
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "relay",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            env=env,
+            cwd=tmp_path,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stderr is not None
+        seen: list[str] = []
+
+        async def read_until(needle: str) -> None:
+            async with asyncio.timeout(20):
+                while needle not in "".join(seen):
+                    line = await proc.stderr.readline()
+                    assert line, "relay serve exited: " + "".join(seen)
+                    seen.append(line.decode())
+
+        url = f"http://127.0.0.1:{port}"
+        try:
+            await read_until("Application startup complete")
+            async with FakeTwilioCall(
+                base_url=url, auth_token="cli-token", public_url="https://relay.example.com"
+            ) as call:
+                assert await call.connect(await call.fetch_twiml())
+                await call.wait_for_media(min_bytes=800)
+                proc.send_signal(signal.SIGTERM)
+                await read_until("draining: 1 active calls")
+                async with httpx.AsyncClient(base_url=url) as client:
+                    assert (await client.get("/ready")).status_code == 503
+                refused = await FakeTwilioCall(
+                    base_url=url, auth_token="cli-token", public_url="https://relay.example.com"
+                ).fetch_twiml()
+                assert refused.say and "restarting" in refused.say
+                await call.wait_for_media(min_bytes=3000 * 8, timeout=5)  # the live call keeps its audio
+                await call.stop()
+            assert await asyncio.wait_for(proc.wait(), timeout=15) == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()

@@ -323,7 +323,7 @@ class CallRun:
 
     async def _serve(self, adapter: ProviderAdapter) -> str:
         if self.mode == "cascade":
-            return await self._cascade(adapter, history=[], greet=True)
+            return await self._cascade(adapter, history=[], greet=self.settings.greeting_enabled)
         realtime = RealtimeSession(
             settings=self.settings,
             adapter=adapter,
@@ -360,7 +360,8 @@ class CallRun:
             greeted = realtime.stats.first_audio_ms is not None
             for task in self._tool_tasks:
                 task.cancel()
-            return await self._cascade(fallback, history=realtime.turns, greet=not greeted)
+            greet = self.settings.greeting_enabled and not greeted
+            return await self._cascade(fallback, history=realtime.turns, greet=greet)
 
     async def _cascade(self, adapter: ProviderAdapter, *, history: list[tuple[str, str]], greet: bool) -> str:
         from cascade.session import CascadeSession
