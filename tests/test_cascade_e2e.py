@@ -288,3 +288,16 @@ async def test_cascade_without_greeting_waits_for_the_caller() -> None:
         assert chat.messages[-1] == {"role": "user", "content": "hi"}  # no greeting turn came first
         assert len(http.transcription_requests) == 1
         await call.stop()
+
+
+async def test_cascade_failure_ends_the_call_with_a_clear_log(caplog) -> None:
+    http = FakeOpenAIHTTP(fail_status={"chat": 500})
+    async with cascade_rig("openai", http, greeting_enabled=True) as r, r.caller() as call:
+        twiml = await call.fetch_twiml()
+        assert twiml.say  # Twilio speaks this apology once the relay ends the stream
+        assert await call.connect(twiml)
+        await call.wait_closed(timeout=15)
+        await r.app.state.manager.wait_idle(timeout=5)
+    assert "cascade reply failed" in caplog.text and "cascade provider failed" in caplog.text
+    record = await r.app.state.store.get(call.call_sid)
+    assert record["outcome"] == "provider_error"

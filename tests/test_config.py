@@ -93,3 +93,13 @@ def test_env_example_documents_every_setting_with_its_default() -> None:
     defaults = load_settings(_env_file=None)
     from_example = load_settings(_env_file=Path(__file__).parent.parent / ".env.example")
     assert from_example.model_dump() == defaults.model_dump()
+
+
+def test_readme_configuration_table_lists_every_setting() -> None:
+    from pathlib import Path
+
+    from relay.config import Settings
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    missing = [name.upper() for name in Settings.model_fields if f"`{name.upper()}`" not in readme]
+    assert not missing, f"README's configuration table lacks {missing}"

@@ -106,3 +106,17 @@ async def test_drain_stops_new_calls_then_ends_active_ones_with_goodbye() -> Non
             await call.wait_closed()
         record = await app.state.store.get(call.call_sid)
     assert record["status"] == "ended"
+
+
+async def test_max_call_duration_ends_the_call_with_a_goodbye() -> None:
+    rest = FakeTwilioRest(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
+    async with FakeRealtimeServer(responses=[Say("Hello.", audio_ms=300)]) as rt, rest.serve() as rest_url:
+        app = create_app(relay_settings(rt, twilio_api_base_url=rest_url, max_call_duration=1.0))
+        async with serve_app(app) as url, caller(url) as call:
+            assert await call.connect(await call.fetch_twiml())
+            update = await rest.wait_update(timeout=5)
+            assert "time limit" in (update.twiml or "") and "<Hangup" in (update.twiml or "")
+            await call.wait_closed(timeout=5)
+        await app.state.manager.wait_idle(timeout=5)
+        record = await app.state.store.get(call.call_sid)
+    assert record["outcome"] == "max_duration"
