@@ -4,8 +4,11 @@ unsigned one refused; and a configuration error named on the command line."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import httpx
 from twilio.request_validator import RequestValidator
@@ -15,16 +18,33 @@ from relay.testing.server import bind_free_port
 FORM = {"CallSid": "CA" + "2" * 32, "From": "+15550001111", "To": "+15550002222"}
 
 
-async def test_relay_serve_answers_health_and_signed_webhook(tmp_path) -> None:
+@dataclass
+class RelayProcess:
+    proc: asyncio.subprocess.Process
+    url: str
+    seen: list[str]
+
+    async def read_until(self, needle: str, timeout: float = 20) -> None:  # noqa: ASYNC109
+        """Reads the relay's log until `needle` appears (or fails with what was seen)."""
+        assert self.proc.stderr is not None
+        async with asyncio.timeout(timeout):
+            while needle not in "".join(self.seen):
+                line = await self.proc.stderr.readline()
+                assert line, "relay serve exited: " + "".join(self.seen)
+                self.seen.append(line.decode())
+
+
+@contextlib.asynccontextmanager
+async def relay_serve(tmp_path, **env_vars: str) -> AsyncIterator[RelayProcess]:
+    """`python -m relay serve` on a free port with these variables, started and ready."""
     sock = bind_free_port()
     port = sock.getsockname()[1]
     sock.close()
     env = {
         **os.environ,
-        "OPENAI_API_KEY": "sk-test",
         "TWILIO_AUTH_TOKEN": "cli-token",
         "PUBLIC_URL": "https://relay.example.com",
-        "LOG_LEVEL": "INFO",
+        **env_vars,
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -39,15 +59,19 @@ async def test_relay_serve_answers_health_and_signed_webhook(tmp_path) -> None:
         cwd=tmp_path,
         stderr=asyncio.subprocess.PIPE,
     )
-    assert proc.stderr is not None
-    seen: list[str] = []
+    relay = RelayProcess(proc, f"http://127.0.0.1:{port}", [])
     try:
-        async with asyncio.timeout(20):
-            while "Application startup complete" not in "".join(seen):
-                line = await proc.stderr.readline()
-                assert line, "relay serve exited: " + "".join(seen)
-                seen.append(line.decode())
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as client:
+        await relay.read_until("Application startup complete")
+        yield relay
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+            await proc.wait()
+
+
+async def test_relay_serve_answers_health_and_signed_webhook(tmp_path) -> None:
+    async with relay_serve(tmp_path, OPENAI_API_KEY="sk-test", LOG_LEVEL="INFO") as relay:
+        async with httpx.AsyncClient(base_url=relay.url) as client:
             assert (await client.get("/health")).json() == {"status": "ok"}
             sig = RequestValidator("cli-token").compute_signature(
                 "https://relay.example.com/incoming-call", FORM
@@ -56,10 +80,7 @@ async def test_relay_serve_answers_health_and_signed_webhook(tmp_path) -> None:
             refused = await client.post("/incoming-call", data=FORM)
         assert ok.status_code == 200 and "<Connect><Stream" in ok.text
         assert refused.status_code == 403
-        assert any("Using OpenAI for voice calls" in line for line in seen)
-    finally:
-        proc.terminate()
-        await proc.wait()
+        assert any("Using OpenAI for voice calls" in line for line in relay.seen)
 
 
 async def test_config_error_is_named_and_exit_code_2(tmp_path) -> None:
@@ -83,62 +104,20 @@ async def test_sigterm_drains_live_call_then_exits(tmp_path) -> None:
     from relay.testing.realtime import FakeRealtimeServer, Say
     from relay.testing.twilio import FakeTwilioCall
 
+    def caller(url: str) -> FakeTwilioCall:
+        return FakeTwilioCall(base_url=url, auth_token="cli-token", public_url="https://relay.example.com")
+
     async with FakeRealtimeServer(responses=[Say("Hello there, I am still talking.", audio_ms=3000)]) as rt:
-        sock = bind_free_port()
-        port = sock.getsockname()[1]
-        sock.close()
-        env = {
-            **os.environ,
-            "OPENAI_API_KEY": "sk-test",
-            "OPENAI_BASE_URL": rt.openai_base_url,
-            "RELAY_MODE": "realtime",
-            "TWILIO_AUTH_TOKEN": "cli-token",
-            "PUBLIC_URL": "https://relay.example.com",
-            "DRAIN_TIMEOUT": "20",
-        }
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "relay",
-            "serve",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            env=env,
-            cwd=tmp_path,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        assert proc.stderr is not None
-        seen: list[str] = []
-
-        async def read_until(needle: str) -> None:
-            async with asyncio.timeout(20):
-                while needle not in "".join(seen):
-                    line = await proc.stderr.readline()
-                    assert line, "relay serve exited: " + "".join(seen)
-                    seen.append(line.decode())
-
-        url = f"http://127.0.0.1:{port}"
-        try:
-            await read_until("Application startup complete")
-            async with FakeTwilioCall(
-                base_url=url, auth_token="cli-token", public_url="https://relay.example.com"
-            ) as call:
-                assert await call.connect(await call.fetch_twiml())
-                await call.wait_for_media(min_bytes=800)
-                proc.send_signal(signal.SIGTERM)
-                await read_until("draining: 1 active calls")
-                async with httpx.AsyncClient(base_url=url) as client:
-                    assert (await client.get("/ready")).status_code == 503
-                refused = await FakeTwilioCall(
-                    base_url=url, auth_token="cli-token", public_url="https://relay.example.com"
-                ).fetch_twiml()
-                assert refused.say and "restarting" in refused.say
-                await call.wait_for_media(min_bytes=3000 * 8, timeout=5)  # the live call keeps its audio
-                await call.stop()
-            assert await asyncio.wait_for(proc.wait(), timeout=15) == 0
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await proc.wait()
+        env = {"OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": rt.openai_base_url, "RELAY_MODE": "realtime"}
+        async with relay_serve(tmp_path, DRAIN_TIMEOUT="20", **env) as relay, caller(relay.url) as call:
+            assert await call.connect(await call.fetch_twiml())
+            await call.wait_for_media(min_bytes=800)
+            relay.proc.send_signal(signal.SIGTERM)
+            await relay.read_until("draining: 1 active calls")
+            async with httpx.AsyncClient(base_url=relay.url) as client:
+                assert (await client.get("/ready")).status_code == 503
+            refused = await caller(relay.url).fetch_twiml()
+            assert refused.say and "restarting" in refused.say
+            await call.wait_for_media(min_bytes=3000 * 8, timeout=5)  # the live call keeps its audio
+            await call.stop()
+            assert await asyncio.wait_for(relay.proc.wait(), timeout=15) == 0
