@@ -34,7 +34,7 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -417,22 +417,33 @@ class JsonLinesHelper:
     (`{"cmd": ...}`) with `{"result": ...}` or `{"error": ...}`; it exits at the end of its input.
     Its timestamps are CLOCK_MONOTONIC too, so they compare with ours."""
 
-    def __init__(self, script: Path, *args: str) -> None:
+    def __init__(self, script: Path, *args: str, stderr: Path | None = None) -> None:
+        """`stderr`: a file for the helper's log (default: this process's stderr)."""
         self.argv = [str(script), *args]
+        self.stderr_path = stderr
         self.port = 0
         self.pid: int | None = None
         self._proc: asyncio.subprocess.Process | None = None
         self._lock = asyncio.Lock()
 
+    def _stderr_file(self) -> BinaryIO | None:
+        return None if self.stderr_path is None else open(self.stderr_path, "ab")  # noqa: SIM115
+
     async def start(self) -> None:
-        self._proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            *self.argv,
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            cwd=HERE.parent.parent,
-            limit=PIPE_LIMIT,
-        )
+        log = self._stderr_file()
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *self.argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                cwd=HERE.parent.parent,
+                limit=PIPE_LIMIT,
+            )
+        finally:
+            if log is not None:
+                log.close()  # the child has its own descriptor
         self.pid = self._proc.pid
         assert self._proc.stdout is not None
         line = await asyncio.wait_for(self._proc.stdout.readline(), timeout=30)

@@ -53,6 +53,7 @@ import math
 import os
 import random
 import re
+import socket
 import sys
 import tempfile
 import time
@@ -81,7 +82,6 @@ from _loadgen import (  # noqa: E402
 )
 from realtime_load import (  # noqa: E402
     AUTH_TOKEN,
-    CLK_TCK,
     LATENCY_GOAL_MS,
     PUBLIC_URL,
     QUIET_PCT,
@@ -93,11 +93,14 @@ from realtime_load import (  # noqa: E402
     Target,
     cpu_seconds,
     machine_jiffies,
+    others_cpu_seconds,
     place_calls,
+    process_cpu,
     rss_kb,
     wait_quiet,
 )
 
+import relay.testing.server as relay_test_server  # noqa: E402
 from cascade.vad import TurnDetector, Utterance  # noqa: E402
 from relay.testing.audio import float_to_ulaw, speech_ulaw, ulaw_to_float  # noqa: E402
 from relay.testing.openai_http import FakeOpenAIHTTP, Text, tts_audio  # noqa: E402
@@ -124,6 +127,14 @@ DRAIN_S = 8.0  # longest wait for replies still playing after the callers stoppe
 FAKE_MAX_S = 4 * 3600  # the helper's housekeeping loop ends by then at the latest
 TRIM_EVERY_S = 1.0
 ORDER = re.compile(r"order (\d+)", re.IGNORECASE)
+FAKE_SPANS = (("stt", "t2"), ("chat", "t2"), ("tts", "t1"))  # the fake's own: body in → answer out
+STAGES = {  # a turn, from the relay's per-turn timings (call record `stats[].turn_timings`)
+    "end→VAD": ("caller_end", "vad_end"),
+    "STT": ("stt_sent", "stt_done"),
+    "chat": ("chat_sent", "first_sentence"),
+    "TTS": ("tts_sent", "tts_first_bytes"),
+    "→caller": ("first_frame", "caller_media"),
+}
 
 
 # --------------------------------------------------------------------------- the relay's /metrics
@@ -187,6 +198,7 @@ class Window:
 
     def open(self) -> None:
         self.busy0, self.total0 = machine_jiffies()
+        self.procs0 = process_cpu()
         self.cpu0, self.gen0, self.fake0 = cpu_seconds(self.relay_pid), time.process_time(), self._fake()
         self.t0 = time.monotonic()
         self.peak = rss_kb(self.relay_pid)
@@ -201,6 +213,7 @@ class Window:
             self._fake(),
             time.monotonic(),
         )
+        procs1 = process_cpu()
         busy1, total1 = machine_jiffies()
         span = t1 - self.t0
         health.cpu_pct_total = (cpu1 - self.cpu0) / span * 100
@@ -208,8 +221,8 @@ class Window:
         health.fake_cpu_pct = (fake1 - self.fake0) / span * 100
         health.rss_peak_kb = self.peak
         health.machine_busy_pct = (busy1 - self.busy0) / max(1, total1 - self.total0) * 100
-        ours = (cpu1 - self.cpu0) + (gen1 - self.gen0) + (fake1 - self.fake0)
-        health.other_cpu_pct = ((busy1 - self.busy0) / CLK_TCK - ours) / span * 100
+        others = others_cpu_seconds(self.procs0, procs1, {self.relay_pid, os.getpid(), self.fake_pid})
+        health.other_cpu_pct = others / span * 100
 
     def _fake(self) -> float:
         return 0.0 if self.fake_pid is None else cpu_seconds(self.fake_pid)
@@ -304,8 +317,10 @@ class TurnFake(FakeOpenAIHTTP):
 
 
 class TimedApp:
-    """ASGI wrapper: per HTTP request, when it came in, when the first and the last body bytes of the
-    answer went out, how many bytes, the status, and the turn id the fake tagged it with."""
+    """ASGI wrapper: per HTTP request, when it came in (t0), when its body had fully arrived (tb),
+    when the first (t1) and the last (t2) body bytes of the answer went out, how many bytes, the
+    status, and the turn id the fake tagged it with. The fake's own time starts at tb: how fast the
+    relay uploads (a WAV, under load) is the relay's."""
 
     KINDS = (("/audio/transcriptions", "stt"), ("/chat/completions", "chat"), ("/audio/speech", "tts"))
 
@@ -319,8 +334,14 @@ class TimedApp:
             await self.app(scope, receive, send)
             return
         kind = next((k for suffix, k in self.KINDS if scope["path"].endswith(suffix)), "other")
-        entry: dict[str, Any] = {"k": kind, "id": "", "t0": time.monotonic(), "t1": None, "t2": None}
-        entry |= {"b": 0, "s": 0}
+        entry: dict[str, Any] = {"k": kind, "id": "", "t0": time.monotonic(), "tb": None, "t1": None}
+        entry |= {"t2": None, "b": 0, "s": 0}
+
+        async def timed_receive() -> MutableMapping[str, Any]:
+            message: MutableMapping[str, Any] = await receive()
+            if message["type"] == "http.request" and not message.get("more_body", False):
+                entry["tb"] = entry["tb"] or time.monotonic()
+            return message
 
         async def timed_send(message: MutableMapping[str, Any]) -> None:
             if message["type"] == "http.response.start":
@@ -337,14 +358,27 @@ class TimedApp:
         token = _REQUEST.set(entry)
         self.inflight += 1
         try:
-            await self.app(scope, receive, timed_send)
+            await self.app(scope, timed_receive, timed_send)
         finally:
             self.inflight -= 1
             _REQUEST.reset(token)
             self.log.append(entry)
 
 
+def _bind_tcp_port(host: str = "127.0.0.1") -> socket.socket:
+    """`relay.testing.server.bind_free_port` with the protocol named: asyncio turns Nagle off
+    (TCP_NODELAY) only on connections accepted from a socket whose `proto` is IPPROTO_TCP, and
+    `socket.socket(AF_INET, SOCK_STREAM)` has proto 0. Without this the fake's streamed answers on a
+    reused keep-alive connection stall ~40 ms before their first chunk (Nagle waiting for the
+    client's delayed ACK of the headers), which is the fake's artefact, not the relay's."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, 0))
+    return sock
+
+
 async def _openai_helper_main() -> None:
+    relay_test_server.bind_free_port = _bind_tcp_port  # serve_app() looks it up at call time
     fake = TurnFake(tts_pace=1.0)
     timed = TimedApp(fake.app)
     fake.app = timed  # type: ignore[assignment]  # served by serve() below
@@ -374,8 +408,8 @@ async def _openai_helper_main() -> None:
 class OpenAIHelper(JsonLinesHelper):
     """`TurnFake` in a helper process (`python bench/load.py --openai-fake-helper`)."""
 
-    def __init__(self) -> None:
-        super().__init__(HERE, "--openai-fake-helper")
+    def __init__(self, stderr: Path | None = None) -> None:
+        super().__init__(HERE, "--openai-fake-helper", stderr=stderr)
 
     @property
     def openai_base_url(self) -> str:
@@ -457,9 +491,11 @@ class CascadeRun(Health):
     audio_short: int = 0  # Σ per call of what is missing
     replies: int = 0
     audio_late_ms: list[float] = field(default_factory=list)
+    stages: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     clears: int = 0
     barge_ins: int = 0
     fake_errors: int = 0
+    fake_cancelled: int = 0
     outcomes: dict[str, int] = field(default_factory=dict)
     log_lines: list[str] = field(default_factory=list)
     log_path: str = ""
@@ -490,7 +526,7 @@ async def run_cascade(n: int, seconds: float, log_dir: Path, frames: list[str]) 
     busy = await wait_quiet()
     if busy > QUIET_PCT:
         result.errors.append(f"the machine was {busy:.0f} % busy before the run (other work)")
-    fake = OpenAIHelper()
+    fake = OpenAIHelper(stderr=log_dir / f"fake-openai-N{n}.log")
     await fake.start()
     freeze_heap()
     env = {
@@ -619,7 +655,9 @@ def _account_cascade(
 ) -> None:
     by_turn: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for entry in fake_log:
-        if entry["s"] != 200:
+        if entry["s"] == 0:  # no answer started: the relay closed the request (a barge-in cancels)
+            result.fake_cancelled += 1
+        elif entry["s"] != 200:
             result.fake_errors += 1
         if entry["id"] and entry["id"] != GREETING_ID:
             by_turn[entry["id"]][entry["k"]] = entry
@@ -641,6 +679,8 @@ def _account_cascade(
         result.turns_heard += len(heard)
         if len(heard) != len(spoken):
             result.unmatched_calls += 1
+        stats = [st for st in record.get("stats") or [] if st.get("turn_timings")]
+        timings = [t for t in (stats[-1]["turn_timings"] if stats else []) if "stt_sent" in t]
         for k, start in enumerate(spoken):
             end = call.send_times[start + utterance_frames - 1]
             upto = call.send_times[spoken[k + 1]] if k + 1 < len(spoken) else math.inf
@@ -648,17 +688,19 @@ def _account_cascade(
             if j >= len(call.media_times) or call.media_times[j] >= upto:
                 continue
             result.turns_answered += 1
-            if len(heard) != len(spoken):
+            hops = by_turn.get(heard[k], {}) if len(heard) == len(spoken) else {}
+            if not ({"stt", "chat", "tts"} <= hops.keys() and hops["tts"]["t1"] is not None):
                 continue
-            hops = by_turn.get(heard[k], {})
-            if {"stt", "chat", "tts"} <= hops.keys() and hops["tts"]["t1"] is not None:
-                own = (
-                    hops["stt"]["t2"] - hops["stt"]["t0"]
-                    + hops["chat"]["t2"] - hops["chat"]["t0"]
-                    + hops["tts"]["t1"] - hops["tts"]["t0"]
-                )  # fmt: skip
-                result.fake_ms.append(own * 1000)
-                result.turn_ms.append((call.media_times[j] - end - own) * 1000)
+            own = sum(hops[kind][done] - (hops[kind]["tb"] or hops[kind]["t0"]) for kind, done in FAKE_SPANS)
+            result.fake_ms.append(own * 1000)
+            result.turn_ms.append((call.media_times[j] - end - own) * 1000)
+            if len(timings) == len(heard):  # where the time went, on the relay's clock (CLOCK_MONOTONIC)
+                t = timings[k]
+                for stage, (since, until) in STAGES.items():
+                    since_t = end if since == "caller_end" else t.get(since)
+                    until_t = call.media_times[j] if until == "caller_media" else t.get(until)
+                    if since_t is not None and until_t is not None:
+                        result.stages[stage].append((until_t - since_t) * 1000)
         # agent audio: per reply, the fake's TTS bytes / 6 at least
         replies = [greeting_pcm] if call.media_times else []
         replies += [by_turn[t]["tts"]["b"] for t in heard if "tts" in by_turn.get(t, {})]
@@ -723,7 +765,8 @@ CASCADE_HEAD = (
 LEGEND = (
     "latencies in ms; CPU% = % of one core (relay process, steady window); RSS KB/call above the\n"
     "relay's RSS after 2 warm-up calls; gen%/fake% = CPU of the callers' process / the fake's;\n"
-    "box% = all cores busy (100 = both saturated); other% = CPU of processes not in this bench;\n"
+    "box% = all cores busy (/proc/stat, tick-sampled: undercounts bursty light load; 100 = both\n"
+    "saturated); other% = CPU of processes not in this bench (per-process accounting, kernel threads);\n"
     "late99 = p99 of how late the callers sent a frame vs its 20 ms slot (bench health);\n"
     "log = WARNING/ERROR lines in the relay's log; failed = calls that failed or ended early"
 )
@@ -739,7 +782,9 @@ CASCADE_LEGEND = (
     f"{CASCADE_SILENCE_MS} ms;\n"
     "agent audio short = μ-law bytes missing at the callers vs the fake's TTS PCM bytes / 6;\n"
     "late p99 = how late agent audio arrived within a reply vs its first chunk plus the audio before it;\n"
-    "greet = start → first agent audio, raw"
+    "greet = start → first agent audio, raw; turn stages: end→VAD = end of speech → the relay's VAD\n"
+    "decision (incl. the silence window), STT/chat/TTS = request → answer / first sentence / first\n"
+    "audio bytes as the relay saw them, →caller = the relay queued the first frame → the caller got it"
 )
 
 
@@ -770,6 +815,10 @@ def cascade_row(r: CascadeRun) -> str:
         f"{_pair(r.greet_ms, 0):>14} {_f(cpu, 3):>9} {_f(r.cpu_pct_total):>6} {_f(rss):>11} "
         f"{_health_cells(r)} {len(r.log_lines):>4} {r.failed_calls + r.ended_early:>6}"
     )
+    if r.stages:
+        parts = [f"{stage} {_pair(r.stages[stage], 0)}" for stage in STAGES if stage in r.stages]
+        line += "\n       turn stages p50/p99 ms (relay's clock): " + ", ".join(parts)
+        line += f"; the fake's own {_pair(r.fake_ms, 0)}"
     notes = list(r.errors[:3])
     extra = r.audio_received - r.audio_expected
     if r.replies and extra > r.replies * (FRAME_BYTES + 40):
@@ -780,8 +829,11 @@ def cascade_row(r: CascadeRun) -> str:
         notes.append(f"{r.unmatched_calls} calls' records do not pair with what was said (latency skipped)")
     if r.barge_ins or r.clears:
         notes.append(f"barge-ins {r.barge_ins} (relay), clears {r.clears} (callers)")
-    if r.fake_errors:
-        notes.append(f"the fake answered {r.fake_errors} requests with an error")
+    if r.fake_errors or r.fake_cancelled:
+        notes.append(
+            f"the fake answered {r.fake_errors} requests with an error; the relay dropped "
+            f"{r.fake_cancelled} requests before their answer (see the fake's log in the log dir)"
+        )
     if r.outcomes:
         notes.append(f"outcomes other than twilio_stop: {r.outcomes}")
     return line + "".join(f"\n     ! {e}" for e in notes)
