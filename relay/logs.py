@@ -19,7 +19,8 @@ import orjson
 call_sid_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_sid", default="-")
 stream_sid_var: contextvars.ContextVar[str] = contextvars.ContextVar("stream_sid", default="-")
 
-_STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+# Standard record attributes, plus uvicorn's duplicate of its message with terminal colours.
+_STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
 
 
 @contextmanager

@@ -184,3 +184,11 @@ def test_json_timestamp_is_utc_whatever_the_local_zone(stderr: Capture) -> None:
     (doc,) = json_lines(stderr)
     stamped = datetime.strptime(doc["ts"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
     assert abs((datetime.now(UTC) - stamped).total_seconds()) < 60
+
+
+def test_uvicorn_color_message_extra_is_not_repeated(stderr: Capture) -> None:
+    stderr.configure("text")
+    logging.getLogger("uvicorn.error").info(
+        "Started server process [%d]", 1, extra={"color_message": "\x1b[36m%d"}
+    )
+    assert "color_message" not in stderr.getvalue() and "Started server process [1]" in stderr.getvalue()
