@@ -27,10 +27,11 @@ is order n?" and answers "Order n ships today.", so its three requests, and the 
   TTS sent for that call's replies / 6 (24 kHz → 8 kHz, 2 bytes → 1); each reply may add up to a
   frame of padding plus the resampler's tail, so only a shortfall counts as lost;
 * added latency per turn: the caller's end of speech (the send time of the utterance's last frame)
-  → the first agent audio at the caller, minus the fake's own time for that turn (STT request in →
-  answer out, chat request in → last chunk out, TTS request in → first audio chunk out; measured
+  → the first agent audio at the caller, minus the fake's own time for that turn (STT request body
+  in → answer out, chat body in → last chunk out, TTS body in → first audio chunk out; measured
   around the fake's ASGI app). It includes the relay's end-of-turn silence (CASCADE_SILENCE_MS=500:
-  a setting, not overhead), so ``beyond VAD`` shows the rest;
+  a setting, not overhead), so ``beyond VAD`` shows the rest; the turn's stages as the relay timed
+  them (its call record's ``turn_timings``, same clock) show where the time went;
 * audio late: within a reply, how late each ``media`` arrived vs the reply's first one plus the audio
   before it (what a caller would hear as a gap; the fake's pacing jitter is included).
 
@@ -38,6 +39,12 @@ Both modes: CPU % of one core and RSS per call of the relay (steady window with 
 RSS above the relay's RSS after two warm-up calls), errors (WARNING/ERROR lines in the relay's log,
 failed or early-ended calls, outcomes other than the caller's stop, fake-side errors), and the
 machine: CPU of the callers' process and of the fake's, all cores busy %, CPU of processes not ours.
+A run is clean with 0 frames lost, no errors, and the relay below 90 % of a core (it is one process,
+one event loop: at 100 % every call queues behind the others); realtime also needs p99 ≤ 20 ms per
+frame, cascade every turn answered and no spurious barge-in.
+
+The fake's HTTP server gets TCP_NODELAY (see `_bind_tcp_port`): without it its streamed answers
+stall ~40 ms on reused connections, which would be billed to the relay.
 """
 
 from __future__ import annotations
@@ -126,6 +133,7 @@ REPLY_GAP_S = 0.3  # silence at the caller longer than this after the audio play
 DRAIN_S = 8.0  # longest wait for replies still playing after the callers stopped talking
 FAKE_MAX_S = 4 * 3600  # the helper's housekeeping loop ends by then at the latest
 TRIM_EVERY_S = 1.0
+RELAY_SATURATED_PCT = 90.0  # % of one core: the relay is one process, one event loop
 ORDER = re.compile(r"order (\d+)", re.IGNORECASE)
 FAKE_SPANS = (("stt", "t2"), ("chat", "t2"), ("tts", "t1"))  # the fake's own: body in → answer out
 STAGES = {  # a turn, from the relay's per-turn timings (call record `stats[].turn_timings`)
@@ -240,12 +248,29 @@ class RealtimeRun(RunResult):
     def lost_c2r(self) -> int:
         return self.sent_c2p - self.relay_read if self.relay_read >= 0 else self.sent_c2p
 
-    @property
-    def clean(self) -> bool:
-        return self.passed and self.lost_c2r == 0 and not self.log_lines and not self.outcomes
+    def problems(self) -> list[str]:
+        """Why the run is not clean (empty: clean)."""
+        worst = max(percentile(self.c2p_ms, 99), percentile(self.p2c_ms, 99))
+        found = [] if worst <= LATENCY_GOAL_MS else [f"p99 {worst:.0f} ms > {LATENCY_GOAL_MS:g} ms"]
+        if self.lost_c2r or self.lost_c2p or self.lost_p2c:
+            found.append("frames lost")
+        return found + _common_problems(self)
 
 
-async def run_realtime(n: int, seconds: float, log_dir: Path) -> RealtimeRun:
+def _common_problems(r: RealtimeRun | CascadeRun) -> list[str]:
+    found = []
+    if r.failed_calls or r.ended_early:
+        found.append(f"{r.failed_calls + r.ended_early} failed calls")
+    if r.log_lines:
+        found.append(f"{len(r.log_lines)} WARNING/ERROR log lines")
+    if r.outcomes:
+        found.append(f"outcomes {r.outcomes}")
+    if r.cpu_pct_total >= RELAY_SATURATED_PCT:
+        found.append(f"the relay's event loop saturated ({r.cpu_pct_total:.0f} % of a core)")
+    return found
+
+
+async def run_realtime(n: int, seconds: float, log_dir: Path, log_level: str = "WARNING") -> RealtimeRun:
     result = RealtimeRun("relay", n)
     busy = await wait_quiet()
     if busy > QUIET_PCT:
@@ -255,7 +280,8 @@ async def run_realtime(n: int, seconds: float, log_dir: Path) -> RealtimeRun:
     freeze_heap()
     try:
         async with httpx.AsyncClient(timeout=10.0) as client:
-            target = Target("relay", fake, log_dir, n, env={"RELAY_MODE": "realtime"}, label="-realtime")
+            env = {"RELAY_MODE": "realtime", "LOG_LEVEL": log_level}
+            target = Target("relay", fake, log_dir, n, env=env, label="-realtime")
             result.log_path = str(target.log_path)
             try:
                 await target.wait_ready(client)
@@ -505,23 +531,23 @@ class CascadeRun(Health):
     def lost(self) -> int:
         return self.sent - self.relay_read if self.relay_read >= 0 else self.sent
 
-    @property
-    def clean(self) -> bool:
-        return (
-            self.failed_calls == 0
-            and self.ended_early == 0
-            and self.lost == 0
-            and self.audio_short == 0
-            and self.turns_answered == self.turns_spoken
-            and self.unmatched_calls == 0
-            and self.barge_ins == 0
-            and self.fake_errors == 0
-            and not self.log_lines
-            and not self.outcomes
-        )
+    def problems(self) -> list[str]:
+        """Why the run is not clean (empty: clean)."""
+        found = ["frames lost"] if self.lost else []
+        if self.audio_short:
+            found.append("agent audio lost")
+        if self.turns_answered < self.turns_spoken or self.unmatched_calls:
+            found.append("turns unanswered or misheard")
+        if self.barge_ins:
+            found.append(f"{self.barge_ins} spurious barge-ins")
+        if self.fake_errors:
+            found.append("fake errors")
+        return found + _common_problems(self)
 
 
-async def run_cascade(n: int, seconds: float, log_dir: Path, frames: list[str]) -> CascadeRun:
+async def run_cascade(
+    n: int, seconds: float, log_dir: Path, frames: list[str], log_level: str = "WARNING"
+) -> CascadeRun:
     result = CascadeRun(n=n)
     busy = await wait_quiet()
     if busy > QUIET_PCT:
@@ -533,6 +559,7 @@ async def run_cascade(n: int, seconds: float, log_dir: Path, frames: list[str]) 
         "RELAY_MODE": "cascade",
         "RELAY_ADMIN_TOKEN": ADMIN_TOKEN,
         "CASCADE_SILENCE_MS": str(CASCADE_SILENCE_MS),
+        "LOG_LEVEL": log_level,
     }
     try:
         async with httpx.AsyncClient(timeout=10.0) as client:
@@ -848,11 +875,15 @@ def _busy_note(h: Health | RunResult) -> str:
     return note
 
 
+def _clean_word(problems: list[str]) -> str:
+    return "CLEAN" if not problems else f"NOT CLEAN ({'; '.join(problems)})"
+
+
 def realtime_verdict(r: RealtimeRun) -> str:
     cpu, rss = _per_call(r, r.n)
     worst = max(percentile(r.c2p_ms, 99), percentile(r.p2c_ms, 99))
     return (
-        f"realtime N={r.n}: {'CLEAN' if r.clean else 'NOT CLEAN'} — frames lost c→relay {r.lost_c2r}, "
+        f"realtime N={r.n}: {_clean_word(r.problems())} — frames lost c→relay {r.lost_c2r}, "
         f"c→p {r.lost_c2p}, p→c {r.lost_p2c} (goal 0); p99 added {_f(worst)} ms per frame "
         f"(goal ≤ {LATENCY_GOAL_MS:g}); CPU {_f(cpu, 3)} % of a core and RSS {_f(rss)} KB per call; "
         f"errors: {len(r.log_lines)} log lines, {r.failed_calls + r.ended_early} failed calls; "
@@ -863,7 +894,7 @@ def realtime_verdict(r: RealtimeRun) -> str:
 def cascade_verdict(r: CascadeRun) -> str:
     cpu, rss = _per_call(r, r.n)
     return (
-        f"cascade N={r.n}: {'CLEAN' if r.clean else 'NOT CLEAN'} — frames lost c→relay {r.lost} (goal 0), "
+        f"cascade N={r.n}: {_clean_word(r.problems())} — frames lost c→relay {r.lost} (goal 0), "
         f"agent audio short {r.audio_short} B; {r.turns_answered}/{r.turns_spoken} turns answered; p99 added "
         f"{_f(percentile(r.turn_ms, 99), 0)} ms per turn ({CASCADE_SILENCE_MS} ms of it the VAD silence); "
         f"CPU {_f(cpu, 3)} % of a core and RSS {_f(rss)} KB per call; errors: {len(r.log_lines)} log lines, "
@@ -894,12 +925,12 @@ async def main_async(args: argparse.Namespace, log_dir: Path) -> None:
         print(REALTIME_HEAD)
         realtime = []
         for n in args.calls:
-            run = await run_realtime(n, args.seconds, log_dir)
+            run = await run_realtime(n, args.seconds, log_dir, args.relay_log_level)
             realtime.append(run)
             print(realtime_row(run), flush=True)
         for run in realtime:
             print(realtime_verdict(run))
-        clean = [r.n for r in realtime if r.clean]
+        clean = [r.n for r in realtime if not r.problems()]
         print(f"highest clean N (realtime): {max(clean) if clean else 'none'}")
         print_log_lines("realtime", realtime)
     if args.mode in ("cascade", "both"):
@@ -910,12 +941,12 @@ async def main_async(args: argparse.Namespace, log_dir: Path) -> None:
         print(CASCADE_HEAD)
         cascade = []
         for n in args.calls:
-            crun = await run_cascade(n, args.seconds, log_dir, frames)
+            crun = await run_cascade(n, args.seconds, log_dir, frames, args.relay_log_level)
             cascade.append(crun)
             print(cascade_row(crun), flush=True)
         for crun in cascade:
             print(cascade_verdict(crun))
-        clean = [r.n for r in cascade if r.clean]
+        clean = [r.n for r in cascade if not r.problems()]
         print(f"highest clean N (cascade): {max(clean) if clean else 'none'}")
         print_log_lines("cascade", cascade)
 
@@ -927,6 +958,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mode", choices=("realtime", "cascade", "both"), default="both")
     parser.add_argument("--quick", action="store_true", help="smoke run: 20 calls, 10 s")
     parser.add_argument("--log-dir", default=None, help="where the relay's logs go (default: a temp dir)")
+    parser.add_argument(
+        "--relay-log-level", default="WARNING", help="the relay's LOG_LEVEL (INFO to diagnose; %(default)s)"
+    )
     parser.add_argument("--openai-fake-helper", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.quick:

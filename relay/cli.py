@@ -78,6 +78,7 @@ def _call(args: argparse.Namespace) -> int:
         out=args.out,
         record=args.record,
         timeout=args.timeout,
+        admin_token=settings.relay_admin_token.get_secret_value() if settings.relay_admin_token else None,
     )
     with _command_logging(args.verbose):
         return asyncio.run(call_command(options))

@@ -26,7 +26,7 @@ import orjson
 
 from relay.app import create_app
 from relay.config import load_settings
-from relay.simulate import CallOptions, CallResult, Timeline, Utterance, print_line, run_call
+from relay.simulate import CallOptions, CallResult, Timeline, Utterance, print_line, record_lines, run_call
 from relay.testing.realtime import Call, FakeRealtimeServer, Reply, Say
 from relay.testing.server import serve_app
 from relay.testing.tavily import FakeTavily
@@ -204,16 +204,8 @@ async def demo_command(options: DemoOptions | None = None, emit: Callable[[str],
     emit("summary")
     for line in demo.call.summary_lines():
         emit("  " + line)
-    if demo.transcript:
-        emit("transcript (as the relay stored it: only what the caller heard)")
-        for turn in demo.transcript:
-            cut = "  [interrupted]" if turn.get("interrupted") else ""
-            emit(f"  {turn.get('role', '?'):<10} {turn.get('text', '')}{cut}")
-    for tool in demo.tool_calls:
-        emit(
-            f"tool audit       {tool.get('name')} {orjson.dumps(tool.get('arguments')).decode()} → "
-            f"{tool.get('outcome')} in {tool.get('duration_ms')} ms"
-        )
+    for line in record_lines({"transcript": demo.transcript, "tools": demo.tool_calls}):
+        emit(line)
     for problem in demo.problems:
         emit(f"problem          {problem}")
     return demo.exit_code

@@ -188,7 +188,7 @@ def test_json_timestamp_is_utc_whatever_the_local_zone(stderr: Capture) -> None:
 
 def test_uvicorn_color_message_extra_is_not_repeated(stderr: Capture) -> None:
     stderr.configure("text")
-    logging.getLogger("uvicorn.error").info(
+    logging.getLogger("tests.colors").warning(
         "Started server process [%d]", 1, extra={"color_message": "\x1b[36m%d"}
     )
     assert "color_message" not in stderr.getvalue() and "Started server process [1]" in stderr.getvalue()

@@ -182,3 +182,32 @@ def test_wav_utterances_keep_their_order_and_barge_in(tmp_path: Path) -> None:
     assert (first.label, first.barge_in_ms) == ("hello.wav", None)
     assert (second.label, second.barge_in_ms) == ("hello.wav", 250)
     assert first.duration_ms == pytest.approx(300, abs=1)
+
+
+async def test_relay_call_prints_the_relays_record_with_the_admin_token(
+    call_env: Path, monkeypatch, capsys
+) -> None:
+    from relay.testing.realtime import Call
+    from relay.testing.tavily import FakeTavily
+
+    monkeypatch.setenv("RELAY_ADMIN_TOKEN", "admin-secret")
+    tavily = FakeTavily()
+    replies = [
+        Say("Hello, how can I help?", audio_ms=400),
+        Call("web_search", {"query": "weather in Paris"}),
+        Say("It is sunny.", audio_ms=400),
+    ]
+    async with tavily.serve() as tavily_url:
+        settings = {
+            "relay_admin_token": "admin-secret",
+            "tavily_api_key": tavily.api_key,
+            "tavily_base_url": tavily_url,
+        }
+        async with rig("openai-ga", settings=settings, responses=replies) as r:
+            code = await _main(
+                ["call", "--url", r.url, "--public-url", PUBLIC, "--say", "What is the weather?"]
+            )
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "transcript (as the relay stored it" in printed and "Hello, how can I help?" in printed
+    assert 'tool audit       web_search {"query":"weather in Paris"} → ok' in printed
