@@ -301,3 +301,32 @@ async def test_cascade_failure_ends_the_call_with_a_clear_log(caplog) -> None:
     assert "cascade reply failed" in caplog.text and "cascade provider failed" in caplog.text
     record = await r.app.state.store.get(call.call_sid)
     assert record["outcome"] == "provider_error"
+
+
+@pytest.mark.slow
+async def test_cascade_end_call_hangs_up_after_the_goodbye_played() -> None:
+    from relay.testing.twilio_rest import FakeTwilioRest
+    from tests.conftest import ACCOUNT_SID
+
+    rest = FakeTwilioRest(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
+    http = FakeOpenAIHTTP(
+        transcripts=["bye"],
+        replies=[
+            ToolCalls([ToolCallSpec("end_call", {"reason": "caller said bye"}, id="c1")]),
+            Text("Goodbye!"),
+        ],
+    )
+    async with (
+        rest.serve() as rest_url,
+        cascade_rig("openai", http, greeting_enabled=False, twilio_api_base_url=rest_url) as r,
+        r.caller() as call,
+    ):
+        await r.dial(call)
+        await say(call, "Bye.")
+        update = await rest.wait_update(timeout=15)
+        assert update.status == "completed"
+        goodbye = [req for req in http.speech_requests if req.input == "Goodbye!"]
+        assert goodbye, [req.input for req in http.speech_requests]
+        chunks = [c for c in call.outbound_chunks if c.stopped_at is not None]
+        assert chunks and update.at >= max(c.stopped_at for c in chunks)  # after the last byte played
+        await call.stop()
