@@ -58,6 +58,8 @@ _CLEAR = '{"event":"clear"'
 _PAYLOAD = '"payload":"'
 REPLY_TEXT = "This is a long benchmark reply streamed in real time."
 HARVEST_S = 0.5
+HELPER_MAX_S = 4 * 3600  # a helper's background loops end by then at the latest
+MAX_COMMANDS = 1_000_000  # a helper answers at most this many commands
 PIPE_LIMIT = 2**28
 HERE = Path(__file__).resolve()
 _MARK = '{"event":"mark"'
@@ -379,7 +381,7 @@ class LocalFake:
         return self.server.openai_base_url
 
     async def _harvest_loop(self) -> None:
-        while True:
+        for _ in range(int(HELPER_MAX_S / HARVEST_S)):
             await asyncio.sleep(HARVEST_S)
             self.harvest()
 
@@ -486,7 +488,9 @@ async def serve_json_lines(port: int, handle: Callable[[dict[str, Any]], Awaitab
     out = sys.stdout.buffer
     out.write(orjson.dumps({"port": port}) + b"\n")
     out.flush()
-    while line := await reader.readline():
+    for _ in range(MAX_COMMANDS):
+        if not (line := await reader.readline()):
+            break
         try:
             answer: dict[str, Any] = {"result": await handle(orjson.loads(line))}
         except Exception as exc:

@@ -77,6 +77,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a pack
 from _loadgen import (  # noqa: E402
     FRAME_BYTES,
     FRAME_S,
+    HELPER_MAX_S,
     SILENCE_B64,
     ULAW_BYTES_PER_S,
     HelperFake,
@@ -131,7 +132,6 @@ CASCADE_SILENCE_MS = 500
 CASCADE_WARMUP_S = 3.0
 REPLY_GAP_S = 0.3  # silence at the caller longer than this after the audio played: a new reply
 DRAIN_S = 8.0  # longest wait for replies still playing after the callers stopped talking
-FAKE_MAX_S = 4 * 3600  # the helper's housekeeping loop ends by then at the latest
 TRIM_EVERY_S = 1.0
 RELAY_SATURATED_PCT = 90.0  # % of one core: the relay is one process, one event loop
 ORDER = re.compile(r"order (\d+)", re.IGNORECASE)
@@ -142,6 +142,11 @@ STAGES = {  # a turn, from the relay's per-turn timings (call record `stats[].tu
     "chat": ("chat_sent", "first_sentence"),
     "TTS": ("tts_sent", "tts_first_bytes"),
     "→caller": ("first_frame", "caller_media"),
+}
+LEGS = {  # per hop: the relay's request time and answer time, and the fake's answer-out field
+    "stt": ("stt_sent", "stt_done", "t2"),
+    "chat": ("chat_sent", "first_sentence", "t2"),
+    "tts": ("tts_sent", "tts_first_bytes", "t1"),
 }
 
 
@@ -412,7 +417,7 @@ async def _openai_helper_main() -> None:
         freeze_heap()
 
         async def trim() -> None:  # the fake keeps every request (with its WAV): drop them
-            for _ in range(int(FAKE_MAX_S / TRIM_EVERY_S)):
+            for _ in range(int(HELPER_MAX_S / TRIM_EVERY_S)):
                 await asyncio.sleep(TRIM_EVERY_S)
                 del fake.requests[:]
 
@@ -518,6 +523,7 @@ class CascadeRun(Health):
     replies: int = 0
     audio_late_ms: list[float] = field(default_factory=list)
     stages: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
+    legs: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
     clears: int = 0
     barge_ins: int = 0
     fake_errors: int = 0
@@ -682,7 +688,7 @@ def _account_cascade(
 ) -> None:
     by_turn: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for entry in fake_log:
-        if entry["s"] == 0:  # no answer started: the relay closed the request (a barge-in cancels)
+        if entry["tb"] is None or entry["s"] == 0:  # the relay dropped it mid-request (barge-in)
             result.fake_cancelled += 1
         elif entry["s"] != 200:
             result.fake_errors += 1
@@ -728,6 +734,11 @@ def _account_cascade(
                     until_t = call.media_times[j] if until == "caller_media" else t.get(until)
                     if since_t is not None and until_t is not None:
                         result.stages[stage].append((until_t - since_t) * 1000)
+                for kind, (sent, got, done) in LEGS.items():  # relay → fake, fake → relay
+                    hop = hops[kind]
+                    if sent in t and got in t and hop["tb"] is not None and hop[done] is not None:
+                        result.legs[f"{kind} up"].append((hop["tb"] - t[sent]) * 1000)
+                        result.legs[f"{kind} down"].append((t[got] - hop[done]) * 1000)
         # agent audio: per reply, the fake's TTS bytes / 6 at least
         replies = [greeting_pcm] if call.media_times else []
         replies += [by_turn[t]["tts"]["b"] for t in heard if "tts" in by_turn.get(t, {})]
@@ -846,6 +857,10 @@ def cascade_row(r: CascadeRun) -> str:
         parts = [f"{stage} {_pair(r.stages[stage], 0)}" for stage in STAGES if stage in r.stages]
         line += "\n       turn stages p50/p99 ms (relay's clock): " + ", ".join(parts)
         line += f"; the fake's own {_pair(r.fake_ms, 0)}"
+    if r.legs:
+        parts = [f"{leg} {_pair(r.legs[leg], 0)}" for leg in r.legs]
+        line += "\n       hops p50/p99 (up: relay sent → fake has it; down: fake answered → relay has it): "
+        line += ", ".join(parts)
     notes = list(r.errors[:3])
     extra = r.audio_received - r.audio_expected
     if r.replies and extra > r.replies * (FRAME_BYTES + 40):
