@@ -171,3 +171,13 @@ def test_cut_text_word_boundary() -> None:
     assert cut_text("hello there friend", 500, 1000) == "hello"
     assert cut_text("hello", 0, 1000) == ""
     assert cut_text("hello", 2000, 1000) == "hello"
+
+
+def test_known_events_without_action_are_not_logged_unknown_ones_once(caplog) -> None:
+    c = core(None)
+    c.on_backend(ev.Other("session.created"), 0.0)
+    c.on_backend(ev.Other("rate_limits.updated"), 0.0)
+    c.on_backend(ev.Other("response.future_feature"), 0.0)
+    c.on_backend(ev.Other("response.future_feature"), 0.0)
+    assert "session.created" not in caplog.text and "rate_limits.updated" not in caplog.text
+    assert caplog.text.count("response.future_feature") == 1

@@ -12,7 +12,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-from starlette.datastructures import URL
 from starlette.requests import HTTPConnection
 from twilio.request_validator import RequestValidator
 
@@ -38,11 +37,11 @@ def public_base(conn: HTTPConnection, settings: Settings, *, websocket: bool = F
     return f"{scheme}://{host}"
 
 
-def _candidates(base: str, url: URL) -> list[str]:
-    path = url.path
-    query = f"?{url.query}" if url.query else ""
+def _candidates(base: str, path: str, query: str = "") -> list[str]:
+    """The URL as requested and its trailing-slash twin (some setups sign the other form)."""
     alt = path[:-1] if path.endswith("/") and len(path) > 1 else path + "/"
-    return [f"{base}{path}{query}", f"{base}{alt}{query}"]
+    suffix = f"?{query}" if query else ""
+    return [f"{base}{path}{suffix}", f"{base}{alt}{suffix}"]
 
 
 def _valid(settings: Settings, urls: list[str], params: Mapping[str, Any], signature: str) -> bool:
@@ -57,16 +56,11 @@ def _valid(settings: Settings, urls: list[str], params: Mapping[str, Any], signa
 
 def request_signature_ok(conn: HTTPConnection, settings: Settings, form: Mapping[str, Any]) -> bool:
     """Validates a form-encoded webhook POST."""
-    urls = _candidates(public_base(conn, settings), conn.url)
+    urls = _candidates(public_base(conn, settings), conn.url.path, conn.url.query)
     return _valid(settings, urls, form, conn.headers.get("x-twilio-signature", ""))
 
 
 def websocket_signature_ok(conn: HTTPConnection, settings: Settings) -> bool:
     """Validates the Media Streams upgrade: `wss://host/path`, query parameters as params."""
-    base = public_base(conn, settings, websocket=True)
-    path = conn.url.path
-    alt = path[:-1] if path.endswith("/") and len(path) > 1 else path + "/"
-    params = dict(conn.query_params)
-    return _valid(
-        settings, [f"{base}{path}", f"{base}{alt}"], params, conn.headers.get("x-twilio-signature", "")
-    )
+    urls = _candidates(public_base(conn, settings, websocket=True), conn.url.path)
+    return _valid(settings, urls, dict(conn.query_params), conn.headers.get("x-twilio-signature", ""))

@@ -27,6 +27,7 @@ import orjson
 
 from relay.codecs import pcm16_to_ulaw
 from relay.sessions import events as ev
+from relay.sessions.dialects import QUIET_EVENTS
 from relay.sessions.playback import PlaybackTracker
 from relay.twilio_messages import Media, clear_message, mark_message, media_message
 
@@ -196,7 +197,11 @@ class BridgeCore:
             self._on_tool_call(event)
         elif isinstance(event, ev.ProviderFault):
             self._on_fault(event)
-        elif isinstance(event, ev.Other) and event.type not in self._logged_other:
+        elif (
+            isinstance(event, ev.Other)
+            and event.type not in QUIET_EVENTS
+            and event.type not in self._logged_other
+        ):
             self._logged_other.add(event.type)
             log.info("ignoring provider event %s (logged once)", event.type)
 
