@@ -49,6 +49,14 @@ def provider_settings(kind: str, server: FakeRealtimeServer) -> dict[str, Any]:
     return {**azure, "azure_openai_api_key": "azure-key", "azure_api_version": "2025-04-01-preview"}
 
 
+PUBLIC_URL = "https://relay.example.com"
+
+
+def twilio_caller(url: str) -> FakeTwilioCall:
+    """A simulated Twilio call to the relay at `url`, signed for PUBLIC_URL like Twilio signs."""
+    return FakeTwilioCall(base_url=url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL)
+
+
 @dataclass
 class Rig:
     server: FakeRealtimeServer
@@ -57,9 +65,7 @@ class Rig:
     credential: FakeCredential
 
     def caller(self) -> FakeTwilioCall:
-        return FakeTwilioCall(
-            base_url=self.url, auth_token=AUTH_TOKEN, public_url="https://relay.example.com"
-        )
+        return twilio_caller(self.url)
 
     async def dial(self, call: FakeTwilioCall) -> FakeConnection:
         twiml = await call.fetch_twiml()

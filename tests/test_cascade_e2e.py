@@ -20,7 +20,8 @@ from relay.testing.realtime import Drop, FakeRealtimeServer, Say
 from relay.testing.server import serve_app
 from relay.testing.tavily import FakeTavily
 from relay.testing.twilio import FakeTwilioCall
-from tests.conftest import AUTH_TOKEN, make_settings
+from tests.conftest import make_settings
+from tests.rig import twilio_caller
 
 QUESTION = "What is the weather like in Paris today?"
 
@@ -47,9 +48,7 @@ class CascadeRig:
     app: Any
 
     def caller(self) -> FakeTwilioCall:
-        return FakeTwilioCall(
-            base_url=self.url, auth_token=AUTH_TOKEN, public_url="https://relay.example.com"
-        )
+        return twilio_caller(self.url)
 
     async def dial(self, call: FakeTwilioCall) -> None:
         twiml = await call.fetch_twiml()
@@ -202,9 +201,7 @@ class FallbackRig:
     app: Any
 
     def caller(self) -> FakeTwilioCall:
-        return FakeTwilioCall(
-            base_url=self.url, auth_token=AUTH_TOKEN, public_url="https://relay.example.com"
-        )
+        return twilio_caller(self.url)
 
 
 @contextlib.asynccontextmanager
@@ -306,7 +303,7 @@ async def test_cascade_failure_ends_the_call_with_a_clear_log(caplog) -> None:
 @pytest.mark.slow
 async def test_cascade_end_call_hangs_up_after_the_goodbye_played() -> None:
     from relay.testing.twilio_rest import FakeTwilioRest
-    from tests.conftest import ACCOUNT_SID
+    from tests.conftest import ACCOUNT_SID, AUTH_TOKEN
 
     rest = FakeTwilioRest(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
     http = FakeOpenAIHTTP(

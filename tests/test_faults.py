@@ -16,8 +16,8 @@ from twilio.request_validator import RequestValidator
 from relay.app import create_app
 from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import serve_app
-from relay.testing.twilio import FakeTwilioCall
 from tests.conftest import AUTH_TOKEN, make_settings
+from tests.rig import twilio_caller
 
 
 def open_fds() -> int:
@@ -44,8 +44,7 @@ async def leaked_tasks(before: set[asyncio.Task]) -> set[asyncio.Task]:
     return leaked
 
 
-def caller(url: str) -> FakeTwilioCall:
-    return FakeTwilioCall(base_url=url, auth_token=AUTH_TOKEN, public_url="https://relay.example.com")
+caller = twilio_caller
 
 
 @pytest.mark.parametrize(

@@ -10,11 +10,10 @@ import httpx
 from relay.app import create_app
 from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import serve_app
-from relay.testing.twilio import FakeTwilioCall
 from relay.testing.twilio_rest import FakeTwilioRest
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, make_settings
 from tests.redis_server import redis_server  # noqa: F401
-from tests.rig import speak
+from tests.rig import speak, twilio_caller
 
 FORM = {"CallSid": "CA" + "9" * 32, "From": "+15550001111", "To": "+15550002222"}
 
@@ -23,8 +22,7 @@ def relay_settings(rt: FakeRealtimeServer, **kw):
     return make_settings(relay_mode="realtime", openai_base_url=rt.openai_base_url, **kw)
 
 
-def caller(url: str) -> FakeTwilioCall:
-    return FakeTwilioCall(base_url=url, auth_token=AUTH_TOKEN, public_url="https://relay.example.com")
+caller = twilio_caller
 
 
 async def test_records_survive_a_relay_restart(redis_server) -> None:  # noqa: F811
