@@ -32,13 +32,20 @@ START_TIMEOUT_S = 10.0
 
 
 class TwilioChannel:
-    """The session's view of the Twilio socket: typed events in, text out through one writer task."""
+    """The session's view of the Twilio socket: typed events in, text out through one writer task.
+
+    `send` queues for the writer task and never blocks. `write` is the audio path's fast lane:
+    when nothing is queued and no write is in progress it writes at once from the calling task
+    (uvicorn's send returns without suspending unless the transport is paused), saving a queue
+    hop and a task switch per message; otherwise it queues behind the others, so order holds.
+    """
 
     def __init__(self, websocket: WebSocket, stream_sid: str = "-") -> None:
         self._ws = websocket
         self.stream_sid = stream_sid
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
         self._writer: asyncio.Task[None] | None = None
+        self._writing = asyncio.Lock()
         self._bad = 0
         self._unknown_logged: set[str] = set()
         self.closed = asyncio.Event()
@@ -52,7 +59,8 @@ class TwilioChannel:
     async def _write_loop(self) -> None:
         try:
             while (text := await self._queue.get()) is not None:
-                await self._ws.send_text(text)
+                async with self._writing:
+                    await self._ws.send_text(text)
                 self.frames_out += 1
         except (WebSocketDisconnect, RuntimeError, OSError):
             self.closed.set()
@@ -61,6 +69,20 @@ class TwilioChannel:
         """Queues one message for Twilio (never blocks the caller)."""
         if not self.closed.is_set():
             self._queue.put_nowait(text)
+
+    async def write(self, text: str) -> None:
+        """Sends at once when the writer is idle, else queues behind what is waiting."""
+        if self.closed.is_set():
+            return
+        if self._writer is None or not self._queue.empty() or self._writing.locked():
+            self._queue.put_nowait(text)
+            return
+        try:
+            async with self._writing:
+                await self._ws.send_text(text)
+            self.frames_out += 1
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self.closed.set()
 
     async def receive(self) -> TwilioEvent | None:
         """The next valid event; None once the socket is closed. Bad messages are logged and skipped."""

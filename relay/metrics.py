@@ -118,6 +118,13 @@ class Metrics:
             buckets=VOICE_BUCKETS,
             registry=reg,
         )
+        self.preconnects_total = Counter(
+            "relay_preconnects_total",
+            "Realtime connections opened during /incoming-call, by outcome: used by the call's stream, "
+            "expired (no stream came to this instance), failed, or not started (full).",
+            ["outcome"],
+            registry=reg,
+        )
         self.fallbacks_total = Counter(
             "relay_fallbacks_total",
             "Calls moved to another provider or mode, by cause.",

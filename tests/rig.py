@@ -68,10 +68,13 @@ class Rig:
         return twilio_caller(self.url)
 
     async def dial(self, call: FakeTwilioCall) -> FakeConnection:
+        """Places the call; returns its provider connection (opened during the webhook, or at
+        stream start when REALTIME_PRECONNECT is off)."""
+        n = len(self.server.connections) + 1
         twiml = await call.fetch_twiml()
         assert twiml.status_code == 200 and twiml.stream_url, twiml.body
         assert await call.connect(twiml)
-        return await self.server.wait_connection(n=len(self.server.connections) + 1)
+        return await self.server.wait_connection(n=n)
 
 
 @contextlib.asynccontextmanager

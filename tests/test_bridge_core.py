@@ -5,7 +5,7 @@ import base64
 import orjson
 
 from relay.sessions import events as ev
-from relay.sessions.bridge import BridgeCore, Notice, RunTool, SaveTurn, b64_len, cut_text
+from relay.sessions.bridge import MARK_EVERY_MS, BridgeCore, Notice, RunTool, SaveTurn, b64_len, cut_text
 from relay.twilio_messages import Media
 
 PAYLOAD = base64.b64encode(b"\xff" * 160).decode()  # one 20 ms frame
@@ -51,18 +51,19 @@ def test_prebuffer_is_bounded() -> None:
     assert c.prebuffer_dropped == 50
 
 
-def test_audio_out_goes_to_twilio_marks_every_100_ms_and_at_item_end() -> None:
+def test_audio_out_goes_to_twilio_marks_every_mark_interval_and_at_item_end() -> None:
     c = core(None)
     c.provider_opened(0.0)
     c.drain()
-    for _ in range(5):  # 5 × 20 ms
+    frames = MARK_EVERY_MS // 20
+    for _ in range(frames):  # 20 ms chunks
         c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
     tw = sent(c.drain()[0])
     assert tw[0] == {"event": "media", "streamSid": "MZ1", "media": {"payload": PAYLOAD}}
-    assert [m["event"] for m in tw] == ["media"] * 5 + ["mark"]
+    assert [m["event"] for m in tw] == ["media"] * frames + ["mark"]
     assert tw[-1]["mark"]["name"] == "0:1"
     c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
-    assert [m["event"] for m in sent(c.drain()[0])] == ["media"]  # not yet 100 ms
+    assert [m["event"] for m in sent(c.drain()[0])] == ["media"]  # not yet a mark's worth
     c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i2", response_id="r1"), 0.0)
     assert [m["event"] for m in sent(c.drain()[0])] == ["mark", "media"]  # i1 ended
     c.on_backend(ev.ResponseDone("r1"), 0.0)
@@ -73,12 +74,14 @@ def test_barge_in_clears_truncates_and_drops_late_audio() -> None:
     c = core(None)
     c.provider_opened(0.0)
     c.on_backend(ev.ResponseStarted("r1"), 0.0)
-    for _ in range(10):  # 200 ms, two marks of 100 ms
+    for _ in range(2 * MARK_EVERY_MS // 20):  # two marks' worth, all sent at once
         c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
     c.on_backend(ev.Transcript("assistant", "Hello there my friend", "i1", final=False), 0.0)
-    c.on_mark("0:1", 0.1)
+    first_mark_s = MARK_EVERY_MS / 1000
+    c.on_mark("0:1", first_mark_s)  # the first mark's audio has played
     c.drain()
-    c.on_backend(ev.Interrupted(item_id="u1"), 0.13)
+    c.on_backend(ev.Interrupted(item_id="u1"), first_mark_s + 0.03)
+    heard = MARK_EVERY_MS + 30  # acknowledged, plus 30 ms into the next chunk
     tw, pv, fx = c.drain()
     assert sent(tw) == [{"event": "clear", "streamSid": "MZ1"}]
     trunc = sent(pv)[0]
@@ -86,16 +89,16 @@ def test_barge_in_clears_truncates_and_drops_late_audio() -> None:
         "type": "conversation.item.truncate",
         "item_id": "i1",
         "content_index": 0,
-        "audio_end_ms": 130,
+        "audio_end_ms": heard,
     }
     assert any(isinstance(e, Notice) and e.kind == "barge_in" for e in fx)
     saved = [e for e in fx if isinstance(e, SaveTurn)]
-    assert saved and saved[0].meta["interrupted"] and saved[0].meta["heard_ms"] == 130
+    assert saved and saved[0].meta["interrupted"] and saved[0].meta["heard_ms"] == heard
     # audio of the interrupted response still in flight is not forwarded
-    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.14)
+    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), first_mark_s + 0.04)
     assert c.drain()[0] == []
     # the old generation's mark echoed after clear changes nothing
-    c.on_mark("0:2", 0.15)
+    c.on_mark("0:2", first_mark_s + 0.05)
     assert c.drain() == ([], [], [])
 
 

@@ -66,6 +66,7 @@ async def incoming_call(request: Request) -> Response:
             state.metrics.observe_rejection(refusal)
             text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
             return say_and_hang_up(text)
+        state.manager.preconnect(call_sid)  # the provider handshake overlaps Twilio's stream setup
         host = urlsplit(public_base(request, settings)).netloc
         params = {
             "callSid": call_sid,

@@ -19,8 +19,9 @@ from relay.metrics import Metrics
 from relay.sessions import events as ev
 from relay.sessions.bridge import Effect, Notice, RunTool, SaveTurn
 from relay.sessions.limits import CallLimiter, MemoryLimiter
+from relay.sessions.preconnect import PRECONNECT_TTL_S, Preconnector
 from relay.sessions.providers import ProviderAdapter
-from relay.sessions.realtime import RealtimeSession
+from relay.sessions.realtime import RealtimeSession, connect_with_retry
 from relay.sessions.store import CallStore
 from relay.twilio_messages import Start
 
@@ -135,6 +136,15 @@ class CallManager:
         self.metrics.active_calls.set_function(lambda: len(self.active))
         self.draining = False
         self._adapter: ProviderAdapter | None = None
+        self.preconnector: Preconnector | None = None
+        if settings.realtime_preconnect and settings.relay_mode != "cascade":
+            self.preconnector = Preconnector(
+                lambda: connect_with_retry(self.adapter),
+                limit=settings.max_concurrent_calls,
+                ttl=min(PRECONNECT_TTL_S, settings.stream_token_ttl),  # no valid stream comes later
+            )
+            counter = self.metrics.preconnects_total
+            self.preconnector.on_outcome = lambda outcome: counter.labels(outcome=outcome).inc()
 
     @property
     def adapter(self) -> ProviderAdapter:
@@ -157,6 +167,11 @@ class CallManager:
             log.warning("call limiter unavailable, admitting on this instance's bound: %s", exc)
             ok = len(self.active) < self.settings.max_concurrent_calls
         return None if ok else "busy"
+
+    def preconnect(self, call_sid: str) -> None:
+        """An admitted call: open its realtime connection now, while Twilio sets up the stream."""
+        if self.preconnector is not None and not self.draining:
+            self.preconnector.start(call_sid)
 
     async def _keep_slot(self, call_sid: str) -> None:
         """Refreshes the call's slot while it runs, so a crashed instance's slots expire."""
@@ -233,6 +248,8 @@ class CallManager:
             self._idle.set()
 
     async def aclose(self) -> None:
+        if self.preconnector is not None:
+            await self.preconnector.aclose()
         if self._adapter is not None:
             await self._adapter.aclose()
         await self.limiter.close()
@@ -331,6 +348,7 @@ class CallRun:
             twilio=self.channel,
             tools=self.manager.registry.realtime_tools() if self.manager.registry is not None else [],
             on_effect=self.on_effect,
+            early=self.manager.preconnector.take(self.start.call_sid) if self.manager.preconnector else None,
         )
         self.session = self.control.session = realtime
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,6 +23,7 @@ from relay.errors import ProviderClosedError, ProviderConnectError
 from relay.sessions import events as ev
 from relay.sessions.bridge import BridgeCore, Effect, Notice, RunTool, SaveTurn
 from relay.sessions.dialects import parse_event, session_update
+from relay.sessions.preconnect import discard, usable
 from relay.sessions.providers import ProviderAdapter
 from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
 
@@ -90,7 +91,9 @@ class RealtimeSession:
         tools: list[dict[str, Any]],
         on_effect: Callable[[Effect], None],
         clock: Clock = time.monotonic,
+        early: asyncio.Task[ClientConnection] | None = None,
     ) -> None:
+        """`early`: the provider connection opened during /incoming-call (relay.sessions.preconnect)."""
         self.settings = settings
         self.adapter = adapter
         self.start = start
@@ -105,22 +108,50 @@ class RealtimeSession:
         self.stats = CallStats()
         self._provider: ClientConnection | None = None
         self._provider_q: asyncio.Queue[str] = asyncio.Queue()
+        self._provider_writing = asyncio.Lock()
+        self._live: ClientConnection | None = None  # the socket `_bridge` is running, for direct writes
         self._rotate = asyncio.Event()
         self._speech_ended_at: float | None = None
         self.turns: list[tuple[str, str]] = []  # (role, text) the caller heard, for a new session
         self._t0 = clock()
+        self._early = early
         self.ended_by = ""
 
     # --- plumbing -------------------------------------------------------------------------------
     def flush(self) -> None:
-        """Moves the core's outboxes to the writers and carries out its effects."""
+        """Moves the core's outboxes to the writers' queues and carries out its effects."""
         to_twilio, to_provider, effects = self.core.drain()
         for text in to_twilio:
             self.twilio.send(text)
-        if self.stats.first_audio_ms is None and self.core.audio_chunks_out:
-            self.stats.first_audio_ms = (self.clock() - self._t0) * 1000
         for text in to_provider:
             self._provider_q.put_nowait(text)
+        self._effects(effects)
+
+    async def flush_now(self) -> None:
+        """`flush` for the two readers, the audio path: each message is written at once from the
+        reading task when that socket's writer is idle (no queue hop, no task switch), else queued
+        behind the others so order holds."""
+        to_twilio, to_provider, effects = self.core.drain()
+        for text in to_twilio:
+            await self.twilio.write(text)
+        for text in to_provider:
+            await self._write_provider_now(text)
+        self._effects(effects)
+
+    async def _write_provider_now(self, text: str) -> None:
+        conn = self._live
+        if conn is None or not self._provider_q.empty() or self._provider_writing.locked():
+            self._provider_q.put_nowait(text)
+            return
+        try:
+            async with self._provider_writing:
+                await conn.send(text)
+        except ConnectionClosed:  # the provider reader notices and reopens; this goes to the new socket
+            self._provider_q.put_nowait(text)
+
+    def _effects(self, effects: Iterable[Effect]) -> None:
+        if self.stats.first_audio_ms is None and self.core.audio_chunks_out:
+            self.stats.first_audio_ms = (self.clock() - self._t0) * 1000
         for effect in effects:
             if isinstance(effect, SaveTurn):
                 self.turns.append((effect.role, effect.text))
@@ -164,7 +195,7 @@ class RealtimeSession:
                 continue
             else:
                 continue
-            self.flush()
+            await self.flush_now()
         return "twilio_closed"
 
     async def _read_provider(self, conn: ClientConnection) -> str:
@@ -187,7 +218,7 @@ class RealtimeSession:
                 elif isinstance(event, ev.Interrupted):
                     self._speech_ended_at = None
                 self.core.on_backend(event, now)
-                self.flush()
+                await self.flush_now()
         except ConnectionClosed:
             pass
         code = conn.close_code
@@ -201,7 +232,8 @@ class RealtimeSession:
         queue = self._provider_q
         while True:
             text = await queue.get()
-            await conn.send(text)
+            async with self._provider_writing:
+                await conn.send(text)
 
     async def _tick(self, deadline: float) -> None:
         """Every half second: retry held-back responses; past the session cap, ask for a rotation
@@ -215,18 +247,19 @@ class RealtimeSession:
             if now >= deadline and quiet:
                 self._rotate.set()
 
-    async def _connect(self) -> ClientConnection:
-        """Connects; a 5xx answer is retried once at once (a 4xx or a timeout is final)."""
-        try:
-            return await self.adapter.connect_realtime()
-        except ProviderConnectError as exc:
-            if exc.status is None or exc.status < 500:
-                raise
-            log.warning("%s; retrying once", exc)
-            return await self.adapter.connect_realtime()
+    async def _connect(self, *, first: bool) -> ClientConnection:
+        """The early connection made during /incoming-call when there is one and it is still open,
+        else a new one."""
+        early, self._early = self._early, None
+        if first and early is not None:
+            conn = await early  # its failure is the connect's failure
+            if usable(conn):
+                return conn
+            log.info("the early provider connection closed while waiting for the stream; reconnecting")
+        return await connect_with_retry(self.adapter)
 
     async def _open(self, *, first: bool) -> ClientConnection:
-        conn = await self._connect()
+        conn = await self._connect(first=first)
         if first:
             self.stats.connect_ms = (self.clock() - self._t0) * 1000
         leftover: list[str] = []
@@ -252,6 +285,7 @@ class RealtimeSession:
     async def _bridge(self, conn: ClientConnection, twilio_reader: asyncio.Task[str]) -> str:
         """Runs one provider connection; returns why it stopped: a Twilio outcome or 'rotate'."""
         self._rotate.clear()
+        self._live = conn
         cap = self.settings.realtime_session_max_minutes * 60
         reader = asyncio.create_task(self._read_provider(conn))
         rotate = asyncio.create_task(self._rotate.wait())
@@ -267,6 +301,7 @@ class RealtimeSession:
                 reader.result()  # raises ProviderClosedError
             return "rotate"
         finally:
+            self._live = None
             for task in (reader, rotate, *helpers):
                 task.cancel()
             await asyncio.gather(reader, rotate, *helpers, return_exceptions=True)
@@ -311,8 +346,22 @@ class RealtimeSession:
                 await connect.result().close()
             if conn is not None:
                 await conn.close()
+            if self._early is not None:  # the call ended before its connect even started
+                await discard(self._early)
+                self._early = None
             self.core.finish(self.clock())
             self.flush()
+
+
+async def connect_with_retry(adapter: ProviderAdapter) -> ClientConnection:
+    """Connects; a 5xx answer is retried once at once (a 4xx or a timeout is final)."""
+    try:
+        return await adapter.connect_realtime()
+    except ProviderConnectError as exc:
+        if exc.status is None or exc.status < 500:
+            raise
+        log.warning("%s; retrying once", exc)
+        return await adapter.connect_realtime()
 
 
 def history_events(turns: list[tuple[str, str]], dialect: str, max_turns: int = 40) -> list[str]:
@@ -325,4 +374,4 @@ def history_events(turns: list[tuple[str, str]], dialect: str, max_turns: int = 
     return events
 
 
-__all__ = ["CallStats", "RealtimeSession", "RunTool", "SaveTurn", "realtime_session"]
+__all__ = ["CallStats", "RealtimeSession", "RunTool", "SaveTurn", "connect_with_retry", "realtime_session"]

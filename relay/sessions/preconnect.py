@@ -1,0 +1,124 @@
+"""Provider connections opened while Twilio is still setting up the call, keyed by call SID.
+
+`POST /incoming-call` starts the realtime connection (TCP, TLS, the WebSocket upgrade, and an
+Entra token on Azure) the moment the call is admitted, so it runs in parallel with Twilio fetching
+the TwiML and opening the Media Stream, typically a few hundred milliseconds; when `start`
+arrives the session takes the ready socket and the greeting is requested at once.
+
+Safe: only a signed, admitted webhook starts one, and only the stream whose token verifies for
+that call SID can take it. Bounded: at most MAX_CONCURRENT_CALLS wait at a time, each for
+`PRECONNECT_TTL_S` or STREAM_TOKEN_TTL if shorter (no valid stream can start after its token
+expired); one not taken by then is closed and counted as expired: behind a load balancer the
+stream may land on another instance, which then connects by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+from websockets.protocol import State
+
+from relay.errors import ProviderConnectError
+
+log = logging.getLogger("relay.preconnect")
+
+PRECONNECT_TTL_S = 15.0  # Twilio opens the stream well within this after the TwiML answer
+
+Connect = Callable[[], Coroutine[Any, Any, ClientConnection]]
+Outcome = Callable[[str], None]
+
+
+class Preconnector:
+    """Early realtime connections waiting for their call's stream."""
+
+    def __init__(self, connect: Connect, *, limit: int, ttl: float = PRECONNECT_TTL_S) -> None:
+        self._connect = connect
+        self.limit = limit
+        self.ttl = ttl
+        self._waiting: dict[str, tuple[asyncio.Task[ClientConnection], asyncio.TimerHandle]] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        self.on_outcome: Outcome = lambda outcome: None  # used, expired, failed, full
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def start(self, call_sid: str) -> bool:
+        """Starts connecting for `call_sid`; False when one is already waiting or the bound is reached."""
+        if not call_sid or call_sid in self._waiting:
+            return False
+        if len(self._waiting) >= self.limit:
+            self.on_outcome("full")
+            return False
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(self._connect(), name=f"preconnect-{call_sid}")
+        task.add_done_callback(self._log_failure)
+        timer = loop.call_later(self.ttl, self._expire, call_sid)
+        self._waiting[call_sid] = (task, timer)
+        return True
+
+    def take(self, call_sid: str) -> asyncio.Task[ClientConnection] | None:
+        """The connection started for `call_sid` (done or still connecting), now the caller's to close."""
+        entry = self._waiting.pop(call_sid, None)
+        if entry is None:
+            return None
+        task, timer = entry
+        timer.cancel()
+        self.on_outcome("used")
+        return task
+
+    def _log_failure(self, task: asyncio.Task[ClientConnection]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None:
+            self.on_outcome("failed")
+            if not isinstance(exc, ProviderConnectError):
+                log.warning("early provider connection failed: %r", exc)
+
+    def _expire(self, call_sid: str) -> None:
+        entry = self._waiting.pop(call_sid, None)
+        if entry is None:
+            return
+        log.info(
+            "early provider connection for %s unused after %.0f s: closed (no stream arrived here)",
+            call_sid,
+            self.ttl,
+        )
+        self.on_outcome("expired")
+        self._discard(entry[0])
+
+    def _discard(self, task: asyncio.Task[ClientConnection]) -> None:
+        closer = asyncio.get_running_loop().create_task(discard(task))
+        self._closing.add(closer)
+        closer.add_done_callback(self._closing.discard)
+
+    async def aclose(self) -> None:
+        """Closes every waiting connection (shutdown)."""
+        entries = list(self._waiting.values())
+        self._waiting.clear()
+        for task, timer in entries:
+            timer.cancel()
+            self._discard(task)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+
+async def discard(task: asyncio.Task[ClientConnection]) -> None:
+    """Cancels a connect still in progress, or closes the connection it made."""
+    if not task.done():
+        task.cancel()
+    await asyncio.wait([task])
+    if not task.cancelled() and task.exception() is None:
+        await task.result().close()
+
+
+def usable(conn: ClientConnection) -> bool:
+    """True while the early connection is still open (the provider may have dropped it meanwhile)."""
+    return conn.state is State.OPEN
+
+
+__all__ = ["PRECONNECT_TTL_S", "Preconnector", "discard", "usable"]

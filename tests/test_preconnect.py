@@ -1,0 +1,163 @@
+"""REALTIME_PRECONNECT: the realtime connection is opened during `/incoming-call`, handed to the
+call's stream by call SID, and closed when no stream comes (another instance took it, or the
+caller hung up first). Real sockets: fake Twilio → relay → fake Realtime."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import websockets
+
+from relay.app import create_app
+from relay.sessions.preconnect import Preconnector, usable
+from relay.testing.realtime import FakeRealtimeServer, Say
+from relay.testing.server import serve_app
+from tests.conftest import make_settings
+from tests.rig import twilio_caller
+
+
+def settings_for(rt: FakeRealtimeServer, **kw):
+    return make_settings(relay_mode="realtime", openai_base_url=rt.openai_base_url, **kw)
+
+
+def preconnects(app, outcome: str) -> float:
+    return app.state.metrics.registry.get_sample_value("relay_preconnects_total", {"outcome": outcome}) or 0.0
+
+
+async def test_the_webhook_opens_the_connection_and_the_stream_uses_it() -> None:
+    async with FakeRealtimeServer(responses=[Say("Hello there.", audio_ms=400)]) as rt:
+        app = create_app(settings_for(rt))
+        async with serve_app(app) as url, twilio_caller(url) as call:
+            twiml = await call.fetch_twiml()
+            conn = await rt.wait_connection()  # open before any stream exists
+            assert conn.events("session.update") == []  # configured only once the stream starts
+            assert await call.connect(twiml)
+            await conn.wait_for("session.update")
+            await conn.wait_for("response.create")  # the greeting, on the early socket
+            await call.wait_for_media(min_bytes=400 * 8)
+            assert len(rt.connections) == 1
+            assert preconnects(app, "used") == 1
+            await call.stop()
+            await conn.closed.wait()
+
+
+async def test_off_connects_at_stream_start() -> None:
+    async with FakeRealtimeServer(responses=[Say("Hello there.", audio_ms=200)]) as rt:
+        app = create_app(settings_for(rt, realtime_preconnect=False))
+        async with serve_app(app) as url, twilio_caller(url) as call:
+            twiml = await call.fetch_twiml()
+            assert app.state.manager.preconnector is None
+            assert await call.connect(twiml)
+            conn = await rt.wait_connection()
+            await conn.wait_for("response.create")
+            await call.wait_for_media(min_bytes=200 * 8)
+            assert len(rt.connections) == 1
+            assert preconnects(app, "used") == 0
+
+
+async def test_unused_connection_is_closed_when_no_stream_comes() -> None:
+    # The stream went to another instance behind the load balancer: that one connects by itself,
+    # and this one closes its early connection once the stream token has expired.
+    async with FakeRealtimeServer(responses=[Say("Hello there.", audio_ms=200)]) as rt:
+        settings = settings_for(rt, stream_token_ttl=1.0)
+        here, there = create_app(settings), create_app(settings)
+        async with serve_app(here) as url_here, serve_app(there) as url_there:
+            call = twilio_caller(url_here)
+            twiml = await call.fetch_twiml()
+            early = await rt.wait_connection()
+            call.base_url = url_there  # the load balancer sends the stream elsewhere
+            async with call:
+                assert await call.connect(twiml)
+                used = await rt.wait_connection(n=2)
+                await used.wait_for("response.create")
+                async with asyncio.timeout(5):
+                    await early.closed.wait()
+                assert early.events("session.update") == []
+                assert preconnects(here, "expired") == 1 and preconnects(there, "used") == 0
+                assert len(here.state.manager.preconnector) == 0
+                await call.wait_for_media(min_bytes=200 * 8)
+
+
+async def test_early_connection_dropped_before_the_stream_is_replaced() -> None:
+    async with FakeRealtimeServer(responses=[Say("Hello there.", audio_ms=200)]) as rt:
+        app = create_app(settings_for(rt))
+        async with serve_app(app) as url, twilio_caller(url) as call:
+            twiml = await call.fetch_twiml()
+            early = await rt.wait_connection()
+            await early.drop()
+            assert await call.connect(twiml)
+            conn = await rt.wait_connection(n=2)
+            await conn.wait_for("response.create")
+            await call.wait_for_media(min_bytes=200 * 8)
+            assert early.events("session.update") == []
+
+
+async def test_a_rejected_key_surfaces_at_stream_start_with_its_cause(caplog) -> None:
+    async with FakeRealtimeServer(api_key="sk-right") as rt:
+        app = create_app(settings_for(rt, openai_api_key="sk-wrong"))
+        async with serve_app(app) as url, twilio_caller(url) as call:
+            twiml = await call.fetch_twiml()
+            assert await call.connect(twiml)
+            await call.wait_closed()
+        assert preconnects(app, "failed") == 1
+    errors = [r for r in caplog.records if r.levelname == "ERROR" and "401" in r.getMessage()]
+    assert errors and errors[0].call_sid == call.call_sid
+
+
+async def test_shutdown_closes_waiting_connections() -> None:
+    async with FakeRealtimeServer() as rt:
+        app = create_app(settings_for(rt))
+        async with serve_app(app) as url:
+            await twilio_caller(url).fetch_twiml()
+            early = await rt.wait_connection()
+            assert len(app.state.manager.preconnector) == 1
+        async with asyncio.timeout(5):
+            await early.closed.wait()
+
+
+# --- the Preconnector on its own, against the fake over a real socket ------------------------------
+
+
+def connector(rt: FakeRealtimeServer):
+    url = f"{rt.url}/v1/realtime?model=gpt-realtime"
+
+    async def connect() -> websockets.ClientConnection:
+        return await websockets.connect(url, additional_headers={"Authorization": "Bearer sk-test"})
+
+    return connect
+
+
+async def test_bounded_one_per_call_and_expiring() -> None:
+    async with FakeRealtimeServer() as rt:
+        outcomes: list[str] = []
+        pre = Preconnector(connector(rt), limit=2, ttl=0.3)
+        pre.on_outcome = outcomes.append
+        assert pre.start("CA1") and pre.start("CA2")
+        assert not pre.start("CA1")  # one per call
+        assert not pre.start("CA3") and outcomes == ["full"]  # the bound
+        task = pre.take("CA1")
+        assert task is not None and pre.take("CA1") is None
+        conn = await task
+        assert usable(conn)
+        expired = await rt.wait_connection(n=2)
+        async with asyncio.timeout(5):
+            await expired.closed.wait()  # CA2's stream never came
+        assert outcomes == ["full", "used", "expired"] and len(pre) == 0
+        await conn.close()
+        assert not usable(conn)
+        await pre.aclose()
+
+
+async def test_a_failed_early_connect_is_counted_and_raises_when_taken() -> None:
+    async with FakeRealtimeServer(api_key="sk-other") as rt:
+        outcomes: list[str] = []
+        pre = Preconnector(connector(rt), limit=5)
+        pre.on_outcome = outcomes.append
+        pre.start("CA1")
+        task = pre.take("CA1")
+        assert task is not None
+        with pytest.raises(websockets.exceptions.InvalidStatus):
+            await task
+        assert outcomes == ["used", "failed"]
+        await pre.aclose()
