@@ -16,7 +16,7 @@ naive fixed energy threshold) and condition it prints:
 * EOT latency: from the true end of speech to the feed() call that returned the Utterance
   (median / 90th percentile); silence_ms (500) is the floor by design;
 * start / end error: detected start_ms / end_ms minus the truth, mean |error| / max |error|;
-* CPU: µs per 20 ms frame for the whole feed() (μ-law decode, 8k→16k resampling, VAD, state).
+* CPU: µs per 20 ms frame for the whole feed() (μ-law decode, VAD at 8 kHz, noise gate, state).
 """
 
 from __future__ import annotations

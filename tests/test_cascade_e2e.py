@@ -116,7 +116,7 @@ async def test_cascade_turn_end_to_end(vendor: str) -> None:
             stt.wav_duration_ms,
             utterance_ms,
         )
-        assert stt.wav_rate == 16000 and stt.wav_channels == 1
+        assert stt.wav_rate == 8000 and stt.wav_channels == 1  # the caller's samples, not upsampled
         chat = await http.wait_for("chat", n=2, timeout=10)
         assert chat.messages[-1] == {"role": "user", "content": "what is the weather like in paris today"}
         assert {"role": "assistant", "content": greeting} in chat.messages
