@@ -28,7 +28,8 @@ from cascade.vad import SpeechStarted, TurnDetector, Utterance
 from relay.config import Settings
 from relay.errors import ProviderError
 from relay.sessions import events as ev
-from relay.sessions.bridge import MS_PER_CHAR, Effect, Notice, SaveTurn, b64_len, cut_text, hold_tone
+from relay.sessions.bridge import MS_PER_CHAR, Effect, Notice, SaveTurn, cut_text
+from relay.sessions.hold import HoldTone
 from relay.sessions.playback import PlaybackTracker
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime import CallStats
@@ -37,7 +38,6 @@ from relay.twilio_messages import Mark, Media, Start, Stop, clear_message, mark_
 log = logging.getLogger("relay.cascade")
 
 MAX_TOOL_ROUNDS = 5
-HOLD_SECONDS = 5
 RunTool = Callable[[ev.ToolCall], Awaitable[str]]
 
 
@@ -86,7 +86,7 @@ class CascadeSession:
         self._item_done: set[str] = set()
         self._reply_text: str | None = None  # a finished reply, saved once its audio has played
         self._turn = 0
-        self._hold_item: str | None = None
+        self.hold_tone = HoldTone(self.playback, start.stream_sid)
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
 
@@ -97,22 +97,15 @@ class CascadeSession:
         return self.playback.outstanding or (self._reply is not None and not self._reply.done())
 
     def hold(self) -> None:
-        """A tool is slow: queue a few seconds of the soft hold tone, cleared when the answer starts."""
-        if self.playback.outstanding or self._hold_item is not None:
+        """A tool is slow: play the soft hold tone (kept topped up) until the answer starts."""
+        if self.playback.outstanding or self.hold_tone.active:
             return
-        self._hold_item = f"hold:{self._turn}"
-        payload = hold_tone()
-        sid = self.start.stream_sid
-        for _ in range(HOLD_SECONDS):
-            mark = self.playback.on_audio_sent(self._hold_item, b64_len(payload), self.clock())
-            self.twilio.send(media_message(sid, payload))
-            self.twilio.send(mark_message(sid, mark or ""))
+        for text in self.hold_tone.start(f"hold:{self._turn}", self.clock()):
+            self.twilio.send(text)
 
     def _stop_hold(self) -> None:
-        item, self._hold_item = self._hold_item, None
-        if item is not None and item in self.playback.pending_items():
-            self.playback.interrupt(self.clock())
-            self.twilio.send(clear_message(self.start.stream_sid))
+        for text in self.hold_tone.stop(self.clock()):
+            self.twilio.send(text)
 
     async def run(self) -> str:
         """Runs until Twilio ends the call; raises ProviderError if the cascade itself fails."""
@@ -148,8 +141,13 @@ class CascadeSession:
                     elif isinstance(turn_event, Utterance):
                         self._on_utterance(turn_event)
             elif isinstance(event, Mark):
-                if self.playback.on_mark(event.name, self.clock()) and not self.playback.outstanding:
-                    self._settle_reply(self.clock())
+                now = self.clock()
+                if not self.playback.on_mark(event.name, now):
+                    continue
+                for text in self.hold_tone.feed(now):  # a slow tool's hold tone stays topped up
+                    self.twilio.send(text)
+                if not self.playback.outstanding:
+                    self._settle_reply(now)
                     self.on_effect(Notice("playback_idle"))
             elif isinstance(event, Stop):
                 return "twilio_stop"
@@ -284,7 +282,7 @@ class CascadeSession:
         self.stats.barge_ins += 1
         self.on_effect(Notice("barge_in"))
         heard = self._heard_text(now)
-        self._hold_item = None
+        self.hold_tone.drop()
         self.playback.interrupt(now)
         self.twilio.send(clear_message(self.start.stream_sid))
         if self._reply is not None and not self._reply.done():

@@ -6,6 +6,8 @@ import orjson
 
 from relay.sessions import events as ev
 from relay.sessions.bridge import MARK_EVERY_MS, BridgeCore, Notice, RunTool, SaveTurn, b64_len, cut_text
+from relay.sessions.hold import HOLD_CHUNK_MS, HoldTone
+from relay.sessions.playback import PlaybackTracker
 from relay.twilio_messages import Media
 
 PAYLOAD = base64.b64encode(b"\xff" * 160).decode()  # one 20 ms frame
@@ -184,3 +186,17 @@ def test_known_events_without_action_are_not_logged_unknown_ones_once(caplog) ->
     c.on_backend(ev.Other("response.future_feature"), 0.0)
     assert "session.created" not in caplog.text and "rate_limits.updated" not in caplog.text
     assert caplog.text.count("response.future_feature") == 1
+
+
+def test_hold_tone_stays_a_second_ahead_and_clears_on_stop() -> None:
+    playback = PlaybackTracker()
+    hold = HoldTone(playback, "MZ1")
+    assert [m["event"] for m in sent(hold.start("hold:1", 0.0))] == ["media", "mark"]  # 1 s queued
+    assert hold.feed(0.0) == []  # a second ahead already
+    # Half of it has played by 0.5 s (the heard position runs with the clock): topped up again.
+    assert [m["event"] for m in sent(hold.feed(0.5))] == ["media", "mark"]
+    assert playback.sent_ms("hold:1") == 2 * HOLD_CHUNK_MS
+    generation = playback.generation
+    assert [m["event"] for m in sent(hold.stop(0.7))] == ["clear"]
+    assert playback.generation == generation + 1 and not hold.active
+    assert hold.stop(0.8) == [] and hold.feed(0.8) == []

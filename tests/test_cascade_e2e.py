@@ -327,3 +327,39 @@ async def test_cascade_end_call_hangs_up_after_the_goodbye_played() -> None:
         chunks = [c for c in call.outbound_chunks if c.stopped_at is not None]
         assert chunks and update.at >= max(c.stopped_at for c in chunks)  # after the last byte played
         await call.stop()
+
+
+@pytest.mark.slow
+async def test_cascade_slow_tool_plays_a_continuous_hold_tone_then_the_answer() -> None:
+    # The tone is kept about a second ahead of the caller and topped up as it plays (the same
+    # HoldTone as the realtime path), so it covers a tool of any length and the clear that
+    # starts the answer drops at most about a second of it.
+    http = FakeOpenAIHTTP(
+        transcripts=["any invoices"],
+        replies=[
+            Text("Hi there."),
+            ToolCalls([ToolCallSpec("slow_lookup", {"topic": "invoices"}, id="call_1")]),
+            Text("I found your invoices."),
+        ],
+    )
+    async with (
+        cascade_rig("openai", http, relay_tools="tests.fixtures.user_tools", slow_tool_after=0.2) as r,
+        r.caller() as call,
+    ):
+        await r.dial(call)
+        await call.wait_for_media(min_bytes=len(expected_ulaw("Hi there.")) - 160, timeout=10)
+        await call.wait_playback_idle(timeout=10)
+        greeting_bytes = len(call.played_audio)
+        await say(call, "Do I have invoices?")
+        clear = await call.wait_for_clear(timeout=10)
+        # The tool sleeps 2 s; the tone starts 0.2 s in: 1.8 s of it played, more than one chunk.
+        hold_played = clear.played_bytes - greeting_bytes
+        assert 1.5 * 8000 <= hold_played <= 2.3 * 8000, hold_played
+        assert clear.dropped_bytes <= 1.2 * 8000, clear.dropped_bytes
+        follow_up = await http.wait_for("chat", n=3, timeout=10)
+        assert [m["content"] for m in follow_up.messages if m.get("role") == "tool"] == ["found invoices"]
+        await http.wait_for("speech", n=2, timeout=10)
+        await call.wait_playback_idle(timeout=10)
+        answer = len(expected_ulaw("I found your invoices."))
+        assert len(call.played_audio) - clear.played_bytes >= answer - 160
+        await call.stop()

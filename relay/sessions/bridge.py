@@ -15,19 +15,16 @@ response is done.
 
 from __future__ import annotations
 
-import base64
-import functools
 import logging
-import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
-from relay.codecs import pcm16_to_ulaw
 from relay.sessions import events as ev
 from relay.sessions.dialects import QUIET_EVENTS
+from relay.sessions.hold import HoldTone, b64_len
 from relay.sessions.playback import PlaybackTracker
 from relay.twilio_messages import Media, clear_message, mark_message, media_message
 
@@ -36,20 +33,7 @@ log = logging.getLogger("relay.bridge")
 PREBUFFER_FRAMES = 100  # about 2 s of 20 ms frames held until the provider is ready
 EXPECT_RESPONSE_S = 3.0  # how long server VAD gets to create its response after speech stopped
 MS_PER_CHAR = 60.0  # speaking-rate estimate, for cutting a transcript whose audio is still arriving
-HOLD_CHUNK_MS = 1000  # hold tone kept queued at Twilio while a slow tool runs
 MARK_EVERY_MS = 200  # a mark covers at least this much audio (and every item's end): fewer messages
-
-
-@functools.cache
-def hold_tone() -> str:
-    """One second of a soft hold tone (a 150 ms, 440 Hz beep, then silence), base64 μ-law."""
-    beep = 1200  # samples: 150 ms
-    samples = [
-        int(2600 * math.sin(2 * math.pi * 440 * n / 8000)) if n < beep else 0
-        for n in range(8 * HOLD_CHUNK_MS)
-    ]
-    pcm = b"".join(v.to_bytes(2, "little", signed=True) for v in samples)
-    return base64.b64encode(pcm16_to_ulaw(pcm)).decode()
 
 
 # --- effects the shell carries out ------------------------------------------------------------
@@ -76,12 +60,6 @@ class Notice:
 
 
 Effect = RunTool | SaveTurn | Notice
-
-
-def b64_len(payload: str) -> int:
-    """Decoded size of a base64 string without decoding it."""
-    n = len(payload)
-    return n * 3 // 4 - (payload.endswith("=") + payload.endswith("=="))
 
 
 def cut_text(text: str, heard_ms: int, total_ms: float) -> str:
@@ -140,7 +118,7 @@ class BridgeCore:
         self._logged_other: set[str] = set()
         self.greeting_sent = False
         self.audio_chunks_out = 0
-        self._hold_item: str | None = None
+        self.hold = HoldTone(self.playback, stream_sid)
         self._holds = 0
 
     # --- provider lifecycle ---------------------------------------------------------------------
@@ -173,7 +151,10 @@ class BridgeCore:
             self._prebuffer.append(media.payload)
 
     def on_mark(self, name: str, now: float) -> None:
-        if self.playback.on_mark(name, now) and not self.playback.outstanding:
+        if not self.playback.on_mark(name, now):
+            return
+        self.to_twilio += self.hold.feed(now)  # a slow tool's hold tone stays topped up
+        if not self.playback.outstanding:
             self._close_played_items()
             self.effects.append(Notice("playback_idle"))
 
@@ -362,36 +343,19 @@ class BridgeCore:
     def tick(self, now: float) -> None:
         """Called periodically by the shell: retries a held-back response.create, feeds the hold tone."""
         self._maybe_continue(now)
-        if self._hold_item is not None:
-            self._feed_hold(now)
+        self.to_twilio += self.hold.feed(now)
 
     # --- hold tone while a slow tool runs ---------------------------------------------------------
     def start_hold(self, now: float) -> None:
         """A tool is slow: play a soft hold tone until the model speaks again or the caller does."""
-        if self._hold_item is not None or not self._pending_tools or self.playback.outstanding:
+        if self.hold.active or not self._pending_tools or self.playback.outstanding:
             return
         self._holds += 1
-        self._hold_item = f"hold:{self._holds}"
         self.effects.append(Notice("hold_started"))
-        self._feed_hold(now)
-
-    def _feed_hold(self, now: float) -> None:
-        item = self._hold_item
-        assert item is not None
-        while self.playback.sent_ms(item) - self.playback.heard_ms(item, now) < HOLD_CHUNK_MS:
-            payload = hold_tone()
-            self.playback.on_audio_sent(item, b64_len(payload), now, mark=False)
-            self.to_twilio.append(media_message(self.stream_sid, payload))
-            self._send_mark(now)
+        self.to_twilio += self.hold.start(f"hold:{self._holds}", now)
 
     def stop_hold(self, now: float) -> None:
-        item, self._hold_item = self._hold_item, None
-        if item is None:
-            return
-        if item in self.playback.pending_items():
-            self.playback.interrupt(now)  # a new generation: the hold's marks echoed by clear are ignored
-            self.to_twilio.append(clear_message(self.stream_sid))
-        self.playback.forget(item)
+        self.to_twilio += self.hold.stop(now)
 
     def _on_fault(self, fault: ev.ProviderFault) -> None:
         level = logging.ERROR if fault.code == "conversation_already_has_active_response" else logging.WARNING
