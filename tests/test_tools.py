@@ -581,6 +581,16 @@ async def test_user_tool_module_is_loaded_and_dispatched() -> None:
     assert orjson.loads(result.output) == {"order_id": "A-17", "status": "shipped", "call_sid": "CA123"}
 
 
+@pytest.mark.usefixtures("project_on_path")
+def test_user_tools_belong_to_the_app_whose_relay_tools_named_them() -> None:
+    # Two apps in one process (tests, or an embedding): the module imported for the first must not
+    # lend its tools to the second, whose RELAY_TOOLS is empty.
+    with_tools = build_registry(make_settings(relay_tools="tests.fixtures.user_tools"))
+    without = build_registry(make_settings())
+    assert {"order_status", "slow_lookup"} <= set(with_tools.names())
+    assert not {"order_status", "slow_lookup"} & set(without.names())
+
+
 def test_missing_tool_module_is_a_clear_error() -> None:
     with pytest.raises(ConfigError, match=r"'no_such_module_for_relay'.*RELAY_TOOLS"):
         load_tool_modules(["no_such_module_for_relay"])

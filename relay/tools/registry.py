@@ -289,6 +289,7 @@ class ToolRegistry:
             raise ValueError("max_output_bytes must be at least 64")
         self.max_output_bytes = max_output_bytes
         self._tools: dict[str, Tool] = {}
+        self._modules: dict[str, str] = {}  # tool name → the module whose `@tool` registered it
 
     def register(self, spec: Tool) -> Tool:
         """Adds a tool; a different tool under the same name is a `ConfigError`."""
@@ -335,9 +336,23 @@ class ToolRegistry:
             else:
                 made = Tool.from_function(fn, name=tool_name, description=description, timeout=timeout)
             self.register(made)
+            self._modules[made.name] = fn.__module__
             return fn
 
         return decorate
+
+    def from_modules(self, modules: Sequence[str]) -> list[Tool]:
+        """The tools `@tool` registered from `modules` (or their submodules), in registration order:
+        a module imported for one app (RELAY_TOOLS) must not lend its tools to another."""
+        wanted = tuple(modules)
+        return [
+            spec
+            for name, spec in self._tools.items()
+            if any(
+                self._modules.get(name, "") == m or self._modules.get(name, "").startswith(m + ".")
+                for m in wanted
+            )
+        ]
 
     def get(self, name: str) -> Tool | None:
         """The tool called `name`, or None."""
@@ -531,7 +546,8 @@ def build_registry(settings: Settings, *, user_tools: ToolRegistry | None = None
     """The call's tools: the configured built-ins plus the user tools of RELAY_TOOLS.
 
     web_search only when TAVILY_API_KEY is set, end_call always, transfer_call only when
-    TRANSFER_ALLOWLIST has entries. `user_tools` defaults to the registry `@tool` fills.
+    TRANSFER_ALLOWLIST has entries. `user_tools` defaults to the tools `@tool` registered from the
+    RELAY_TOOLS modules (not from modules another app in the same process loaded).
     """
     from relay.tools.builtin import builtin_tools
 
@@ -539,7 +555,10 @@ def build_registry(settings: Settings, *, user_tools: ToolRegistry | None = None
     for builtin in builtin_tools(settings):
         registry.register(builtin)
     load_tool_modules(settings.tool_modules)
-    for user_tool in user_tools if user_tools is not None else default_registry:
+    chosen = (
+        list(user_tools) if user_tools is not None else default_registry.from_modules(settings.tool_modules)
+    )
+    for user_tool in chosen:
         if user_tool.name in registry:
             raise ConfigError(
                 f"The user tool {user_tool.name!r} has the same name as a built-in tool: rename it."
