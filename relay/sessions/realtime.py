@@ -274,13 +274,31 @@ class RealtimeSession:
             )
             self.stats.prebuffer_dropped += self.core.prebuffer_dropped
             self.core.prebuffer_dropped = 0
-        if not first:
-            for text in history_events(self.turns, self.adapter.dialect):
-                self.core.to_provider.append(text)
+        if first:
+            await self._send_opening(conn)
+            return conn
+        for text in history_events(self.turns, self.adapter.dialect):
+            self.core.to_provider.append(text)
         self.flush()
         for text in leftover:  # audio queued for the old socket goes to the new one
             self._provider_q.put_nowait(text)
         return conn
+
+    async def _send_opening(self, conn: ClientConnection) -> None:
+        """The session configuration, the greeting request and the buffered first words, written at
+        once: the writer task only starts with the bridge, a loop turn or two later, and under load
+        every loop turn the greeting waits is milliseconds."""
+        to_twilio, to_provider, effects = self.core.drain()
+        for text in to_twilio:
+            self.twilio.send(text)
+        for i, text in enumerate(to_provider):
+            try:
+                await conn.send(text)
+            except ConnectionClosed:  # the bridge's reader reports it; the rest waits for a new socket
+                for rest in to_provider[i:]:
+                    self._provider_q.put_nowait(rest)
+                break
+        self._effects(effects)
 
     async def _bridge(self, conn: ClientConnection, twilio_reader: asyncio.Task[str]) -> str:
         """Runs one provider connection; returns why it stopped: a Twilio outcome or 'rotate'."""
