@@ -200,3 +200,21 @@ def test_hold_tone_stays_a_second_ahead_and_clears_on_stop() -> None:
     assert [m["event"] for m in sent(hold.stop(0.7))] == ["clear"]
     assert playback.generation == generation + 1 and not hold.active
     assert hold.stop(0.8) == [] and hold.feed(0.8) == []
+
+
+def test_a_replacement_socket_gets_carried_events_before_audio_buffered_since() -> None:
+    c = core(None)
+    c.provider_opened(0.0)
+    c.drain()
+    c.provider_lost()
+    c.on_media(Media(payload=PAYLOAD, timestamp=40))  # buffered while reconnecting: the newest audio
+    history = '{"type":"conversation.item.create"}'
+    unsent = '{"type":"input_audio_buffer.append","audio":"older"}'  # queued for the old socket
+    c.provider_opened(1.0, greet=False, carried=[history, unsent])
+    types = [(m["type"], m.get("audio")) for m in sent(c.drain()[1])]
+    assert types == [
+        ("session.update", None),
+        ("conversation.item.create", None),
+        ("input_audio_buffer.append", "older"),
+        ("input_audio_buffer.append", PAYLOAD),
+    ]

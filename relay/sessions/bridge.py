@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -122,13 +123,17 @@ class BridgeCore:
         self._holds = 0
 
     # --- provider lifecycle ---------------------------------------------------------------------
-    def provider_opened(self, now: float, *, greet: bool = True) -> None:
-        """The provider socket is open: configure it, greet, and flush audio buffered meanwhile."""
+    def provider_opened(self, now: float, *, greet: bool = True, carried: Sequence[str] = ()) -> None:
+        """The provider socket is open: configure it, greet, and flush audio buffered meanwhile.
+
+        `carried`: events for the new socket that come before the buffered audio (on a replacement,
+        the conversation so far and the audio the old socket never sent, which is older)."""
         self.provider_ready = True
         self.to_provider.append(orjson.dumps(self._session_update).decode())
         if greet and self._greeting and not self.greeting_sent:
             self.greeting_sent = True
             self._request_response(now, {"instructions": self._greeting})
+        self.to_provider += carried
         while self._prebuffer:
             self.to_provider.append(_append_event(self._prebuffer.popleft()))
 

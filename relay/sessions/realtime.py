@@ -262,10 +262,12 @@ class RealtimeSession:
         conn = await self._connect(first=first)
         if first:
             self.stats.connect_ms = (self.clock() - self._t0) * 1000
-        leftover: list[str] = []
+        carried: list[str] = []
+        if not first:  # the conversation so far, then audio queued for the old socket (older than
+            carried += history_events(self.turns, self.adapter.dialect)  # what was buffered since)
         while not self._provider_q.empty():
-            leftover.append(self._provider_q.get_nowait())
-        self.core.provider_opened(self.clock(), greet=first)
+            carried.append(self._provider_q.get_nowait())
+        self.core.provider_opened(self.clock(), greet=first, carried=carried)
         if self.core.prebuffer_dropped:
             log.warning(
                 "slow provider connect: %d frames (%d ms) of the caller's first audio were dropped",
@@ -276,12 +278,8 @@ class RealtimeSession:
             self.core.prebuffer_dropped = 0
         if first:
             await self._send_opening(conn)
-            return conn
-        for text in history_events(self.turns, self.adapter.dialect):
-            self.core.to_provider.append(text)
-        self.flush()
-        for text in leftover:  # audio queued for the old socket goes to the new one
-            self._provider_q.put_nowait(text)
+        else:
+            self.flush()
         return conn
 
     async def _send_opening(self, conn: ClientConnection) -> None:
