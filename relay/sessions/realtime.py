@@ -109,7 +109,7 @@ class RealtimeSession:
         self._provider: ClientConnection | None = None
         self._provider_q: asyncio.Queue[str] = asyncio.Queue()
         self._provider_writing = asyncio.Lock()
-        self._live: ClientConnection | None = None  # the socket `_bridge` is running, for direct writes
+        self._live: ClientConnection | None = None  # the socket being opened or bridged, for direct writes
         self._rotate = asyncio.Event()
         self._speech_ended_at: float | None = None
         self.turns: list[tuple[str, str]] = []  # (role, text) the caller heard, for a new session
@@ -276,32 +276,16 @@ class RealtimeSession:
             )
             self.stats.prebuffer_dropped += self.core.prebuffer_dropped
             self.core.prebuffer_dropped = 0
-        if first:
-            await self._send_opening(conn)
-        else:
-            self.flush()
+        # Written at once rather than by the writer task, which only starts with the bridge a loop
+        # turn or two later: under load every loop turn the greeting waits is milliseconds.
+        self._live = conn
+        await self.flush_now()
         return conn
 
-    async def _send_opening(self, conn: ClientConnection) -> None:
-        """The session configuration, the greeting request and the buffered first words, written at
-        once: the writer task only starts with the bridge, a loop turn or two later, and under load
-        every loop turn the greeting waits is milliseconds."""
-        to_twilio, to_provider, effects = self.core.drain()
-        for text in to_twilio:
-            self.twilio.send(text)
-        for i, text in enumerate(to_provider):
-            try:
-                await conn.send(text)
-            except ConnectionClosed:  # the bridge's reader reports it; the rest waits for a new socket
-                for rest in to_provider[i:]:
-                    self._provider_q.put_nowait(rest)
-                break
-        self._effects(effects)
-
     async def _bridge(self, conn: ClientConnection, twilio_reader: asyncio.Task[str]) -> str:
-        """Runs one provider connection; returns why it stopped: a Twilio outcome or 'rotate'."""
+        """Runs one provider connection (`_open` made it `_live`); returns why it stopped: a Twilio
+        outcome or 'rotate'."""
         self._rotate.clear()
-        self._live = conn
         cap = self.settings.realtime_session_max_minutes * 60
         reader = asyncio.create_task(self._read_provider(conn))
         rotate = asyncio.create_task(self._rotate.wait())
