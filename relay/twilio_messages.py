@@ -96,6 +96,12 @@ def base64_size(payload: str) -> int:
         raise ProtocolError("media payload is not valid base64") from None
 
 
+def b64_len(payload: str) -> int:
+    """Decoded size of base64 we produced or already checked, without decoding it (see base64_size)."""
+    n = len(payload)
+    return n * 3 // 4 - (payload.endswith("=") + payload.endswith("=="))
+
+
 def parse_message(text: str | bytes) -> TwilioEvent:
     """Parses one Media Streams text frame. Raises ProtocolError for malformed input."""
     if len(text) > MAX_MESSAGE_BYTES:

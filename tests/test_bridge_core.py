@@ -5,10 +5,10 @@ import base64
 import orjson
 
 from relay.sessions import events as ev
-from relay.sessions.bridge import MARK_EVERY_MS, BridgeCore, Notice, RunTool, SaveTurn, b64_len, cut_text
+from relay.sessions.bridge import MARK_EVERY_MS, BridgeCore, Notice, RunTool, SaveTurn, cut_text
 from relay.sessions.hold import HOLD_CHUNK_MS, HoldTone
 from relay.sessions.playback import PlaybackTracker
-from relay.twilio_messages import Media
+from relay.twilio_messages import Media, b64_len
 
 PAYLOAD = base64.b64encode(b"\xff" * 160).decode()  # one 20 ms frame
 

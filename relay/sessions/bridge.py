@@ -25,9 +25,9 @@ import orjson
 
 from relay.sessions import events as ev
 from relay.sessions.dialects import QUIET_EVENTS
-from relay.sessions.hold import HoldTone, b64_len
+from relay.sessions.hold import HoldTone
 from relay.sessions.playback import PlaybackTracker
-from relay.twilio_messages import Media, clear_message, mark_message, media_message
+from relay.twilio_messages import Media, b64_len, clear_message, mark_message, media_message
 
 log = logging.getLogger("relay.bridge")
 

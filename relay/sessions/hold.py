@@ -14,7 +14,7 @@ import math
 
 from relay.codecs import pcm16_to_ulaw
 from relay.sessions.playback import PlaybackTracker
-from relay.twilio_messages import clear_message, mark_message, media_message
+from relay.twilio_messages import b64_len, clear_message, mark_message, media_message
 
 HOLD_CHUNK_MS = 1000  # queued ahead of what the caller has heard
 
@@ -29,12 +29,6 @@ def hold_tone() -> str:
     ]
     pcm = b"".join(v.to_bytes(2, "little", signed=True) for v in samples)
     return base64.b64encode(pcm16_to_ulaw(pcm)).decode()
-
-
-def b64_len(payload: str) -> int:
-    """Decoded size of a base64 string without decoding it."""
-    n = len(payload)
-    return n * 3 // 4 - (payload.endswith("=") + payload.endswith("=="))
 
 
 class HoldTone:
@@ -85,4 +79,4 @@ class HoldTone:
         self.item = None
 
 
-__all__ = ["HOLD_CHUNK_MS", "HoldTone", "b64_len", "hold_tone"]
+__all__ = ["HOLD_CHUNK_MS", "HoldTone", "hold_tone"]

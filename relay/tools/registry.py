@@ -344,14 +344,11 @@ class ToolRegistry:
     def from_modules(self, modules: Sequence[str]) -> list[Tool]:
         """The tools `@tool` registered from `modules` (or their submodules), in registration order:
         a module imported for one app (RELAY_TOOLS) must not lend its tools to another."""
-        wanted = tuple(modules)
+        prefixes = tuple(f"{m}." for m in modules)
         return [
             spec
             for name, spec in self._tools.items()
-            if any(
-                self._modules.get(name, "") == m or self._modules.get(name, "").startswith(m + ".")
-                for m in wanted
-            )
+            if (f"{self._modules.get(name, '')}.").startswith(prefixes)
         ]
 
     def get(self, name: str) -> Tool | None:
