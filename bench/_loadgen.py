@@ -272,6 +272,17 @@ class SimCall:
                 await self._reader
 
 
+async def end_calls(tasks: list[asyncio.Task[None]], calls: list[SimCall]) -> None:
+    """Stops the callers' tasks, then finishes every call: each finish() is bounded, and this
+    bounds them all."""
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    ending = asyncio.gather(*(c.finish() for c in calls), return_exceptions=True)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(ending, 15.0)
+
+
 class ProviderTrack:
     """The fake provider's side of one call, as compact timestamps."""
 

@@ -83,6 +83,7 @@ from _loadgen import (  # noqa: E402
     HelperFake,
     JsonLinesHelper,
     SimCall,
+    end_calls,
     fetch_twiml,
     freeze_heap,
     percentile,
@@ -651,12 +652,7 @@ async def place_cascade_calls(
                 break
             await asyncio.sleep(0.1)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        ending = asyncio.gather(*(c.finish() for c in calls), return_exceptions=True)
-        with contextlib.suppress(TimeoutError):  # each finish() is bounded; this bounds them all
-            await asyncio.wait_for(ending, 15.0)
+        await end_calls(tasks, calls)
     if result is not None:
         late = [x for c in calls for x, s in zip(c.lateness, c.send_times, strict=True) if s >= window.t0]
         result.late_p99_ms = percentile(late, 99) * 1000

@@ -54,6 +54,7 @@ from _loadgen import (  # noqa: E402
     LocalFake,
     ProviderTrack,
     SimCall,
+    end_calls,
     fetch_twiml,
     freeze_heap,
     match_latencies,
@@ -333,12 +334,7 @@ async def place_calls(
                 break
             await asyncio.sleep(0.1)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        ending = asyncio.gather(*(c.finish() for c in calls), return_exceptions=True)
-        with contextlib.suppress(TimeoutError):  # each finish() is bounded; this bounds them all
-            await asyncio.wait_for(ending, 15.0)
+        await end_calls(tasks, calls)
     if result is None:
         return
     tracks = await fake.collect(conn_index)
