@@ -118,12 +118,12 @@ def parse_message(text: str | bytes) -> TwilioEvent:
         payload = media.get("payload")
         if not isinstance(payload, str):
             raise ProtocolError("media message has no payload string")
-        return Media(
-            payload=payload,
-            timestamp=_int(media.get("timestamp", 0), "timestamp"),
-            chunk=_int(media.get("chunk", 0), "chunk"),
-            track=str(media.get("track", "inbound")),
-            size=base64_size(payload),
+        return Media(  # positional: keyword arguments cost twice as much, 50 times a second per call
+            payload,
+            _int(media.get("timestamp", 0), "timestamp"),
+            _int(media.get("chunk", 0), "chunk"),
+            str(media.get("track", "inbound")),
+            base64_size(payload),
         )
     if event == "mark":
         name = _obj(msg, "mark").get("name")

@@ -194,7 +194,8 @@ class BridgeCore:
     def _on_audio(self, event: ev.AudioOut, now: float) -> None:
         if event.response_id in self._cut_responses or event.item_id in self._cut_items:
             return  # audio of an interrupted response still in flight
-        self.stop_hold(now)
+        if self.hold.active:
+            self.stop_hold(now)
         if event.item_id not in self._items:
             self._items[event.item_id] = _Item()
             self._item_order.append(event.item_id)

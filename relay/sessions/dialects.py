@@ -69,12 +69,12 @@ def parse_event(data: str | bytes, dialect: Dialect) -> ev.BackendEvent:
 
 def to_neutral(etype: str, msg: dict[str, Any]) -> ev.BackendEvent:
     """Maps one GA-named event to the neutral vocabulary."""
-    if etype == "response.output_audio.delta":
+    if etype == "response.output_audio.delta":  # 50 a second per call: positional arguments
         return ev.AudioOut(
-            payload=msg.get("delta", ""),
-            item_id=msg.get("item_id", ""),
-            response_id=msg.get("response_id", ""),
-            content_index=int(msg.get("content_index", 0) or 0),
+            msg.get("delta", ""),
+            msg.get("item_id", ""),
+            msg.get("response_id", ""),
+            int(msg.get("content_index", 0) or 0),
         )
     if etype == "response.output_audio_transcript.delta":
         return ev.Transcript("assistant", msg.get("delta", ""), msg.get("item_id", ""), final=False)

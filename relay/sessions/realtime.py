@@ -108,7 +108,6 @@ class RealtimeSession:
         self.stats = CallStats()
         self._provider: ClientConnection | None = None
         self._provider_q: asyncio.Queue[str] = asyncio.Queue()
-        self._provider_writing = asyncio.Lock()
         self._live: ClientConnection | None = None  # the socket being opened or bridged, for direct writes
         self._rotate = asyncio.Event()
         self._speech_ended_at: float | None = None
@@ -129,23 +128,32 @@ class RealtimeSession:
 
     async def flush_now(self) -> None:
         """`flush` for the two readers, the audio path: each message is written at once from the
-        reading task when that socket's writer is idle (no queue hop, no task switch), else queued
-        behind the others so order holds."""
-        to_twilio, to_provider, effects = self.core.drain()
-        for text in to_twilio:
-            await self.twilio.write(text)
-        for text in to_provider:
-            await self._write_provider_now(text)
-        self._effects(effects)
+        reading task when nothing is queued for that socket (no queue hop, no task switch), else
+        queued behind the others so order holds. Runs twice per 20 ms frame and call, so it reads
+        the outboxes in place rather than through `drain`."""
+        core = self.core
+        if core.to_twilio:
+            out, core.to_twilio = core.to_twilio, []
+            for text in out:
+                await self.twilio.write(text)
+        if core.to_provider:
+            out, core.to_provider = core.to_provider, []
+            for text in out:
+                await self._write_provider_now(text)
+        if core.effects or self.stats.first_audio_ms is None:
+            effects, core.effects = core.effects, []
+            self._effects(effects)
 
     async def _write_provider_now(self, text: str) -> None:
+        """No lock against the writer task: websockets writes a message to the transport within
+        the `send` call, before it waits for the buffer to drain, so messages go out in the order
+        `send` was called."""
         conn = self._live
-        if conn is None or not self._provider_q.empty() or self._provider_writing.locked():
+        if conn is None or self._provider_q.qsize():
             self._provider_q.put_nowait(text)
             return
         try:
-            async with self._provider_writing:
-                await conn.send(text)
+            await conn.send(text)
         except ConnectionClosed:  # the provider reader notices and reopens; this goes to the new socket
             self._provider_q.put_nowait(text)
 
@@ -182,12 +190,13 @@ class RealtimeSession:
 
     # --- tasks ----------------------------------------------------------------------------------
     async def _read_twilio(self) -> str:
-        while (event := await self.twilio.receive()) is not None:
-            if isinstance(event, Media):
-                self.stats.frames_in += 1
-                self.core.on_media(event)
+        receive, core, stats = self.twilio.receive, self.core, self.stats
+        while (event := await receive()) is not None:
+            if type(event) is Media:
+                stats.frames_in += 1
+                core.on_media(event)
             elif isinstance(event, Mark):
-                self.core.on_mark(event.name, self.clock())
+                core.on_mark(event.name, self.clock())
             elif isinstance(event, Stop):
                 return "twilio_stop"
             elif isinstance(event, Dtmf):
@@ -232,8 +241,7 @@ class RealtimeSession:
         queue = self._provider_q
         while True:
             text = await queue.get()
-            async with self._provider_writing:
-                await conn.send(text)
+            await conn.send(text)
 
     async def _tick(self, deadline: float) -> None:
         """Every half second: retry held-back responses; past the session cap, ask for a rotation

@@ -23,13 +23,16 @@ def bind_free_port(host: str = "127.0.0.1") -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def serve_app(app: Any, host: str = "127.0.0.1") -> AsyncIterator[str]:
+async def serve_app(
+    app: Any, host: str = "127.0.0.1", *, sock: socket.socket | None = None
+) -> AsyncIterator[str]:
     """Yields the base URL (`http://127.0.0.1:PORT`) once the app serves; shuts it down after.
 
     Startup is awaited (lifespan included) before the URL is yielded, so there is nothing to
-    poll for.
+    poll for. `sock`: a bound socket of the caller's to listen on (socket options set on it are
+    inherited by the connections it accepts); by default a free port on `host`.
     """
-    sock = bind_free_port(host)
+    sock = sock or bind_free_port(host)
     port = sock.getsockname()[1]
     config = uvicorn.Config(app, log_level="warning", log_config=None, **UVICORN_OPTIONS)
     config.load()
