@@ -38,6 +38,9 @@ class TwilioChannel:
     when nothing is queued and no write is in progress it writes at once from the calling task
     (uvicorn's send returns without suspending unless the transport is paused), saving a queue
     hop and a task switch per message; otherwise it queues behind the others, so order holds.
+    The lock is needed here (unlike on the provider's websockets lanes): uvicorn waits for a
+    paused transport *before* writing, so without it the writer task, woken first, could write
+    a message queued after one the fast lane is still waiting to write (tests/test_write_order.py).
     """
 
     def __init__(self, websocket: WebSocket, stream_sid: str = "-") -> None:

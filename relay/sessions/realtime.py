@@ -266,6 +266,13 @@ class RealtimeSession:
             log.info("the early provider connection closed while waiting for the stream; reconnecting")
         return await connect_with_retry(self.adapter)
 
+    def _early_open(self) -> bool:
+        """True when the connection made during /incoming-call is there and still open."""
+        early = self._early
+        if early is None or not early.done() or early.cancelled() or early.exception() is not None:
+            return False
+        return usable(early.result())
+
     async def _open(self, *, first: bool) -> ClientConnection:
         conn = await self._connect(first=first)
         if first:
@@ -322,15 +329,22 @@ class RealtimeSession:
         conversation so far; the caller hears at most a short pause. A provider that cannot be
         reopened raises ProviderError for the manager.
         """
-        connect = asyncio.create_task(self._open(first=True))
         twilio_reader = asyncio.create_task(self._read_twilio())
+        connect: asyncio.Task[ClientConnection] | None = None
         conn: ClientConnection | None = None
         try:
-            done, _ = await asyncio.wait({connect, twilio_reader}, return_when=asyncio.FIRST_COMPLETED)
-            if twilio_reader in done:
-                self.ended_by = twilio_reader.result()
-                return self.ended_by
-            conn = self._provider = connect.result()  # raises ProviderConnectError
+            if self._early_open():
+                # The connection made during /incoming-call is up: configure it and ask for the
+                # greeting in this very step, and read it from the next (a connect task and a wait
+                # would cost loop turns, milliseconds each under load, on the greeting's way).
+                conn = self._provider = await self._open(first=True)
+            else:
+                connect = asyncio.create_task(self._open(first=True))
+                done, _ = await asyncio.wait({connect, twilio_reader}, return_when=asyncio.FIRST_COMPLETED)
+                if twilio_reader in done:
+                    self.ended_by = twilio_reader.result()
+                    return self.ended_by
+                conn = self._provider = connect.result()  # raises ProviderConnectError
             while True:
                 try:
                     outcome = await self._bridge(conn, twilio_reader)
@@ -347,11 +361,12 @@ class RealtimeSession:
                 log.info("realtime session replaced (%s); %d turns carried over", outcome, len(self.turns))
                 await old.close()
         finally:
-            connect.cancel()
-            twilio_reader.cancel()
-            await asyncio.gather(connect, twilio_reader, return_exceptions=True)
-            if conn is None and connect.done() and not connect.cancelled() and connect.exception() is None:
-                await connect.result().close()
+            tasks = [twilio_reader] if connect is None else [twilio_reader, connect]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            if conn is None and connect is not None:  # it may have opened as the call ended
+                await discard(connect)
             if conn is not None:
                 await conn.close()
             if self._early is not None:  # the call ended before its connect even started
