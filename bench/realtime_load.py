@@ -2,7 +2,15 @@
 
 Run: ``python bench/realtime_load.py`` (``--calls 25,50,100 --seconds 20``; ``--repeat 3`` alternates
 relay and floor three times per N and pools the rounds, for a noisy machine; ``--quick`` for a 10-call,
-5 s smoke run). For every N the relay (``python -m relay serve``) and the floor
+5 s smoke run).
+
+Side by side, for changes smaller than this box's drift between rounds (up to 25 %): two benches at
+once, each running one server (``--systems relay`` and ``--systems floor``, or ``--systems relay``
+twice with ``--relay-dir`` pointing one of them at another checkout, e.g. a ``git worktree``), both
+with ``--no-wait-quiet`` and the same ``--calls``/``--seconds``/``--repeat``; compare the CPU
+columns round by round (both servers ran in the same window on the same machine).
+
+For every N the relay (``python -m relay serve``) and the floor
 (``bench/floor_relay.py``) are measured back to back, each in a fresh process of its own so that its
 CPU time (/proc/<pid>/stat) and RSS (/proc/<pid>/status) are its own.
 
@@ -202,16 +210,18 @@ class Target:
         *,
         env: dict[str, str] | None = None,
         label: str = "",
+        relay_dir: Path = ROOT,
     ) -> None:
         """`fake`: anything with `openai_base_url` (and `url`, the realtime WebSocket, for the floor);
-        `env` overrides the relay's environment; `label` goes into the log file's name."""
+        `env` overrides the relay's environment; `label` goes into the log file's name; `relay_dir`:
+        the checkout whose relay runs (another one for an A/B of two versions)."""
         self.system = system
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{system}{label}-N{n}.log"
         environ = dict(os.environ)
         environ.update(
-            PYTHONPATH=str(ROOT),
+            PYTHONPATH=str(relay_dir),
             OPENAI_API_KEY="sk-test",
             OPENAI_BASE_URL=fake.openai_base_url,
             USE_AZURE_OPENAI="false",
@@ -230,7 +240,9 @@ class Target:
             cmd = [PYTHON, str(ROOT / "bench" / "floor_relay.py"), "--port", str(self.port)]
             cmd += ["--provider", provider]
         self._log = open(self.log_path, "w")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=environ, stdout=self._log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(
+            cmd, cwd=relay_dir, env=environ, stdout=self._log, stderr=subprocess.STDOUT
+        )
 
     async def wait_ready(self, client: httpx.AsyncClient) -> None:
         for _ in range(READY_TRIES):
@@ -392,10 +404,18 @@ async def wait_quiet() -> float:
 
 
 async def run_system(
-    system: str, n: int, seconds: float, reply_ms: int, log_dir: Path, *, in_process: bool
+    system: str,
+    n: int,
+    seconds: float,
+    reply_ms: int,
+    log_dir: Path,
+    *,
+    in_process: bool,
+    relay_dir: Path = ROOT,
+    quiet: bool = True,
 ) -> RunResult:
     result = RunResult(system, n)
-    busy = await wait_quiet()
+    busy = await wait_quiet() if quiet else math.nan
     if busy > QUIET_PCT:
         result.errors.append(f"the machine was {busy:.0f} % busy before the run (other work)")
     fake: Fake = LocalFake(reply_ms) if in_process else HelperFake(reply_ms)
@@ -403,7 +423,7 @@ async def run_system(
     freeze_heap()
     try:
         async with httpx.AsyncClient(timeout=10.0) as client:
-            target = Target(system, fake, log_dir, n)
+            target = Target(system, fake, log_dir, n, relay_dir=relay_dir)
             result.log_path = str(target.log_path)
             try:
                 await target.wait_ready(client)
@@ -561,13 +581,21 @@ async def main_async(args: argparse.Namespace, log_dir: Path) -> None:
     for n in args.calls:
         for round_ in range(args.repeat):
             order = ("relay", "floor") if round_ % 2 == 0 else ("floor", "relay")  # cancels order effects
-            for system in order:
+            for system in (s for s in order if s in args.systems):
                 result = await run_system(
-                    system, n, args.seconds, reply_ms, log_dir, in_process=args.fake_in_process
+                    system,
+                    n,
+                    args.seconds,
+                    reply_ms,
+                    log_dir,
+                    in_process=args.fake_in_process,
+                    relay_dir=args.relay_dir,
+                    quiet=not args.no_wait_quiet,
                 )
                 results.append(result)
                 print(row(result), flush=True)
-    summary(results)
+    if {"relay", "floor"} <= set(args.systems):
+        summary(results)
     problems = [(r, line) for r in results for line in r.log_lines]
     if problems:
         print("\nWARNING/ERROR lines in the servers' logs (first 10):")
@@ -587,7 +615,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--fake-in-process", action="store_true", help="run the fake Realtime server in this process"
     )
     parser.add_argument("--log-dir", default=None, help="where the servers' logs go (default: a temp dir)")
+    parser.add_argument(
+        "--systems", default="relay,floor", help="which to run (%(default)s; one of them for side by side)"
+    )
+    parser.add_argument(
+        "--relay-dir", type=Path, default=ROOT, help="the checkout whose relay runs (an A/B of two versions)"
+    )
+    parser.add_argument(
+        "--no-wait-quiet", action="store_true", help="start each run at once (two benches side by side)"
+    )
     args = parser.parse_args(argv)
+    args.systems = [x.strip() for x in str(args.systems).split(",") if x.strip()]
+    if not set(args.systems) <= {"relay", "floor"}:
+        parser.error("--systems takes relay, floor or both")
     if args.quick:
         args.calls, args.seconds = "10", 5.0
     args.calls = [int(x) for x in str(args.calls).split(",") if x.strip()]
