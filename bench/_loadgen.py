@@ -592,4 +592,12 @@ def match_latencies(sent: Any, arrived: Any, count: int, window: tuple[float, fl
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="the fake Realtime server as a helper process")
     parser.add_argument("--reply-ms", type=int, required=True)
-    asyncio.run(_helper_main(parser.parse_args().reply_ms))
+    reply = parser.parse_args().reply_ms
+    try:  # the fake's own loop overhead is the box's, not the server's: keep it small
+        import uvloop
+
+        loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        loop_factory = None
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        runner.run(_helper_main(reply))

@@ -18,9 +18,11 @@ Three processes share the machine: the server under test; the fake Realtime serv
 (``relay.testing.realtime.FakeRealtimeServer``: one long reply paced in real time in 20 ms deltas,
 i.e. 50 frames/s per call) in a helper process (``--fake-in-process`` keeps it here: one core then
 saturates near 100 calls); and this process, the callers (``bench/_loadgen.py``: 20 ms frames of
-μ-law silence on an absolute schedule, marks echoed after "playback"). The bench side runs on the
+μ-law silence on an absolute schedule, marks echoed after "playback"). The callers run on the
 default asyncio loop, whose `loop.time()` is `time.monotonic()` (CLOCK_MONOTONIC, comparable across
-processes, sub-ms; uvloop's is ms-granular), the clock the fake stamps its records with.
+processes, sub-ms; uvloop's is ms-granular and cached per loop turn), the clock the fake stamps its
+records with; the helper fake runs on uvloop (a third less CPU: the box is shared) and reads
+`time.monotonic()` for its stamps.
 
 Per N and system it prints: frames lost (caller→provider: frames sent vs appends the fake received;
 provider→caller: deltas the fake sent before the caller stopped vs `media` received); added latency
