@@ -21,7 +21,7 @@ saturates near 100 calls); and this process, the callers (``bench/_loadgen.py``:
 μ-law silence on an absolute schedule, marks echoed after "playback"). The callers run on the
 default asyncio loop, whose `loop.time()` is `time.monotonic()` (CLOCK_MONOTONIC, comparable across
 processes, sub-ms; uvloop's is ms-granular and cached per loop turn), the clock the fake stamps its
-records with; the helper fake runs on uvloop (a third less CPU: the box is shared) and reads
+records with; the helper fake runs on uvloop (less CPU on the shared box) and reads
 `time.monotonic()` for its stamps.
 
 Per N and system it prints: frames lost (caller→provider: frames sent vs appends the fake received;
