@@ -361,11 +361,9 @@ class RealtimeSession:
                 log.info("realtime session replaced (%s); %d turns carried over", outcome, len(self.turns))
                 await old.close()
         finally:
-            tasks = [twilio_reader] if connect is None else [twilio_reader, connect]
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            if conn is None and connect is not None:  # it may have opened as the call ended
+            twilio_reader.cancel()
+            await asyncio.gather(twilio_reader, return_exceptions=True)
+            if conn is None and connect is not None:  # cancelled, or closed if it opened as the call ended
                 await discard(connect)
             if conn is not None:
                 await conn.close()
