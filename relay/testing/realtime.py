@@ -43,6 +43,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from relay.testing.realtime_script import (
+    PCM16,
+    AudioFormat,
     Call,
     Calls,
     ClientEventError,
@@ -152,6 +154,7 @@ class FakeConnection:
     close_code: int | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     _cond: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
+    _waiters: int = field(default=0, repr=False)
     _engine: _Engine | None = field(default=None, repr=False)
 
     def events(self, event_type: str, direction: Direction = "any") -> list[Event]:
@@ -178,11 +181,14 @@ class FakeConnection:
             return [e for e in self.events(event_type, direction) if predicate is None or predicate(e)]
 
         async with self._cond:
+            self._waiters += 1
             try:
                 async with asyncio.timeout(timeout):
                     await self._cond.wait_for(lambda: len(found()) >= n or self.closed.is_set())
             except TimeoutError:
                 pass
+            finally:
+                self._waiters -= 1
             hits = found()
             if len(hits) >= n:
                 return hits[n - 1]
@@ -206,8 +212,9 @@ class FakeConnection:
         # CLOCK_MONOTONIC, read now: asyncio's default loop.time() is the same clock, while uvloop's
         # is cached per loop turn at ms resolution (the benchmarks run this fake under uvloop).
         log.append((time.monotonic(), event))
-        async with self._cond:
-            self._cond.notify_all()
+        if self._waiters:  # nobody waiting (the benchmarks): no lock and notify per event
+            async with self._cond:
+                self._cond.notify_all()
 
 
 @dataclass(frozen=True)
@@ -532,6 +539,8 @@ class _Engine(ReplyEngine):
         self.buffer_start_ms = 0
         self.vad_item_id: str | None = None
         self.tasks: set[asyncio.Task[None]] = set()
+        self._read_session: Event | None = None  # the session `_input` was read from
+        self._input: tuple[AudioFormat, TurnDetection | None] = (PCM16, None)
 
     async def run(self) -> None:
         try:
@@ -616,9 +625,12 @@ class _Engine(ReplyEngine):
             )
             return
         self.conn.audio_in.extend(raw)
-        fmt = self.spec.input_format(self.conn.session)
+        session = self.conn.session
+        if session is not self._read_session:  # every update makes a new session dict
+            self._read_session = session
+            self._input = self.spec.input_format(session), self.spec.turn_detection(session)
+        fmt, turn = self._input
         self.buffer_ms += len(raw) / fmt.bytes_per_ms
-        turn = self.spec.turn_detection(self.conn.session)
         for vad in self.detector.feed(raw, fmt, turn):
             assert turn is not None
             if vad.kind == "start":
