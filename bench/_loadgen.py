@@ -362,6 +362,8 @@ def memoize_fake_audio(reply_ms: int) -> None:
         name = fmt if isinstance(fmt, str) else fmt.name
         return cached(response_index % 8, audio_ms, output_index, start_ms, name)
 
+    # Patched where `ReplyEngine` looks it up: realtime_script imports it from realtime_audio, so
+    # patching realtime_audio.expected_audio would not reach the fake's replies.
     realtime_script.expected_audio = expected_audio
     for index in range(8):
         expected_audio(index, reply_ms)

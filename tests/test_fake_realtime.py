@@ -33,7 +33,7 @@ from relay.testing.realtime import (
     expected_audio,
     parse_server_event,
 )
-from relay.testing.realtime_script import _ALAW, _ULAW, PCMU
+from relay.testing.realtime_audio import _ALAW, _ULAW, PCMU
 
 MODEL = "gpt-realtime"
 TIMEOUT = 5.0

@@ -42,14 +42,12 @@ from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from relay.testing.realtime_audio import PCM16, AudioFormat, SpeechDetector, TurnDetection, expected_audio
+from relay.testing.realtime_dialects import ClientEventError, Dialect, dialect_spec, parse_server_event
 from relay.testing.realtime_script import (
-    PCM16,
-    AudioFormat,
     Call,
     Calls,
-    ClientEventError,
     ConversationEntry,
-    Dialect,
     Drop,
     Error,
     Event,
@@ -58,12 +56,7 @@ from relay.testing.realtime_script import (
     ReplyEngine,
     ResponseRecord,
     Say,
-    SpeechDetector,
-    TurnDetection,
     Unknown,
-    dialect_spec,
-    expected_audio,
-    parse_server_event,
 )
 
 __all__ = [
