@@ -24,7 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from relay.app import create_app  # noqa: E402
 from relay.config import load_settings  # noqa: E402
 from relay.testing.audio import silence_ulaw, speech_ulaw  # noqa: E402
-from relay.testing.openai_http import FakeOpenAIHTTP, Text  # noqa: E402
+from relay.testing.openai_http import FakeOpenAIHTTP  # noqa: E402
+from relay.testing.openai_replies import Text  # noqa: E402
 from relay.testing.server import serve_app  # noqa: E402
 from relay.testing.twilio import FakeTwilioCall  # noqa: E402
 

@@ -112,7 +112,8 @@ from realtime_load import (  # noqa: E402
 import relay.testing.server as relay_test_server  # noqa: E402
 from cascade.vad import TurnDetector, Utterance  # noqa: E402
 from relay.testing.audio import float_to_ulaw, speech_ulaw, ulaw_to_float  # noqa: E402
-from relay.testing.openai_http import FakeOpenAIHTTP, Text, tts_audio  # noqa: E402
+from relay.testing.openai_http import FakeOpenAIHTTP  # noqa: E402
+from relay.testing.openai_replies import Text, tts_audio  # noqa: E402
 
 HERE = Path(__file__).resolve()
 ADMIN_TOKEN = "bench-admin-token"

@@ -15,7 +15,8 @@ import pytest
 from relay.app import create_app
 from relay.codecs import StreamResampler, pcm16_to_ulaw, ulaw_to_pcm16
 from relay.testing.audio import correlation, silence_ulaw, speech_ulaw
-from relay.testing.openai_http import FakeOpenAIHTTP, Text, ToolCalls, ToolCallSpec, tts_audio
+from relay.testing.openai_http import FakeOpenAIHTTP
+from relay.testing.openai_replies import Text, ToolCalls, ToolCallSpec, tts_audio
 from relay.testing.realtime import Drop, FakeRealtimeServer, Say
 from relay.testing.server import serve_app
 from relay.testing.tavily import FakeTavily

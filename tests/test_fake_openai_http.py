@@ -19,11 +19,11 @@ import openai
 import pytest
 from openai import AsyncAzureOpenAI, AsyncOpenAI
 
-from relay.testing.openai_http import (
+from relay.testing.openai_http import FakeOpenAIHTTP
+from relay.testing.openai_replies import (
     TTS_BYTES_PER_MS,
     TTS_MAX_MS,
     TTS_MS_PER_CHAR,
-    FakeOpenAIHTTP,
     RequestNotSeen,
     Text,
     ToolCalls,

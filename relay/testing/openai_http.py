@@ -15,7 +15,10 @@ Azure equivalents live under ``/openai/deployments/{deployment}/…?api-version=
 on Azure paths; failures answer with each provider's JSON error shape, so the SDK raises its usual
 exceptions (`AuthenticationError`, `NotFoundError`, `RateLimitError`, …).
 
-Every request is recorded (`FakeOpenAIHTTP.requests`) and waits are event driven::
+The scripted replies (`Text`, `ToolCalls`), recorded requests (`RecordedRequest`) and `tts_audio`
+live in `relay.testing.openai_replies`; the error shapes and streams on the wire in
+`relay.testing.openai_wire`. Every request is recorded (`FakeOpenAIHTTP.requests`) and waits are
+event driven::
 
     fake = FakeOpenAIHTTP(transcripts=["what's the weather"], replies=[ToolCalls([ToolCallSpec(
         "web_search", {"query": "weather"})]), Text("It is sunny. Anything else?")])
@@ -29,70 +32,65 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import contextvars
-import functools
-import io
 import itertools
 import logging
 import math
 import re
-import struct
 import time
-import wave
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal, TypeAlias, get_args
+from typing import Any, get_args
 
-import numpy as np
 import orjson
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
+from relay.testing.openai_replies import (
+    TTS_BYTES_PER_MS,
+    ChatReply,
+    Kind,
+    Provider,
+    RecordedRequest,
+    RequestNotSeen,
+    Text,
+    ToolCalls,
+    _parse_wav,
+    _wav_bytes,
+    tts_audio,
+)
+from relay.testing.openai_wire import (
+    _DROP_FILTER,
+    _azure_error,
+    _ChatAnswer,
+    _ChunkedResponse,
+    _DropLogFilter,
+    _failure,
+    _invalid,
+    _mask,
+    _openai_error,
+    _Reject,
+    _sse,
+    _tokens,
+)
 from relay.testing.server import serve_app
 
 __all__ = [
     "DEFAULT_API_VERSIONS",
     "DEFAULT_DEPLOYMENTS",
     "DEFAULT_MODELS",
-    "TTS_BYTES_PER_MS",
-    "TTS_MAX_MS",
-    "TTS_MS_PER_CHAR",
-    "TTS_SAMPLE_RATE",
-    "ChatReply",
     "FakeOpenAIHTTP",
-    "Kind",
-    "Provider",
-    "RecordedRequest",
-    "RequestNotSeen",
-    "Text",
-    "ToolCallSpec",
-    "ToolCalls",
-    "WavInfo",
-    "tts_audio",
 ]
 
 logger = logging.getLogger(__name__)
-
-Kind: TypeAlias = Literal["transcriptions", "chat", "speech"]
-"""The endpoint a request went to; also the key of the per-endpoint knobs."""
-Provider: TypeAlias = Literal["openai", "azure"]
 
 KINDS: tuple[Kind, ...] = get_args(Kind)
 DEFAULT_MODELS = frozenset({"whisper-1", "gpt-4o-mini-transcribe", "gpt-4o-mini", "gpt-4o-mini-tts"})
 DEFAULT_DEPLOYMENTS = frozenset({"stt", "chat", "tts"})
 DEFAULT_API_VERSIONS = frozenset({"2024-10-21", "2025-03-01-preview", "2025-04-01-preview"})
-
-TTS_SAMPLE_RATE = 24_000
-TTS_BYTES_PER_MS = TTS_SAMPLE_RATE * 2 // 1000  # PCM16 mono: 48 bytes per millisecond
-TTS_MS_PER_CHAR = 60
-TTS_MAX_MS = 20_000
-"""`tts_audio` lasts `TTS_MS_PER_CHAR` per character of input, at most this long."""
 
 _AUDIO_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
 _VOICES = frozenset(
@@ -103,483 +101,6 @@ _SPEECH_FORMATS = frozenset({"mp3", "opus", "aac", "flac", "wav", "pcm"})
 _SPEECH_FORMATS_SERVED = ("pcm", "wav")  # the fake cannot encode compressed audio
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
-_SAFE = {"filtered": False, "severity": "safe"}
-_CONTENT_FILTER_RESULTS = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "violence": _SAFE}
-
-
-# --------------------------------------------------------------------------- scripted replies
-
-
-@dataclass(frozen=True, slots=True)
-class Text:
-    """A chat reply of plain text, streamed as content deltas of `chunk_chars` characters."""
-
-    text: str
-    chunk_chars: int = 8
-    finish_reason: Literal["stop", "length", "content_filter"] = "stop"
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCallSpec:
-    """One function call in a `ToolCalls` reply.
-
-    `arguments` is a dict (sent as compact JSON) or a string sent verbatim (invalid JSON is
-    allowed, to test the caller's error path). `id` defaults to a deterministic ``call_fake…``.
-    """
-
-    name: str
-    arguments: Mapping[str, Any] | str = field(default_factory=dict)
-    id: str | None = None
-
-    def arguments_json(self) -> str:
-        """The arguments string as the API sends it."""
-        if isinstance(self.arguments, str):
-            return self.arguments
-        return orjson.dumps(dict(self.arguments)).decode()
-
-
-@dataclass(frozen=True, slots=True)
-class ToolCalls:
-    """A chat reply that calls tools (``finish_reason: "tool_calls"``).
-
-    Streamed like OpenAI: each call's first fragment carries ``index``, ``id``, ``type`` and
-    ``function.name`` with empty ``arguments``; later fragments carry only ``index`` and
-    ``function.arguments`` pieces of `chunk_chars` characters. Calls stream one after another.
-    `text`, if any, is streamed as content before the calls.
-    """
-
-    calls: Sequence[ToolCallSpec]
-    text: str = ""
-    chunk_chars: int = 8
-
-
-ChatReply: TypeAlias = Text | ToolCalls
-
-
-# --------------------------------------------------------------------------- recording
-
-
-@dataclass(frozen=True, slots=True)
-class WavInfo:
-    """The header and samples of an uploaded WAV file (any format tag: PCM, μ-law, …)."""
-
-    rate: int
-    channels: int
-    sampwidth: int
-    format_tag: int  # 1 PCM, 6 A-law, 7 μ-law
-    frames: bytes
-
-    @property
-    def duration_ms(self) -> float:
-        """Milliseconds of audio in `frames`."""
-        frame_bytes = self.channels * self.sampwidth
-        if not frame_bytes or not self.rate:
-            return 0.0
-        return len(self.frames) // frame_bytes * 1000 / self.rate
-
-
-class RequestNotSeen(TimeoutError):
-    """`FakeOpenAIHTTP.wait_for` gave up before the request arrived."""
-
-
-@dataclass(eq=False)
-class RecordedRequest:
-    """One request the fake received, recorded when its body has been read (before any latency).
-
-    `body` is the parsed JSON body (chat, speech); multipart requests (transcriptions) have
-    `form` (the last value of each field), `form_items` (every field, in order) and the
-    uploaded file. `status` and `dropped` are filled in once the fake has answered.
-    """
-
-    kind: Kind
-    provider: Provider
-    method: str
-    path: str
-    query: dict[str, str]
-    headers: dict[str, str]
-    time: float
-    deployment: str | None = None
-    body: dict[str, Any] | None = None
-    form: dict[str, str] = field(default_factory=dict)
-    form_items: list[tuple[str, str]] = field(default_factory=list)
-    file_name: str | None = None
-    file_content_type: str | None = None
-    file_bytes: bytes | None = None
-    wav: WavInfo | None = None
-    status: int | None = None
-    error: str | None = None
-    """The error message answered, if any."""
-    dropped: bool = False
-    """The response stream was cut (`drop_stream_after`)."""
-    chunks_sent: int = 0
-    """Stream chunks sent (SSE events or audio chunks)."""
-    parse_error: str | None = field(default=None, repr=False)
-
-    @property
-    def model(self) -> str | None:
-        """The ``model`` field of the body or form (on Azure, the SDK sends the deployment)."""
-        value = self.body.get("model") if self.body is not None else self.form.get("model")
-        return value if isinstance(value, str) else None
-
-    @property
-    def stream(self) -> bool:
-        """Whether the client asked for a stream (``"stream": true`` or form ``stream=true``)."""
-        if self.body is not None:
-            return self.body.get("stream") is True
-        return self.form.get("stream", "").lower() == "true"
-
-    @property
-    def messages(self) -> list[dict[str, Any]]:
-        """Chat messages as sent (empty for other kinds)."""
-        value = self.body.get("messages") if self.body is not None else None
-        return value if isinstance(value, list) else []
-
-    @property
-    def input(self) -> str | None:
-        """The text of a speech request."""
-        value = self.body.get("input") if self.body is not None else None
-        return value if isinstance(value, str) else None
-
-    @property
-    def wav_duration_ms(self) -> float | None:
-        """Duration of the uploaded WAV's samples (None: no file, or not a WAV)."""
-        return self.wav.duration_ms if self.wav is not None else None
-
-    @property
-    def wav_rate(self) -> int | None:
-        """Sample rate of the uploaded WAV."""
-        return self.wav.rate if self.wav is not None else None
-
-    @property
-    def wav_channels(self) -> int | None:
-        """Channel count of the uploaded WAV."""
-        return self.wav.channels if self.wav is not None else None
-
-    @property
-    def wav_sampwidth(self) -> int | None:
-        """Bytes per sample of the uploaded WAV (2 for PCM16, 1 for μ-law)."""
-        return self.wav.sampwidth if self.wav is not None else None
-
-
-# --------------------------------------------------------------------------- audio
-
-
-@functools.lru_cache(maxsize=256)
-def _char_tone(char: str) -> bytes:
-    samples = TTS_SAMPLE_RATE * TTS_MS_PER_CHAR // 1000
-    if char.isspace():
-        return bytes(samples * 2)
-    freq = 220.0 + (ord(char) % 40) * 20.0
-    t = np.arange(samples, dtype=np.float64) / TTS_SAMPLE_RATE
-    ramp = np.minimum(1.0, np.minimum(np.arange(samples), np.arange(samples)[::-1]) / 120.0)  # 5 ms
-    tone = 0.3 * 32767.0 * np.sin(2.0 * np.pi * freq * t) * ramp
-    return np.round(tone).astype("<i2").tobytes()
-
-
-def tts_audio(text: str) -> bytes:
-    """The audio the fake speaks for `text`: PCM16 24 kHz mono little-endian, deterministic.
-
-    `TTS_MS_PER_CHAR` (60 ms) per character, capped at `TTS_MAX_MS`; each character is a tone
-    whose pitch depends on the character (whitespace is silence), so different texts give
-    different audio and equal texts equal audio.
-    """
-    chars = text[: -(-TTS_MAX_MS // TTS_MS_PER_CHAR)]
-    return b"".join(_char_tone(c) for c in chars)[: TTS_MAX_MS * TTS_BYTES_PER_MS]
-
-
-def _wav_bytes(pcm: bytes, rate: int = TTS_SAMPLE_RATE) -> bytes:
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(1)
-        w.setsampwidth(2)
-        w.setframerate(rate)
-        w.writeframes(pcm)
-    return buf.getvalue()
-
-
-def _parse_wav(data: bytes) -> WavInfo | None:
-    """Reads a WAV with the `wave` module; other format tags (μ-law, extensible) by hand."""
-    try:
-        with wave.open(io.BytesIO(data), "rb") as w:
-            return WavInfo(
-                rate=w.getframerate(),
-                channels=w.getnchannels(),
-                sampwidth=w.getsampwidth(),
-                format_tag=1,
-                frames=w.readframes(w.getnframes()),
-            )
-    except (wave.Error, EOFError, struct.error):
-        pass
-    if len(data) < 12 or data[:4] != b"RIFF" or data[8:12] != b"WAVE":
-        return None
-    fmt: tuple[int, int, int, int] | None = None
-    frames: bytes | None = None
-    pos = 12
-    while pos + 8 <= len(data):
-        chunk_id = data[pos : pos + 4]
-        size = int.from_bytes(data[pos + 4 : pos + 8], "little")
-        chunk = data[pos + 8 : pos + 8 + size]
-        if chunk_id == b"fmt " and len(chunk) >= 16:
-            tag, channels, rate, _, _, bits = struct.unpack("<HHIIHH", chunk[:16])
-            if tag == 0xFFFE and len(chunk) >= 26:  # WAVE_FORMAT_EXTENSIBLE: the sub-format's tag
-                tag = int.from_bytes(chunk[24:26], "little")
-            fmt = (tag, channels, rate, bits)
-        elif chunk_id == b"data":
-            frames = chunk
-        pos += 8 + size + (size & 1)
-    if fmt is None or frames is None or not fmt[1] or not fmt[2]:
-        return None
-    tag, channels, rate, bits = fmt
-    return WavInfo(rate=rate, channels=channels, sampwidth=max(1, bits // 8), format_tag=tag, frames=frames)
-
-
-# --------------------------------------------------------------------------- errors
-
-
-class _Reject(Exception):
-    """Answer the request with this status and a provider-shaped JSON error."""
-
-    def __init__(self, status: int, body: dict[str, Any], message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
-        self.message = message
-
-
-def _openai_error(
-    status: int,
-    message: str,
-    *,
-    type_: str = "invalid_request_error",
-    param: str | None = None,
-    code: Any = None,
-) -> _Reject:
-    return _Reject(
-        status, {"error": {"message": message, "type": type_, "param": param, "code": code}}, message
-    )
-
-
-def _azure_error(status: int, code: str, message: str) -> _Reject:
-    return _Reject(status, {"error": {"code": code, "message": message}}, message)
-
-
-def _invalid(message: str, param: str | None = None, code: str | None = None) -> _Reject:
-    return _openai_error(400, message, param=param, code=code)
-
-
-def _failure(provider: Provider, status: int, model: str) -> _Reject:
-    """The error a provider answers for an injected `fail_status`."""
-    if provider == "azure":
-        if status == 429:
-            return _azure_error(
-                429,
-                "429",
-                "Requests to the Azure OpenAI API have exceeded the rate limit of your current pricing tier. "
-                "Please retry after 1 second.",
-            )
-        return _azure_error(status, str(status), f"The service returned HTTP {status} (fake failure).")
-    if status == 429:
-        return _openai_error(
-            429,
-            f"Rate limit reached for {model} in organization org-fake on requests per min (RPM): "
-            "Limit 3, Used 3, Requested 1. Please try again in 20s.",
-            type_="requests",
-            code="rate_limit_exceeded",
-        )
-    if status >= 500:
-        return _openai_error(
-            status,
-            "The server had an error while processing your request. Sorry about that!",
-            type_="server_error",
-        )
-    return _openai_error(status, f"Fake failure (HTTP {status}).")
-
-
-def _mask(key: str) -> str:
-    return f"{key[:3]}{'*' * max(0, len(key) - 7)}{key[-4:]}" if len(key) > 8 else "*" * len(key)
-
-
-# --------------------------------------------------------------------------- streaming
-
-# Set in the task that answers a stream the fake cuts on purpose: uvicorn then logs "ASGI callable
-# returned without completing response." from that same task, which `_DropLogFilter` hides.
-_DROPPING: contextvars.ContextVar[bool] = contextvars.ContextVar("fake_openai_http_dropping", default=False)
-_UVICORN_INCOMPLETE = "ASGI callable returned without completing response."
-
-
-class _DropLogFilter(logging.Filter):
-    users = 0
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (_DROPPING.get() and record.msg == _UVICORN_INCOMPLETE)
-
-
-_DROP_FILTER = _DropLogFilter()
-
-
-class _ChunkedResponse(StreamingResponse):
-    """Streams chunks (chunked transfer encoding) and can cut the connection after N of them.
-
-    Cutting returns from the ASGI app without the final empty chunk; uvicorn then closes the
-    socket, so the client sees an incomplete chunked body (an error), not a clean end.
-    """
-
-    def __init__(
-        self,
-        chunks: AsyncGenerator[bytes, None],
-        *,
-        media_type: str,
-        headers: Mapping[str, str],
-        record: RecordedRequest,
-        drop_after: int | None,
-    ) -> None:
-        super().__init__(chunks, status_code=200, headers=dict(headers), media_type=media_type)
-        self._chunks = chunks
-        self._record = record
-        self._drop_after = drop_after
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
-        async with contextlib.aclosing(self._chunks) as chunks:
-            async for chunk in chunks:
-                if self._drop_after is not None and self._record.chunks_sent >= self._drop_after:
-                    self._record.dropped = True
-                    _DROPPING.set(True)
-                    logger.info(
-                        "fake openai: dropping the %s stream after %d chunks",
-                        self._record.kind,
-                        self._drop_after,
-                    )
-                    return
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                self._record.chunks_sent += 1
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def _sse(data: Mapping[str, Any] | str) -> bytes:
-    payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
-    return b"data: " + payload + b"\n\n"
-
-
-def _pieces(text: str, size: int) -> list[str]:
-    size = max(1, size)
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
-def _tokens(text: str) -> int:
-    return max(1, math.ceil(len(text) / 4)) if text else 0
-
-
-class _ChatAnswer:
-    """Builds one scripted reply as a ChatCompletion, or as the chunks of its stream."""
-
-    def __init__(self, reply: ChatReply, n: int, record: RecordedRequest) -> None:
-        self.reply = reply
-        self.calls: Sequence[ToolCallSpec] = reply.calls if isinstance(reply, ToolCalls) else ()
-        self.call_ids = [call.id or f"call_fake{n:06d}{i:02d}" for i, call in enumerate(self.calls)]
-        self.azure = record.provider == "azure"
-        self.finish = reply.finish_reason if isinstance(reply, Text) else "tool_calls"
-        self.base: dict[str, Any] = {
-            "id": f"chatcmpl-fake{n:06d}",
-            "created": int(time.time()),
-            "model": record.model or record.deployment or "",
-            "system_fingerprint": "fp_fake",
-        }
-        if not self.azure:
-            self.base["service_tier"] = "default"
-        prompt = sum(_tokens(str(m.get("content") or "")) for m in record.messages if isinstance(m, dict)) + 3
-        completion = _tokens(reply.text) + sum(_tokens(c.arguments_json()) + 3 for c in self.calls)
-        self.usage = {
-            "prompt_tokens": prompt,
-            "completion_tokens": completion,
-            "total_tokens": prompt + completion,
-        }
-
-    def completion(self) -> dict[str, Any]:
-        """The non-streaming ``chat.completion`` object."""
-        message: dict[str, Any] = {"role": "assistant", "content": self.reply.text or None, "refusal": None}
-        message["annotations"] = []
-        if self.calls:
-            message["tool_calls"] = [
-                {
-                    "id": call_id,
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments_json()},
-                }
-                for call_id, c in zip(self.call_ids, self.calls, strict=True)
-            ]
-        choice: dict[str, Any] = {
-            "index": 0,
-            "message": message,
-            "logprobs": None,
-            "finish_reason": self.finish,
-        }
-        result = {**self.base, "object": "chat.completion", "choices": [choice], "usage": self.usage}
-        if self.azure:
-            choice["content_filter_results"] = _CONTENT_FILTER_RESULTS
-            result["prompt_filter_results"] = [
-                {"prompt_index": 0, "content_filter_results": _CONTENT_FILTER_RESULTS}
-            ]
-        return result
-
-    def chunks(self, *, include_usage: bool, prompt_filter: bool) -> list[dict[str, Any]]:
-        """The ``chat.completion.chunk`` objects of the stream, in order (``[DONE]`` excluded)."""
-
-        def chunk(delta: dict[str, Any], finish_reason: str | None = None) -> dict[str, Any]:
-            choice: dict[str, Any] = {
-                "index": 0,
-                "delta": delta,
-                "logprobs": None,
-                "finish_reason": finish_reason,
-            }
-            if self.azure:
-                choice["content_filter_results"] = _CONTENT_FILTER_RESULTS if delta.get("content") else {}
-            data: dict[str, Any] = {**self.base, "object": "chat.completion.chunk", "choices": [choice]}
-            if include_usage:
-                data["usage"] = None
-            return data
-
-        chunks: list[dict[str, Any]] = []
-        if self.azure and prompt_filter:  # Azure opens with an empty-choices chunk
-            filters = [{"prompt_index": 0, "content_filter_results": _CONTENT_FILTER_RESULTS}]
-            chunks.append(
-                {
-                    "choices": [],
-                    "created": 0,
-                    "id": "",
-                    "model": "",
-                    "object": "",
-                    "prompt_filter_results": filters,
-                }
-            )
-        size = self.reply.chunk_chars
-        role_sent = False
-        if self.reply.text or not self.calls:
-            chunks.append(chunk({"role": "assistant", "content": "", "refusal": None}))
-            chunks.extend(chunk({"content": piece}) for piece in _pieces(self.reply.text, size))
-            role_sent = True
-        for index, (call_id, call) in enumerate(zip(self.call_ids, self.calls, strict=True)):
-            head = {
-                "index": index,
-                "id": call_id,
-                "type": "function",
-                "function": {"name": call.name, "arguments": ""},
-            }
-            delta: dict[str, Any] = {"tool_calls": [head]}
-            if not role_sent:  # OpenAI's first tool-call chunk also opens the message
-                delta = {"role": "assistant", "content": None, "refusal": None, "tool_calls": [head]}
-                role_sent = True
-            chunks.append(chunk(delta))
-            chunks.extend(
-                chunk({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
-                for piece in _pieces(call.arguments_json(), size)
-            )
-        chunks.append(chunk({}, self.finish))
-        if include_usage:
-            chunks.append(
-                {**self.base, "object": "chat.completion.chunk", "choices": [], "usage": self.usage}
-            )
-        return chunks
 
 
 # --------------------------------------------------------------------------- the fake
