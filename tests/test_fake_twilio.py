@@ -1,4 +1,5 @@
-"""Tests of the fake Twilio call (relay/testing/twilio.py) and the test audio helpers.
+"""Tests of the fake Twilio call (relay/testing/twilio.py, twilio_twiml.py, twilio_playback.py) and the
+test audio helpers.
 
 The fake is exercised against a tiny inline WebSocket server that plays the relay's role, and its
 webhook against an inline Starlette app, so these tests depend on nothing else in the project.
@@ -44,7 +45,8 @@ from relay.testing.audio import (
     write_wav_ulaw,
 )
 from relay.testing.server import serve_app
-from relay.testing.twilio import CallEndedError, FakeTwilioCall, Twiml
+from relay.testing.twilio import CallEndedError, FakeTwilioCall
+from relay.testing.twilio_twiml import Twiml
 
 TOKEN = "test-auth-token-12345"
 PUBLIC = "https://voice.example.com"
