@@ -58,23 +58,23 @@ from relay.testing.openai_replies import (
     RequestNotSeen,
     Text,
     ToolCalls,
-    _parse_wav,
-    _wav_bytes,
+    parse_wav,
     tts_audio,
+    wav_bytes,
 )
 from relay.testing.openai_wire import (
-    _DROP_FILTER,
-    _azure_error,
-    _ChatAnswer,
-    _ChunkedResponse,
-    _DropLogFilter,
-    _failure,
-    _invalid,
-    _mask,
-    _openai_error,
-    _Reject,
-    _sse,
-    _tokens,
+    DROP_FILTER,
+    ChatAnswer,
+    ChunkedResponse,
+    DropLogFilter,
+    Reject,
+    azure_error,
+    injected_failure,
+    invalid_request,
+    masked_key,
+    openai_error,
+    sse_event,
+    token_count,
 )
 from relay.testing.server import serve_app
 
@@ -201,8 +201,8 @@ class FakeOpenAIHTTP:
         self._cond = asyncio.Condition()
         self._released = asyncio.Event()
         uvicorn_log = logging.getLogger("uvicorn.error")
-        uvicorn_log.addFilter(_DROP_FILTER)
-        _DropLogFilter.users += 1
+        uvicorn_log.addFilter(DROP_FILTER)
+        DropLogFilter.users += 1
         try:
             async with serve_app(self.app) as url:
                 logger.info("fake openai http listening on %s", url)
@@ -211,9 +211,9 @@ class FakeOpenAIHTTP:
                 finally:
                     self._released.set()
         finally:
-            _DropLogFilter.users -= 1
-            if not _DropLogFilter.users:
-                uvicorn_log.removeFilter(_DROP_FILTER)
+            DropLogFilter.users -= 1
+            if not DropLogFilter.users:
+                uvicorn_log.removeFilter(DROP_FILTER)
 
     @property
     def transcription_requests(self) -> list[RecordedRequest]:
@@ -288,9 +288,9 @@ class FakeOpenAIHTTP:
         path = request.url.path
         logger.warning("fake openai: no such path %s %s", request.method, path)
         reject = (
-            _azure_error(404, "404", "Resource not found")
+            azure_error(404, "404", "Resource not found")
             if path.startswith("/openai/")
-            else _openai_error(404, f"Invalid URL ({request.method} {path})")
+            else openai_error(404, f"Invalid URL ({request.method} {path})")
         )
         return JSONResponse(reject.body, status_code=404)
 
@@ -324,7 +324,7 @@ class FakeOpenAIHTTP:
         try:
             self._check(record)
             response = self._answer(record, headers)
-        except _Reject as reject:
+        except Reject as reject:
             record.status, record.error = reject.status, reject.message
             logger.info(
                 "fake openai: %s %s -> %d %s", record.method, record.path, reject.status, reject.message
@@ -369,7 +369,7 @@ class FakeOpenAIHTTP:
             record.parse_error = f"Could not parse multipart form ({exc})"
             return
         if record.file_bytes is not None:
-            record.wav = _parse_wav(record.file_bytes)
+            record.wav = parse_wav(record.file_bytes)
 
     def _latency(self, kind: Kind) -> float:
         if isinstance(self.latency, dict):
@@ -387,29 +387,29 @@ class FakeOpenAIHTTP:
     # ------------------------------------------------------------------ checks
 
     def _check(self, record: RecordedRequest) -> None:
-        """Raises `_Reject` in the order the services check: route, auth, model, body, knobs."""
+        """Raises `Reject` in the order the services check: route, auth, model, body, knobs."""
         if record.provider == "azure":
             version = record.query.get("api-version")
             if version not in self.api_versions:
-                raise _azure_error(404, "404", "Resource not found")
+                raise azure_error(404, "404", "Resource not found")
             self._check_azure_auth(record)
         else:
             self._check_openai_auth(record)
         if record.parse_error is not None:
-            raise _invalid(record.parse_error)
+            raise invalid_request(record.parse_error)
         model = record.model
         if record.provider == "azure":
             if record.deployment not in self.deployments:
-                raise _azure_error(
+                raise azure_error(
                     404,
                     "DeploymentNotFound",
                     "The API deployment for this resource does not exist. If you created the deployment "
                     "within the last 5 minutes, please wait a moment and try again.",
                 )
         elif not model:
-            raise _invalid("you must provide a model parameter", param="model")
+            raise invalid_request("you must provide a model parameter", param="model")
         elif model not in self.models:
-            raise _openai_error(
+            raise openai_error(
                 404,
                 f"The model `{model}` does not exist or you do not have access to it.",
                 code="model_not_found",
@@ -423,21 +423,21 @@ class FakeOpenAIHTTP:
             self._check_speech(record)
         status = self._next_failure(record.kind)
         if status is not None:
-            raise _failure(record.provider, status, model_name)
+            raise injected_failure(record.provider, status, model_name)
 
     def _check_openai_auth(self, record: RecordedRequest) -> None:
         auth = record.headers.get("authorization", "")
         if not auth.lower().startswith("bearer ") or not auth[7:].strip():
-            raise _openai_error(
+            raise openai_error(
                 401,
                 "You didn't provide an API key. You need to provide your API key in an Authorization header "
                 "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
             )
         key = auth[7:].strip()
         if key != self.api_key:
-            raise _openai_error(
+            raise openai_error(
                 401,
-                f"Incorrect API key provided: {_mask(key)}. You can find your API key at "
+                f"Incorrect API key provided: {masked_key(key)}. You can find your API key at "
                 "https://platform.openai.com/account/api-keys.",
                 code="invalid_api_key",
             )
@@ -451,13 +451,13 @@ class FakeOpenAIHTTP:
         elif auth.lower().startswith("bearer "):
             if auth[7:].strip() in self.bearer_tokens:
                 return
-            raise _azure_error(
+            raise azure_error(
                 401,
                 "401",
-                "Unauthorized. Access token is missing, invalid, audience is incorrect "
+                "Unauthorized. Access token is missing, invalid_request, audience is incorrect "
                 "(https://cognitiveservices.azure.com), or have expired.",
             )
-        raise _azure_error(
+        raise azure_error(
             401,
             "401",
             "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a "
@@ -466,29 +466,31 @@ class FakeOpenAIHTTP:
 
     def _check_transcription(self, record: RecordedRequest, model: str) -> None:
         if record.file_bytes is None:
-            raise _invalid("Missing required parameter: 'file'.", param="file")
+            raise invalid_request("Missing required parameter: 'file'.", param="file")
         name = record.file_name or ""
         extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
         if extension not in _AUDIO_EXTENSIONS:
-            raise _invalid(
+            raise invalid_request(
                 f"Invalid file format. Supported formats: {list(_AUDIO_EXTENSIONS)}",
                 param="file",
                 code="invalid_value",
             )
         if extension == "wav" and record.wav is None:
-            raise _invalid("Audio file might be corrupted or unsupported", param="file", code="invalid_value")
+            raise invalid_request(
+                "Audio file might be corrupted or unsupported", param="file", code="invalid_value"
+            )
         response_format = record.form.get("response_format", "json")
         whisper = model.startswith("whisper")
         allowed = ("json", "text", "srt", "verbose_json", "vtt") if whisper else ("json", "text")
         if response_format not in allowed:
-            raise _invalid(
+            raise invalid_request(
                 f"response_format '{response_format}' is not compatible with model '{model}'. "
                 f"Use one of {list(allowed)}.",
                 param="response_format",
                 code="unsupported_value",
             )
         if record.stream and whisper:
-            raise _invalid(
+            raise invalid_request(
                 "Streaming is not supported for whisper-1.", param="stream", code="unsupported_value"
             )
 
@@ -496,17 +498,17 @@ class FakeOpenAIHTTP:
         body = record.body or {}
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
-            raise _invalid("Missing required parameter: 'messages'.", param="messages")
+            raise invalid_request("Missing required parameter: 'messages'.", param="messages")
         pending: dict[str, int] = {}  # tool_call_id -> index of the assistant message that made it
         for i, message in enumerate(messages):
             if not isinstance(message, dict) or message.get("role") not in _ROLES:
                 role = message.get("role") if isinstance(message, dict) else None
-                raise _invalid(
+                raise invalid_request(
                     f"Invalid value: '{role}'. Supported values are: {sorted(_ROLES)}.", f"messages[{i}].role"
                 )
             role = message["role"]
             if pending and role != "tool":
-                raise _invalid(
+                raise invalid_request(
                     "An assistant message with 'tool_calls' must be followed by tool messages responding to "
                     "each 'tool_call_id'. The following tool_call_ids did not have response messages: "
                     + ", ".join(pending),
@@ -515,7 +517,7 @@ class FakeOpenAIHTTP:
             if role == "tool":
                 call_id = message.get("tool_call_id")
                 if call_id not in pending:
-                    raise _invalid(
+                    raise invalid_request(
                         "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
                         "message with 'tool_calls'.",
                         f"messages.[{i}].role",
@@ -526,7 +528,7 @@ class FakeOpenAIHTTP:
                     if isinstance(call, dict) and isinstance(call.get("id"), str):
                         pending[call["id"]] = i
         if pending:
-            raise _invalid(
+            raise invalid_request(
                 "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
                 "'tool_call_id'. The following tool_call_ids did not have response messages: "
                 + ", ".join(pending),
@@ -535,17 +537,19 @@ class FakeOpenAIHTTP:
         tools = body.get("tools")
         if tools is not None:
             if not isinstance(tools, list):
-                raise _invalid("Invalid type for 'tools': expected an array.", "tools")
+                raise invalid_request("Invalid type for 'tools': expected an array.", "tools")
             for i, tool in enumerate(tools):
                 if not isinstance(tool, dict) or tool.get("type") != "function":
-                    raise _invalid(f"Missing required parameter: 'tools[{i}].type'.", f"tools[{i}].type")
+                    raise invalid_request(
+                        f"Missing required parameter: 'tools[{i}].type'.", f"tools[{i}].type"
+                    )
                 function = tool.get("function")
                 if not isinstance(function, dict):
-                    raise _invalid(
+                    raise invalid_request(
                         f"Missing required parameter: 'tools[{i}].function'.", f"tools[{i}].function"
                     )
                 if not isinstance(function.get("name"), str):
-                    raise _invalid(
+                    raise invalid_request(
                         f"Missing required parameter: 'tools[{i}].function.name'.",
                         f"tools[{i}].function.name",
                     )
@@ -554,13 +558,13 @@ class FakeOpenAIHTTP:
         body = record.body or {}
         text = body.get("input")
         if not isinstance(text, str):
-            raise _invalid("Missing required parameter: 'input'.", param="input")
+            raise invalid_request("Missing required parameter: 'input'.", param="input")
         if not text:
-            raise _invalid(
+            raise invalid_request(
                 "Invalid 'input': string too short. Expected a string with minimum length 1.", "input"
             )
         if len(text) > 4096:
-            raise _invalid(
+            raise invalid_request(
                 f"Invalid 'input': string too long. Expected a string with maximum length 4096, but got a "
                 f"string with length {len(text)} instead.",
                 "input",
@@ -568,21 +572,21 @@ class FakeOpenAIHTTP:
             )
         voice = body.get("voice")
         if not (voice in _VOICES or (isinstance(voice, dict) and isinstance(voice.get("id"), str))):
-            raise _invalid(f"Invalid value for 'voice': {voice!r}.", "voice", "invalid_value")
+            raise invalid_request(f"Invalid value for 'voice': {voice!r}.", "voice", "invalid_value")
         response_format = body.get("response_format", "mp3")
         if response_format not in _SPEECH_FORMATS:
-            raise _invalid(f"Invalid value: '{response_format}'.", "response_format", "invalid_value")
+            raise invalid_request(f"Invalid value: '{response_format}'.", "response_format", "invalid_value")
         if response_format not in _SPEECH_FORMATS_SERVED:
-            raise _invalid(
+            raise invalid_request(
                 f"The fake serves response_format {list(_SPEECH_FORMATS_SERVED)} only, "
                 f"not '{response_format}'.",
                 "response_format",
             )
         if body.get("stream_format", "audio") != "audio":
-            raise _invalid("The fake serves stream_format 'audio' only.", "stream_format")
+            raise invalid_request("The fake serves stream_format 'audio' only.", "stream_format")
         speed = body.get("speed", 1.0)
         if not isinstance(speed, int | float) or not 0.25 <= speed <= 4.0:
-            raise _invalid("Invalid 'speed': expected a number from 0.25 to 4.0.", "speed")
+            raise invalid_request("Invalid 'speed': expected a number from 0.25 to 4.0.", "speed")
 
     def _next_failure(self, kind: Kind) -> int | None:
         knob = self.fail_status.get(kind)
@@ -606,7 +610,7 @@ class FakeOpenAIHTTP:
         media_type: str,
         headers: Mapping[str, str],
     ) -> Response:
-        return _ChunkedResponse(
+        return ChunkedResponse(
             chunks,
             media_type=media_type,
             headers=headers,
@@ -625,8 +629,8 @@ class FakeOpenAIHTTP:
             usage = {
                 "type": "tokens",
                 "input_tokens": audio_tokens,
-                "output_tokens": _tokens(text),
-                "total_tokens": audio_tokens + _tokens(text),
+                "output_tokens": token_count(text),
+                "total_tokens": audio_tokens + token_count(text),
                 "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": 0},
             }
         if record.stream:
@@ -634,8 +638,8 @@ class FakeOpenAIHTTP:
 
             async def events() -> AsyncGenerator[bytes, None]:
                 for word in words:
-                    yield _sse({"type": "transcript.text.delta", "delta": word})
-                yield _sse({"type": "transcript.text.done", "text": text, "usage": usage})
+                    yield sse_event({"type": "transcript.text.delta", "delta": word})
+                yield sse_event({"type": "transcript.text.done", "text": text, "usage": usage})
 
             return self._stream(record, events(), "text/event-stream; charset=utf-8", headers)
         response_format = record.form.get("response_format", "json")
@@ -670,7 +674,7 @@ class FakeOpenAIHTTP:
                 logger.warning(
                     "fake openai: scripted tool call %r was not among the offered tools", call.name
                 )
-        answer = _ChatAnswer(reply, next(self._ids), record)
+        answer = ChatAnswer(reply, next(self._ids), record)
         if not record.stream:
             return JSONResponse(answer.completion(), headers=headers)
         stream_options = body.get("stream_options")
@@ -681,8 +685,8 @@ class FakeOpenAIHTTP:
             for i, data in enumerate(chunks):
                 if i and self.chat_chunk_delay > 0:
                     await self._pause(self.chat_chunk_delay)
-                yield _sse(data)
-            yield _sse("[DONE]")
+                yield sse_event(data)
+            yield sse_event("[DONE]")
 
         return self._stream(record, events(), "text/event-stream; charset=utf-8", headers)
 
@@ -690,7 +694,7 @@ class FakeOpenAIHTTP:
         body = record.body or {}
         pcm = tts_audio(record.input or "")
         if body.get("response_format") == "wav":
-            audio, media_type = _wav_bytes(pcm), "audio/wav"
+            audio, media_type = wav_bytes(pcm), "audio/wav"
         else:
             audio, media_type = pcm, "audio/pcm"
         size = self.tts_chunk_bytes

@@ -34,7 +34,9 @@ __all__ = [
     "ToolCallSpec",
     "ToolCalls",
     "WavInfo",
+    "parse_wav",
     "tts_audio",
+    "wav_bytes",
 ]
 
 Kind: TypeAlias = Literal["transcriptions", "chat", "speech"]
@@ -228,7 +230,7 @@ def tts_audio(text: str) -> bytes:
     return b"".join(_char_tone(c) for c in chars)[: TTS_MAX_MS * TTS_BYTES_PER_MS]
 
 
-def _wav_bytes(pcm: bytes, rate: int = TTS_SAMPLE_RATE) -> bytes:
+def wav_bytes(pcm: bytes, rate: int = TTS_SAMPLE_RATE) -> bytes:
     buf = io.BytesIO()
     with wave.open(buf, "wb") as w:
         w.setnchannels(1)
@@ -238,7 +240,7 @@ def _wav_bytes(pcm: bytes, rate: int = TTS_SAMPLE_RATE) -> bytes:
     return buf.getvalue()
 
 
-def _parse_wav(data: bytes) -> WavInfo | None:
+def parse_wav(data: bytes) -> WavInfo | None:
     """Reads a WAV with the `wave` module; other format tags (μ-law, extensible) by hand."""
     try:
         with wave.open(io.BytesIO(data), "rb") as w:

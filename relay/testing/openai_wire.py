@@ -1,10 +1,10 @@
 """How the fake OpenAI HTTP service (`relay.testing.openai_http`) answers on the wire.
 
-* errors: each provider's JSON error shape (`_Reject`), so the openai SDK raises its usual
+* errors: each provider's JSON error shape (`Reject`), so the openai SDK raises its usual
   exceptions (`AuthenticationError`, `NotFoundError`, `RateLimitError`, …);
-* streaming: chunked responses the fake can cut (`_ChunkedResponse`), SSE framing, and a scripted
+* streaming: chunked responses the fake can cut (`ChunkedResponse`), SSE framing, and a scripted
   reply as a ``chat.completion`` or the ``chat.completion.chunk`` objects of its stream
-  (`_ChatAnswer`), text as content deltas and tool calls as index-keyed fragments, like OpenAI.
+  (`ChatAnswer`), text as content deltas and tool calls as index-keyed fragments, like OpenAI.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ _CONTENT_FILTER_RESULTS = {"hate": _SAFE, "self_harm": _SAFE, "sexual": _SAFE, "
 # --------------------------------------------------------------------------- errors
 
 
-class _Reject(Exception):
+class Reject(Exception):
     """Answer the request with this status and a provider-shaped JSON error."""
 
     def __init__(self, status: int, body: dict[str, Any], message: str) -> None:
@@ -42,40 +42,40 @@ class _Reject(Exception):
         self.message = message
 
 
-def _openai_error(
+def openai_error(
     status: int,
     message: str,
     *,
     type_: str = "invalid_request_error",
     param: str | None = None,
     code: Any = None,
-) -> _Reject:
-    return _Reject(
+) -> Reject:
+    return Reject(
         status, {"error": {"message": message, "type": type_, "param": param, "code": code}}, message
     )
 
 
-def _azure_error(status: int, code: str, message: str) -> _Reject:
-    return _Reject(status, {"error": {"code": code, "message": message}}, message)
+def azure_error(status: int, code: str, message: str) -> Reject:
+    return Reject(status, {"error": {"code": code, "message": message}}, message)
 
 
-def _invalid(message: str, param: str | None = None, code: str | None = None) -> _Reject:
-    return _openai_error(400, message, param=param, code=code)
+def invalid_request(message: str, param: str | None = None, code: str | None = None) -> Reject:
+    return openai_error(400, message, param=param, code=code)
 
 
-def _failure(provider: Provider, status: int, model: str) -> _Reject:
+def injected_failure(provider: Provider, status: int, model: str) -> Reject:
     """The error a provider answers for an injected `fail_status`."""
     if provider == "azure":
         if status == 429:
-            return _azure_error(
+            return azure_error(
                 429,
                 "429",
                 "Requests to the Azure OpenAI API have exceeded the rate limit of your current pricing tier. "
                 "Please retry after 1 second.",
             )
-        return _azure_error(status, str(status), f"The service returned HTTP {status} (fake failure).")
+        return azure_error(status, str(status), f"The service returned HTTP {status} (fake failure).")
     if status == 429:
-        return _openai_error(
+        return openai_error(
             429,
             f"Rate limit reached for {model} in organization org-fake on requests per min (RPM): "
             "Limit 3, Used 3, Requested 1. Please try again in 20s.",
@@ -83,37 +83,37 @@ def _failure(provider: Provider, status: int, model: str) -> _Reject:
             code="rate_limit_exceeded",
         )
     if status >= 500:
-        return _openai_error(
+        return openai_error(
             status,
             "The server had an error while processing your request. Sorry about that!",
             type_="server_error",
         )
-    return _openai_error(status, f"Fake failure (HTTP {status}).")
+    return openai_error(status, f"Fake injected_failure (HTTP {status}).")
 
 
-def _mask(key: str) -> str:
+def masked_key(key: str) -> str:
     return f"{key[:3]}{'*' * max(0, len(key) - 7)}{key[-4:]}" if len(key) > 8 else "*" * len(key)
 
 
 # --------------------------------------------------------------------------- streaming
 
 # Set in the task that answers a stream the fake cuts on purpose: uvicorn then logs "ASGI callable
-# returned without completing response." from that same task, which `_DropLogFilter` hides.
+# returned without completing response." from that same task, which `DropLogFilter` hides.
 _DROPPING: contextvars.ContextVar[bool] = contextvars.ContextVar("fake_openai_http_dropping", default=False)
 _UVICORN_INCOMPLETE = "ASGI callable returned without completing response."
 
 
-class _DropLogFilter(logging.Filter):
+class DropLogFilter(logging.Filter):
     users = 0
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (_DROPPING.get() and record.msg == _UVICORN_INCOMPLETE)
 
 
-_DROP_FILTER = _DropLogFilter()
+DROP_FILTER = DropLogFilter()
 
 
-class _ChunkedResponse(StreamingResponse):
+class ChunkedResponse(StreamingResponse):
     """Streams chunks (chunked transfer encoding) and can cut the connection after N of them.
 
     Cutting returns from the ASGI app without the final empty chunk; uvicorn then closes the
@@ -152,7 +152,7 @@ class _ChunkedResponse(StreamingResponse):
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
-def _sse(data: Mapping[str, Any] | str) -> bytes:
+def sse_event(data: Mapping[str, Any] | str) -> bytes:
     payload = data.encode() if isinstance(data, str) else orjson.dumps(data)
     return b"data: " + payload + b"\n\n"
 
@@ -162,11 +162,11 @@ def _pieces(text: str, size: int) -> list[str]:
     return [text[i : i + size] for i in range(0, len(text), size)]
 
 
-def _tokens(text: str) -> int:
+def token_count(text: str) -> int:
     return max(1, math.ceil(len(text) / 4)) if text else 0
 
 
-class _ChatAnswer:
+class ChatAnswer:
     """Builds one scripted reply as a ChatCompletion, or as the chunks of its stream."""
 
     def __init__(self, reply: ChatReply, n: int, record: RecordedRequest) -> None:
@@ -183,8 +183,10 @@ class _ChatAnswer:
         }
         if not self.azure:
             self.base["service_tier"] = "default"
-        prompt = sum(_tokens(str(m.get("content") or "")) for m in record.messages if isinstance(m, dict)) + 3
-        completion = _tokens(reply.text) + sum(_tokens(c.arguments_json()) + 3 for c in self.calls)
+        prompt = (
+            sum(token_count(str(m.get("content") or "")) for m in record.messages if isinstance(m, dict)) + 3
+        )
+        completion = token_count(reply.text) + sum(token_count(c.arguments_json()) + 3 for c in self.calls)
         self.usage = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,

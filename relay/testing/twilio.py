@@ -50,7 +50,7 @@ from relay.testing.twilio_playback import (
     PlayedChunk,
     Received,
 )
-from relay.testing.twilio_twiml import Twiml, _ws_url
+from relay.testing.twilio_twiml import Twiml, ws_url
 
 log = logging.getLogger(__name__)
 
@@ -253,12 +253,12 @@ class FakeTwilioCall:
             if urlsplit(stream_url).scheme != "wss":
                 self._protocol_error(f"<Stream url> must be wss:// (Twilio rejects others): {stream_url}")
         if stream_url is None:
-            stream_url = _ws_url(self.public_url) + "/media-stream"
+            stream_url = ws_url(self.public_url) + "/media-stream"
         parts = urlsplit(stream_url)
         if parts.query:
             self._protocol_error(f"<Stream url> has a query string, which Twilio drops: {stream_url}")
         self.stream_url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-        base = urlsplit(_ws_url(self.base_url))
+        base = urlsplit(ws_url(self.base_url))
         local_url = urlunsplit((base.scheme, base.netloc, parts.path or "/", "", ""))
         if parameters is None:
             parameters = dict(twiml.parameters) if twiml is not None else {}

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit, urlunsplit
 
 
-def _ws_url(http_url: str) -> str:
+def ws_url(http_url: str) -> str:
     """http(s)://host → ws(s)://host; ws(s) URLs unchanged."""
     parts = urlsplit(http_url)
     scheme = {"http": "ws", "https": "wss"}.get(parts.scheme, parts.scheme)
@@ -45,7 +45,7 @@ class Twiml:
         """The stream URL made absolute against the webhook's public URL (https → wss)."""
         if self.stream_url is None:
             return None
-        return _ws_url(urljoin(self.request_url, self.stream_url))
+        return ws_url(urljoin(self.request_url, self.stream_url))
 
     @classmethod
     def parse(cls, status_code: int, body: str, request_url: str) -> Twiml:
