@@ -32,8 +32,8 @@ baseline); CPU % of one core per call and RSS per call (steady window, above the
 warm-up calls); the greeting: `start` sent → first `media` at the caller minus the fake's own latency
 (`response.create` received → first delta sent), both for the ramp's calls (one every 10 ms, which
 loads the box with call setup far beyond any real arrival rate) and for a dozen calls started one by
-one, evenly over the steady window, while all N are up (how a call reaches a server in service; the
-greeting goal is judged on these); and the bench's own health: CPU of the callers'
+one in the 4 s after the steady window, while all N are still up (how a call reaches a server in
+service; the greeting goal is judged on these); and the bench's own health: CPU of the callers'
 process and of the fake's (the fake validates every client event with pydantic and runs an energy
 VAD with numpy: CPU spent there, not in the relay), whole-machine busy %, and how late the callers
 sent their frames. Both bench processes freeze their startup heap out of the garbage collector's
@@ -84,7 +84,8 @@ DRAIN_S = 3.0  # longest wait for frames still in flight after the callers stopp
 WARMUP_CALLS, WARMUP_S = 2, 1.0
 READY_TRIES, READY_SLEEP_S = 150, 0.1
 LATENCY_GOAL_MS = 20.0
-PROBES = 12  # calls started one by one while all N are up, spread over the steady window
+PROBES = 12  # calls started one by one while all N are up, after the steady window
+PROBE_PHASE_S = 4.0  # the N calls stream this much longer, for the probes
 PROBE_WAIT_S = 3.0  # longest a probe waits for its first greeting frame
 SATURATED_PCT = 90.0
 QUIET_PCT, QUIET_SAMPLE_S, QUIET_WAIT_S = 10.0, 1.0, 30.0  # before each run, wait for an idle box
@@ -297,7 +298,6 @@ async def place_calls(
     tasks: list[asyncio.Task[None]] = []
     max_frames = int((n * 0.2 + seconds + 10) / FRAME_S)  # a bound: the ramp never takes 200 ms per call
     ramp_start = time.monotonic()
-    prober: asyncio.Task[tuple[list[tuple[SimCall, int]], int]] | None = None
     try:
         for i in range(n):
             delay = ramp_start + i * START_GAP_S - time.monotonic()
@@ -316,15 +316,14 @@ async def place_calls(
             tasks.append(asyncio.create_task(call.stream(max_frames)))
         all_up = time.monotonic()
         deadline = all_up + seconds
+        # After the steady window, whose CPU, RSS and latency they would blur, while all N are still up.
+        probing = (deadline, deadline + PROBE_PHASE_S) if result else None
         for call in calls:
-            call.until = deadline
+            call.until = probing[1] if probing else deadline
         window = (all_up + min(SETTLE_S, seconds / 4), deadline)
 
-        # steady window: CPU at both ends, RSS sampled, greeting probes
+        # steady window: CPU at both ends, RSS sampled
         await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
-        prober = (
-            asyncio.create_task(probe_greetings(target, fake, client, first + n, window)) if result else None
-        )
         busy0, total0 = machine_jiffies()
         procs0 = process_cpu()
         cpu0, gen0, fake0, t0 = cpu_seconds(pid), time.process_time(), _cpu(fake.pid), time.monotonic()
@@ -335,7 +334,9 @@ async def place_calls(
         cpu1, gen1, fake1, t1 = cpu_seconds(pid), time.process_time(), _cpu(fake.pid), time.monotonic()
         procs1 = process_cpu()
         busy1, total1 = machine_jiffies()
-        probes, probe_failures = await prober if prober else ([], 0)
+        probes, probe_failures = (
+            await probe_greetings(target, fake, client, first + n, probing) if probing else ([], 0)
+        )
         await asyncio.wait(tasks, timeout=5.0)
 
         # drain: wait (bounded) until what was sent before each caller stopped has arrived
@@ -352,8 +353,6 @@ async def place_calls(
                 break
             await asyncio.sleep(0.1)
     finally:
-        if prober is not None and not prober.done():
-            prober.cancel()
         await end_calls(tasks, calls)
     if result is None:
         return
@@ -432,13 +431,15 @@ async def probe_greetings(
 ) -> tuple[list[tuple[SimCall, int]], int]:
     """The greeting of a call that starts while all N are up, as calls reach a server in service (the
     ramp starts one every 10 ms, far above any real arrival rate): PROBES calls, one by one and
-    evenly over the steady window, each hung up once its first greeting frame arrived. Returns the
-    probes with their connection indices, and how many failed to open."""
+    evenly over `window`, each hung up once its first greeting frame arrived (none starts after the
+    window). Returns the probes with their connection indices, and how many failed to open."""
     probes: list[tuple[SimCall, int]] = []
     failures = 0
     gap = (window[1] - window[0]) / PROBES
     for j in range(PROBES):
-        await asyncio.sleep(max(0.0, window[0] + (j + 0.5) * gap - time.monotonic()))
+        await asyncio.sleep(max(0.0, window[0] + j * gap - time.monotonic()))
+        if time.monotonic() >= window[1]:
+            break
         call = SimCall(first + j, target.base_url, stream_url="wss://floor.example.com/media-stream")
         try:
             index = await open_call(target, fake, client, call)
