@@ -59,6 +59,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _loadgen import (  # noqa: E402
@@ -166,6 +167,7 @@ class RunResult:
     provider_ms: list[float] = field(default_factory=list)
     probe_greeting_ms: list[float] = field(default_factory=list)  # the same for calls started at N
     probe_failures: int = 0
+    loop_lag: tuple[int, int, float] | None = None  # the relay's: samples, samples > 20 ms, worst bucket (s)
     cpu_pct_total: float = math.nan
     rss_base_kb: int = 0
     rss_peak_kb: int = 0
@@ -324,6 +326,7 @@ async def place_calls(
 
         # steady window: CPU at both ends, RSS sampled
         await asyncio.sleep(max(0.0, window[0] - time.monotonic()))
+        lag0 = await loop_lag_buckets(client, target) if result else None
         busy0, total0 = machine_jiffies()
         procs0 = process_cpu()
         cpu0, gen0, fake0, t0 = cpu_seconds(pid), time.process_time(), _cpu(fake.pid), time.monotonic()
@@ -334,6 +337,7 @@ async def place_calls(
         cpu1, gen1, fake1, t1 = cpu_seconds(pid), time.process_time(), _cpu(fake.pid), time.monotonic()
         procs1 = process_cpu()
         busy1, total1 = machine_jiffies()
+        lag1 = await loop_lag_buckets(client, target) if result else None
         probes, probe_failures = (
             await probe_greetings(target, fake, client, first + n, probing) if probing else ([], 0)
         )
@@ -363,6 +367,8 @@ async def place_calls(
         else:
             result.probe_greeting_ms.append(greeting[0])
     result.probe_failures = probe_failures
+    if lag0 is not None and lag1 is not None:
+        result.loop_lag = lag_summary(lag0, lag1)
     span = t1 - t0
     result.cpu_pct_total = (cpu1 - cpu0) / span * 100
     result.gen_cpu_pct = (gen1 - gen0) / span * 100
@@ -399,6 +405,33 @@ def _account(result: RunResult, call: SimCall, track: ProviderTrack, window: tup
     if (greeting := greeting_ms(call, track)) is not None:
         result.greeting_ms.append(greeting[0])
         result.provider_ms.append(greeting[1])
+
+
+async def loop_lag_buckets(client: httpx.AsyncClient, target: Target) -> dict[float, float] | None:
+    """The relay's `relay_event_loop_lag_seconds` histogram (cumulative count per upper bound) from
+    its /metrics; None for the floor or when it cannot be read."""
+    if target.system != "relay":
+        return None
+    try:
+        text = (await client.get(target.base_url + "/metrics")).text
+    except httpx.HTTPError:
+        return None
+    buckets: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name == "relay_event_loop_lag_seconds":
+            for sample in family.samples:
+                if sample.name.endswith("_bucket"):
+                    buckets[float(sample.labels["le"])] = sample.value
+    return buckets or None
+
+
+def lag_summary(before: dict[float, float], after: dict[float, float]) -> tuple[int, int, float]:
+    """(samples, samples above 20 ms, the upper bound of the worst one's bucket) between two reads."""
+    diff = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    total = int(diff[math.inf])
+    over = total - int(diff.get(0.02, 0.0))
+    worst = next((le for le, n in diff.items() if n >= total), math.inf)
+    return total, over, worst
 
 
 def greeting_ms(call: SimCall, track: ProviderTrack) -> tuple[float, float] | None:
@@ -514,7 +547,7 @@ def _f(x: float, digits: int = 1) -> str:
 HEADER = (
     f"{'N':>4} {'system':<6} {'lost c→p':>12} {'lost p→c':>12} {'c→p p50/p99':>12} {'p→c p50/p99':>12} "
     f"{'CPU%/call':>9} {'CPU%':>6} {'RSS KB/call':>11} {'greet+ p50/p99':>15} {'@N p50/p99':>11} {'prov':>5} "
-    f"{'gen%':>5} {'fake%':>5} {'box%':>5} {'other%':>6} {'late99':>6} {'log':>4}"
+    f"{'gen%':>5} {'fake%':>5} {'box%':>5} {'other%':>6} {'late99':>6} {'log':>4} {'loop lag':>12}"
 )
 LEGEND = (
     "latencies in ms (added: relay path only); CPU% = % of one core; greet+ = start → first media at\n"
@@ -524,7 +557,8 @@ LEGEND = (
     "(/proc/stat, tick-sampled: it undercounts bursty light load; 100 = all saturated); other% = CPU\n"
     "of processes not in this bench (a shared machine; per-process accounting, kernel threads\n"
     "included); late99 = p99 of how late the callers sent a frame vs its 20 ms slot (ms, bench\n"
-    "health); log = WARNING/ERROR lines in the server's log"
+    "health); log = WARNING/ERROR lines in the server's log; loop lag = the relay's event-loop lag\n"
+    "samples (every 100 ms, relay_event_loop_lag_seconds) above 20 ms / all, ≤ the worst one's bucket"
 )
 
 
@@ -535,12 +569,16 @@ def row(r: RunResult) -> str:
     p2c = f"{_f(r.p(r.p2c_ms, 50), 2)}/{_f(r.p(r.p2c_ms, 99), 1)}"
     greet = f"{_f(r.p(r.greeting_ms, 50))}/{_f(r.p(r.greeting_ms, 99))}"
     at_n = f"{_f(r.p(r.probe_greeting_ms, 50))}/{_f(r.p(r.probe_greeting_ms, 99))}"
+    lag = "-"
+    if r.loop_lag is not None:
+        samples, over, worst = r.loop_lag
+        lag = f"{over}/{samples} ≤{worst * 1000:g}"
     line = (
         f"{r.n:>4} {r.system:<6} {lost_c2p:>12} {lost_p2c:>12} {c2p:>12} {p2c:>12} "
         f"{_f(r.cpu_per_call, 3):>9} {_f(r.cpu_pct_total):>6} {_f(r.rss_per_call_kb):>11} {greet:>15} "
         f"{at_n:>11} {_f(r.p(r.provider_ms, 50)):>5} {_f(r.gen_cpu_pct, 0):>5} {_f(r.fake_cpu_pct, 0):>5} "
         f"{_f(r.machine_busy_pct, 0):>5} {_f(r.other_cpu_pct, 0):>6} "
-        f"{_f(r.late_p99_ms):>6} {len(r.log_lines):>4}"
+        f"{_f(r.late_p99_ms):>6} {len(r.log_lines):>4} {lag:>12}"
     )
     extra = []
     if r.failed_calls or r.ended_early:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import gc
 import logging
@@ -15,6 +16,7 @@ from starlette.routing import Route, WebSocketRoute
 
 from relay.admin import admin_routes
 from relay.config import Settings, load_settings
+from relay.loop_lag import watch_event_loop
 from relay.media_stream import media_stream_endpoint
 from relay.metrics import Metrics
 from relay.sessions.limits import make_limiter
@@ -110,9 +112,12 @@ def create_app(
         # full collections would otherwise pause every call at once (measured: 10-30 ms).
         gc.collect()
         gc.freeze()
+        lag_watch = asyncio.create_task(watch_event_loop(metrics.event_loop_lag_seconds.observe))
         try:
             yield
         finally:
+            lag_watch.cancel()
+            await asyncio.gather(lag_watch, return_exceptions=True)
             await manager.aclose()
             if twilio_calls is not None:
                 await twilio_calls.aclose()

@@ -49,6 +49,10 @@ VOICE_BUCKETS: Final[tuple[float, ...]] = (
 # buckets plus room to tell a slow tool from one that hit its timeout.
 TOOL_BUCKETS: Final[tuple[float, ...]] = (*VOICE_BUCKETS, 7.5, 10.0, 15.0, 30.0)
 
+# Event-loop lag (relay.loop_lag): a millisecond or two is normal; 20 ms is a whole frame late for
+# every call at once.
+LAG_BUCKETS: Final[tuple[float, ...]] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
 REJECT_REASONS: Final[tuple[str, ...]] = ("busy", "draining", "unconfigured", "signature")
 """The `reason` label values of `relay_calls_rejected_total`, created at zero up front."""
 
@@ -133,6 +137,13 @@ class Metrics:
         )
         self.store_errors_total = Counter(
             "relay_store_errors_total", "Call record writes that failed (the call went on).", registry=reg
+        )
+        self.event_loop_lag_seconds = Histogram(
+            "relay_event_loop_lag_seconds",
+            "How late the event loop ran a 100 ms timer: every call's audio is delayed as much "
+            "(20 ms is a whole frame).",
+            buckets=LAG_BUCKETS,
+            registry=reg,
         )
         self.first_audio_seconds = Histogram(
             "relay_first_audio_seconds",

@@ -40,6 +40,7 @@ ALL_METRICS = [
     "relay_first_audio_seconds",
     "relay_response_latency_seconds",
     "relay_calls_rejected_total",
+    "relay_event_loop_lag_seconds",
 ]
 
 
