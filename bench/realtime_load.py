@@ -112,6 +112,16 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
+def runqueue_wait_s(pid: int) -> float:
+    """Seconds the process's main thread (the event loop's) has waited runnable for a CPU
+    (/proc/<pid>/schedstat): time the box, not the server, kept it from running."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            return int(f.read().split()[1]) / 1e9
+    except (OSError, IndexError, ValueError):
+        return math.nan
+
+
 def machine_jiffies() -> tuple[int, int]:
     """(busy, total) jiffies of all cores, from /proc/stat."""
     with open("/proc/stat") as f:
@@ -167,6 +177,7 @@ class RunResult:
     provider_ms: list[float] = field(default_factory=list)
     probe_greeting_ms: list[float] = field(default_factory=list)  # the same for calls started at N
     probe_failures: int = 0
+    runq_wait_pct: float = math.nan  # the server's main thread: waiting for a CPU, % of the window
     loop_lag: tuple[int, int, float] | None = None  # the relay's: samples, samples > 20 ms, worst bucket (s)
     cpu_pct_total: float = math.nan
     rss_base_kb: int = 0
@@ -330,11 +341,13 @@ async def place_calls(
         busy0, total0 = machine_jiffies()
         procs0 = process_cpu()
         cpu0, gen0, fake0, t0 = cpu_seconds(pid), time.process_time(), _cpu(fake.pid), time.monotonic()
+        wait0 = runqueue_wait_s(pid)
         peak = rss_kb(pid)
         while (left := deadline - time.monotonic()) > 0:
             await asyncio.sleep(min(0.5, left))
             peak = max(peak, rss_kb(pid))
         cpu1, gen1, fake1, t1 = cpu_seconds(pid), time.process_time(), _cpu(fake.pid), time.monotonic()
+        wait1 = runqueue_wait_s(pid)
         procs1 = process_cpu()
         busy1, total1 = machine_jiffies()
         lag1 = await loop_lag_buckets(client, target) if result else None
@@ -371,6 +384,7 @@ async def place_calls(
         result.loop_lag = lag_summary(lag0, lag1)
     span = t1 - t0
     result.cpu_pct_total = (cpu1 - cpu0) / span * 100
+    result.runq_wait_pct = (wait1 - wait0) / span * 100
     result.gen_cpu_pct = (gen1 - gen0) / span * 100
     result.fake_cpu_pct = (fake1 - fake0) / span * 100
     result.rss_peak_kb = peak
@@ -547,7 +561,7 @@ def _f(x: float, digits: int = 1) -> str:
 HEADER = (
     f"{'N':>4} {'system':<6} {'lost c→p':>12} {'lost p→c':>12} {'c→p p50/p99':>12} {'p→c p50/p99':>12} "
     f"{'CPU%/call':>9} {'CPU%':>6} {'RSS KB/call':>11} {'greet+ p50/p99':>15} {'@N p50/p99':>11} {'prov':>5} "
-    f"{'gen%':>5} {'fake%':>5} {'box%':>5} {'other%':>6} {'late99':>6} {'log':>4} {'loop lag':>12}"
+    f"{'gen%':>5} {'fake%':>5} {'box%':>5} {'other%':>6} {'late99':>6} {'log':>4} {'rq%':>4} {'loop lag':>12}"
 )
 LEGEND = (
     "latencies in ms (added: relay path only); CPU% = % of one core; greet+ = start → first media at\n"
@@ -557,7 +571,8 @@ LEGEND = (
     "(/proc/stat, tick-sampled: it undercounts bursty light load; 100 = all saturated); other% = CPU\n"
     "of processes not in this bench (a shared machine; per-process accounting, kernel threads\n"
     "included); late99 = p99 of how late the callers sent a frame vs its 20 ms slot (ms, bench\n"
-    "health); log = WARNING/ERROR lines in the server's log; loop lag = the relay's event-loop lag\n"
+    "health); log = WARNING/ERROR lines in the server's log; rq% = time the server's event loop\n"
+    "waited runnable for a CPU (/proc/<pid>/schedstat), % of the window; loop lag = the relay's lag\n"
     "samples (every 100 ms, relay_event_loop_lag_seconds) above 20 ms / all, ≤ the worst one's bucket"
 )
 
@@ -578,7 +593,7 @@ def row(r: RunResult) -> str:
         f"{_f(r.cpu_per_call, 3):>9} {_f(r.cpu_pct_total):>6} {_f(r.rss_per_call_kb):>11} {greet:>15} "
         f"{at_n:>11} {_f(r.p(r.provider_ms, 50)):>5} {_f(r.gen_cpu_pct, 0):>5} {_f(r.fake_cpu_pct, 0):>5} "
         f"{_f(r.machine_busy_pct, 0):>5} {_f(r.other_cpu_pct, 0):>6} "
-        f"{_f(r.late_p99_ms):>6} {len(r.log_lines):>4} {lag:>12}"
+        f"{_f(r.late_p99_ms):>6} {len(r.log_lines):>4} {_f(r.runq_wait_pct, 0):>4} {lag:>12}"
     )
     extra = []
     if r.failed_calls or r.ended_early:
