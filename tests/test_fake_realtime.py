@@ -33,7 +33,7 @@ from relay.testing.realtime import (
     expected_audio,
     parse_server_event,
 )
-from relay.testing.realtime_audio import _ALAW, _ULAW, PCMU
+from relay.testing.realtime_audio import _ALAW, _ULAW, PCM16, PCMA, PCMU
 
 MODEL = "gpt-realtime"
 TIMEOUT = 5.0
@@ -659,3 +659,20 @@ def test_g711_tables_match_audioop_and_the_tone_is_sliceable() -> None:
     whole = expected_audio(3, 500)
     assert expected_audio(3, 100, start_ms=200) == whole[1600:2400]
     assert expected_audio(4, 500) != whole
+
+
+def test_the_vads_energy_is_the_mean_square_of_the_decoded_samples_in_every_format() -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import audioop
+
+    rng = np.random.default_rng(7)
+    frame = rng.integers(0, 256, 160, dtype=np.uint8).tobytes()
+    for fmt, decode in ((PCMU, audioop.ulaw2lin), (PCMA, audioop.alaw2lin)):
+        samples = np.frombuffer(decode(frame, 2), "<i2").astype(np.float64)
+        assert fmt.mean_square(frame) == pytest.approx(float(np.mean(samples * samples)), rel=1e-12)
+    pcm = rng.integers(-32768, 32768, 480, dtype=np.int16).astype("<i2").tobytes()
+    samples = np.frombuffer(pcm, "<i2").astype(np.float64)
+    assert PCM16.mean_square(pcm + b"\x01") == pytest.approx(float(np.mean(samples * samples)), rel=1e-12)
+    assert PCMU.mean_square(b"\xff" * 160) == 0.0  # μ-law silence
+    assert PCM16.mean_square(b"") == 0.0
