@@ -440,10 +440,11 @@ async def loop_lag_buckets(client: httpx.AsyncClient, target: Target) -> dict[fl
 
 
 def lag_summary(before: dict[float, float], after: dict[float, float]) -> tuple[int, int, float]:
-    """(samples, samples above 20 ms, the upper bound of the worst one's bucket) between two reads."""
+    """(samples, samples above the latency goal (20 ms, a bucket bound), the upper bound of the worst
+    one's bucket) between two reads."""
     diff = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
     total = int(diff[math.inf])
-    over = total - int(diff.get(0.02, 0.0))
+    over = total - int(diff[LATENCY_GOAL_MS / 1000])
     worst = next((le for le, n in diff.items() if n >= total), math.inf)
     return total, over, worst
 

@@ -35,13 +35,13 @@ async def watch_event_loop(
     while True:
         asked = time.monotonic()
         await asyncio.sleep(interval)
-        lag = max(0.0, time.monotonic() - asked - interval)
+        woke = time.monotonic()
+        lag = max(0.0, woke - asked - interval)
         observe(lag)
         if lag < warn_after:
             continue
         stalls += 1
-        now = time.monotonic()
-        if now - last_warning >= warn_every:
+        if woke - last_warning >= warn_every:
             log.warning(
                 "event loop ran %.0f ms late (%d such stalls since the last warning): every call's "
                 "audio was delayed as much; the process is overloaded or something blocks the loop",
@@ -49,7 +49,7 @@ async def watch_event_loop(
                 stalls,
                 extra={"loop_lag_ms": round(lag * 1000, 1), "stalls": stalls},
             )
-            stalls, last_warning = 0, now
+            stalls, last_warning = 0, woke
 
 
 __all__ = ["watch_event_loop"]
