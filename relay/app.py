@@ -17,7 +17,7 @@ from starlette.routing import Route, WebSocketRoute
 from relay.admin import admin_routes
 from relay.config import Settings, load_settings
 from relay.loop_lag import watch_event_loop
-from relay.media_stream import media_stream_endpoint
+from relay.media_stream import MediaStreamApp
 from relay.metrics import Metrics
 from relay.sessions.limits import make_limiter
 from relay.sessions.manager import CallManager
@@ -129,8 +129,8 @@ def create_app(
             Route("/ready", ready),
             *admin_routes(settings),
             *webhook_routes,
-            WebSocketRoute("/media-stream", media_stream_endpoint),
-            WebSocketRoute("/media-stream/", media_stream_endpoint),
+            WebSocketRoute("/media-stream", MediaStreamApp()),
+            WebSocketRoute("/media-stream/", MediaStreamApp()),
         ],
         lifespan=lifespan,
     )

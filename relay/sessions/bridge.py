@@ -34,7 +34,7 @@ log = logging.getLogger("relay.bridge")
 PREBUFFER_FRAMES = 100  # about 2 s of 20 ms frames held until the provider is ready
 EXPECT_RESPONSE_S = 3.0  # how long server VAD gets to create its response after speech stopped
 MS_PER_CHAR = 60.0  # speaking-rate estimate, for cutting a transcript whose audio is still arriving
-MARK_EVERY_MS = 200  # a mark covers at least this much audio (and every item's end): fewer messages
+MARK_EVERY_MS = 500  # a mark covers at least this much audio (and every item's end): fewer messages
 
 
 # --- effects the shell carries out ------------------------------------------------------------

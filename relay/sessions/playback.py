@@ -1,7 +1,7 @@
 """What the caller has heard: outbound marks, playback generations and the truncation point.
 
 Outbound audio is covered by named marks `<generation>:<seq>` (after every chunk, or after a run
-of chunks: the bridge marks every ≥ 200 ms and each item's end); Twilio echoes a mark when the
+of chunks: the bridge marks every ≥ 500 ms and each item's end); Twilio echoes a mark when the
 audio before it has played **or** was discarded by a `clear`. So every `clear` bumps the playback
 generation and marks of an older generation are ignored: they are not evidence of playback.
 

@@ -130,7 +130,13 @@ class RealtimeSession:
         """`flush` for the two readers, the audio path: each message is written at once from the
         reading task when nothing is queued for that socket (no queue hop, no task switch), else
         queued behind the others so order holds. Runs twice per 20 ms frame and call, so it reads
-        the outboxes in place rather than through `drain`."""
+        the outboxes in place rather than through `drain`, and writes inline rather than through
+        a helper coroutine.
+
+        No lock between the provider's two lanes: websockets writes a message to the transport
+        within `send`, before it waits for the buffer to drain, so messages go out in the order
+        `send` was called. A message that meets a closed socket is queued: the provider reader
+        notices the close and reopens, and the queue goes to the new socket."""
         core = self.core
         if core.to_twilio:
             out, core.to_twilio = core.to_twilio, []
@@ -139,23 +145,17 @@ class RealtimeSession:
         if core.to_provider:
             out, core.to_provider = core.to_provider, []
             for text in out:
-                await self._write_provider_now(text)
+                conn = self._live
+                if conn is None or self._provider_q.qsize():
+                    self._provider_q.put_nowait(text)
+                    continue
+                try:
+                    await conn.send(text)
+                except ConnectionClosed:
+                    self._provider_q.put_nowait(text)
         if core.effects or self.stats.first_audio_ms is None:
             effects, core.effects = core.effects, []
             self._effects(effects)
-
-    async def _write_provider_now(self, text: str) -> None:
-        """No lock against the writer task: websockets writes a message to the transport within
-        the `send` call, before it waits for the buffer to drain, so messages go out in the order
-        `send` was called."""
-        conn = self._live
-        if conn is None or self._provider_q.qsize():
-            self._provider_q.put_nowait(text)
-            return
-        try:
-            await conn.send(text)
-        except ConnectionClosed:  # the provider reader notices and reopens; this goes to the new socket
-            self._provider_q.put_nowait(text)
 
     def _effects(self, effects: Iterable[Effect]) -> None:
         if self.stats.first_audio_ms is None and self.core.audio_chunks_out:
@@ -208,7 +208,8 @@ class RealtimeSession:
         return "twilio_closed"
 
     async def _read_provider(self, conn: ClientConnection) -> str:
-        dialect = self.adapter.dialect
+        dialect, core, stats, clock = self.adapter.dialect, self.core, self.stats, self.clock
+        audio_out = ev.AudioOut
         try:
             async for data in conn:
                 try:
@@ -216,17 +217,17 @@ class RealtimeSession:
                 except ValueError as exc:
                     log.warning("dropped malformed provider event: %s", exc)
                     continue
-                now = self.clock()
-                if isinstance(event, ev.AudioOut):
-                    self.stats.frames_out += 1
+                now = clock()
+                if type(event) is audio_out:
+                    stats.frames_out += 1
                     if self._speech_ended_at is not None:
-                        self.stats.response_latencies_ms.append((now - self._speech_ended_at) * 1000)
+                        stats.response_latencies_ms.append((now - self._speech_ended_at) * 1000)
                         self._speech_ended_at = None
                 elif isinstance(event, ev.SpeechEnded):
                     self._speech_ended_at = now
                 elif isinstance(event, ev.Interrupted):
                     self._speech_ended_at = None
-                self.core.on_backend(event, now)
+                core.on_backend(event, now)
                 await self.flush_now()
         except ConnectionClosed:
             pass
