@@ -12,6 +12,7 @@ pass reports any key the SDK does not know as `unknown_parameter`, like the real
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, get_args
@@ -71,14 +72,20 @@ def _param(loc: Sequence[int | str]) -> str:
     return out
 
 
+@functools.cache
+def _field_keys(model: type[pydantic.BaseModel]) -> tuple[tuple[str, str], ...]:
+    """(attribute, wire name) of a model's fields: `model_fields` is rebuilt on every access, and
+    every appended audio frame of every call is checked."""
+    return tuple((name, info.alias or name) for name, info in model.model_fields.items())
+
+
 def _unknown_param(value: Any, path: str) -> str | None:
     if isinstance(value, pydantic.BaseModel):
         extra = value.__pydantic_extra__ or {}
         if extra:
             key = next(iter(extra))
             return f"{path}.{key}" if path else key
-        for name, info in type(value).model_fields.items():
-            key = info.alias or name
+        for name, key in _field_keys(type(value)):
             found = _unknown_param(getattr(value, name), f"{path}.{key}" if path else key)
             if found:
                 return found
