@@ -188,6 +188,7 @@ class RunResult:
     other_cpu_pct: float = math.nan  # processes not ours, in % of one core
     late_p99_ms: float = math.nan
     provider_faults: int = 0
+    pooled_p99_ms: float = math.nan  # over repeated rounds: the p99 of all rounds' frames together
     log_lines: list[str] = field(default_factory=list)
     log_path: str = ""
     errors: list[str] = field(default_factory=list)
@@ -627,6 +628,10 @@ def pooled(runs: list[RunResult]) -> RunResult:
         out.probe_failures += r.probe_failures
     worst = max(runs, key=lambda r: r.worst_p99)
     out.c2p_ms, out.p2c_ms = worst.c2p_ms, worst.p2c_ms
+    out.pooled_p99_ms = max(
+        percentile([x for r in runs for x in r.c2p_ms], 99),
+        percentile([x for r in runs for x in r.p2c_ms], 99),
+    )
     by_cpu = sorted(runs, key=lambda r: r.cpu_per_call)
     median = by_cpu[len(by_cpu) // 2]
     out.cpu_pct_total = median.cpu_pct_total
@@ -678,6 +683,32 @@ def summary(results: list[RunResult]) -> None:
         ("greeting (a call at N)", rr.p(rr.probe_greeting_ms, 99) <= 10 and not rr.probe_failures),
     ]
     print("goals met: " + ", ".join(f"{name} {'yes' if ok else 'NO'}" for name, ok in verdicts))
+    if repeats > 1:  # a second reading of max N, for a noisy box: one p99 over every round's frames
+        pooled_ok = {
+            name: max(
+                (
+                    n
+                    for n, r in runs.items()
+                    if r.pooled_p99_ms <= LATENCY_GOAL_MS
+                    and not r.lost_c2p
+                    and not r.lost_p2c
+                    and not r.failed_calls
+                    and not r.ended_early
+                ),
+                default=0,
+            )
+            for name, runs in (("relay", relay), ("floor", floor))
+        }
+        p99s = ", ".join(
+            f"{n}: {_f(relay[n].pooled_p99_ms)} / {_f(floor[n].pooled_p99_ms)}"
+            for n in sorted(relay)
+            if n in floor
+        )
+        print(
+            "max N by the p99 of all rounds' frames pooled (not the goal's reading): "
+            f"relay {pooled_ok['relay']}, floor {pooled_ok['floor']}; "
+            f"pooled p99 ms relay / floor at each N: {p99s}"
+        )
     common = [n for n in sorted(relay) if n in floor]
     ratios = []
     for n in common:
