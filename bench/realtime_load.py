@@ -35,7 +35,7 @@ loads the box with call setup far beyond any real arrival rate) and for a dozen 
 one in the 4 s after the steady window, while all N are still up (how a call reaches a server in
 service; the greeting goal is judged on these); and the bench's own health: CPU of the callers'
 process and of the fake's (the fake validates every client event with pydantic and runs an energy
-VAD with numpy: CPU spent there, not in the relay), whole-machine busy %, and how late the callers
+VAD: CPU spent there, not in the relay), whole-machine busy %, and how late the callers
 sent their frames. Both bench processes freeze their startup heap out of the garbage collector's
 reach, so that a full collection (~80 ms with the openai SDK's types loaded) cannot stall them.
 """
