@@ -209,14 +209,13 @@ class RunResult:
         return max(self.p(self.c2p_ms, 99), self.p(self.p2c_ms, 99))
 
     @property
+    def clean(self) -> bool:
+        """No failed or cut call, no frame lost."""
+        return self.failed_calls == 0 and self.ended_early == 0 and self.lost_c2p == 0 and self.lost_p2c == 0
+
+    @property
     def passed(self) -> bool:
-        return (
-            self.failed_calls == 0
-            and self.ended_early == 0
-            and self.lost_c2p == 0
-            and self.lost_p2c == 0
-            and self.worst_p99 <= LATENCY_GOAL_MS
-        )
+        return self.clean and self.worst_p99 <= LATENCY_GOAL_MS
 
 
 # --------------------------------------------------------------------------- one run
@@ -686,16 +685,7 @@ def summary(results: list[RunResult]) -> None:
     if repeats > 1:  # a second reading of max N, for a noisy box: one p99 over every round's frames
         pooled_ok = {
             name: max(
-                (
-                    n
-                    for n, r in runs.items()
-                    if r.pooled_p99_ms <= LATENCY_GOAL_MS
-                    and not r.lost_c2p
-                    and not r.lost_p2c
-                    and not r.failed_calls
-                    and not r.ended_early
-                ),
-                default=0,
+                (n for n, r in runs.items() if r.clean and r.pooled_p99_ms <= LATENCY_GOAL_MS), default=0
             )
             for name, runs in (("relay", relay), ("floor", floor))
         }

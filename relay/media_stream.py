@@ -95,13 +95,9 @@ class TwilioChannel:
             self.closed.set()
         finally:
             self._busy = False
-            if self._idle is not None:
-                self._wake_writer()
-
-    def _wake_writer(self) -> None:
-        idle, self._idle = self._idle, None
-        if idle is not None and not idle.done():
-            idle.set_result(None)
+            idle, self._idle = self._idle, None
+            if idle is not None and not idle.done():  # the writer task waits for this write
+                idle.set_result(None)
 
     def send(self, text: str) -> None:
         """Queues one message for Twilio (never blocks the caller)."""
@@ -116,17 +112,7 @@ class TwilioChannel:
         if self._busy or self._backlog or self._writer is None:
             self.send(text)
             return
-        # `_write`, inlined: this runs for every message of every call, and a coroutine less counts
-        self._busy = True
-        try:
-            await self._asgi_send({"type": "websocket.send", "text": text})
-            self.frames_out += 1
-        except (WebSocketDisconnect, RuntimeError, OSError):
-            self.closed.set()
-        finally:
-            self._busy = False
-            if self._idle is not None:
-                self._wake_writer()
+        await self._write(text)
 
     async def receive(self) -> TwilioEvent | None:
         """The next valid event; None once the socket is closed. Bad messages are logged and skipped."""
@@ -198,11 +184,9 @@ class MediaStreamApp:
         await media_stream_endpoint(WebSocket(scope, receive, send), receive=receive, send=send)
 
 
-async def media_stream_endpoint(
-    websocket: WebSocket, *, receive: Receive | None = None, send: Send | None = None
-) -> None:
+async def media_stream_endpoint(websocket: WebSocket, *, receive: Receive, send: Send) -> None:
     """Checks the upgrade and the stream token, then runs the call. `receive`/`send`: the ASGI
-    callables for the audio path (see `MediaStreamApp`); by default the WebSocket's."""
+    callables for the audio path (see `MediaStreamApp`)."""
     app = websocket.app
     settings = app.state.settings
     if not websocket_signature_ok(websocket, settings):
