@@ -33,11 +33,14 @@ warm-up calls); the greeting: `start` sent → first `media` at the caller minus
 (`response.create` received → first delta sent), both for the ramp's calls (one every 10 ms, which
 loads the box with call setup far beyond any real arrival rate) and for a dozen calls started one by
 one in the 4 s after the steady window, while all N are still up (how a call reaches a server in
-service; the greeting goal is judged on these); and the bench's own health: CPU of the callers'
-process and of the fake's (the fake validates every client event with pydantic and runs an energy
-VAD: CPU spent there, not in the relay), whole-machine busy %, and how late the callers
-sent their frames. Both bench processes freeze their startup heap out of the garbage collector's
-reach, so that a full collection (~80 ms with the openai SDK's types loaded) cannot stall them.
+service; the greeting goal is judged on these). The relay asks for the greeting on the connection it
+opens during the webhook (REALTIME_EARLY_GREETING), so part of the fake's latency can pass before
+`start` and its figure can go below zero; the floor connects and asks at `start`. And the bench's
+own health: CPU of the callers' process and of the fake's (the fake validates every client event
+with pydantic and runs an energy VAD: CPU spent there, not in the relay), whole-machine busy %, and
+how late the callers sent their frames. Both bench processes freeze their startup heap out of the
+garbage collector's reach, so that a full collection (~80 ms with the openai SDK's types loaded)
+cannot stall them.
 """
 
 from __future__ import annotations

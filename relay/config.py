@@ -89,6 +89,7 @@ class Settings(BaseSettings):
     realtime_session_max_minutes: float = Field(28.0, gt=0)
     provider_connect_timeout: float = Field(5.0, gt=0)
     realtime_preconnect: bool = True  # open the realtime socket during /incoming-call, before the stream
+    realtime_early_greeting: bool = True  # on that socket, configure the session and ask for the greeting
     cascade_silence_ms: int = Field(500, ge=100)  # silence that ends the caller's turn (cascade VAD)
     cascade_min_speech_ms: int = Field(200, ge=20)  # shorter sounds (clicks, coughs) are not a turn
     cascade_vad_aggressiveness: int = Field(2, ge=0, le=3)  # webrtcvad 0 (lenient) … 3 (strict)

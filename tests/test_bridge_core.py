@@ -5,7 +5,15 @@ import base64
 import orjson
 
 from relay.sessions import events as ev
-from relay.sessions.bridge import MARK_EVERY_MS, BridgeCore, Notice, RunTool, SaveTurn, cut_text
+from relay.sessions.bridge import (
+    MARK_EVERY_MS,
+    BridgeCore,
+    Notice,
+    RunTool,
+    SaveTurn,
+    cut_text,
+    opening_events,
+)
 from relay.sessions.hold import HOLD_CHUNK_MS, HoldTone
 from relay.sessions.playback import PlaybackTracker
 from relay.twilio_messages import Media, b64_len
@@ -42,6 +50,23 @@ def test_audio_before_provider_is_buffered_then_flushed_after_session_update() -
     ] * 3
     assert out[1]["response"]["instructions"] == "Say hi"
     assert out[2]["audio"] == PAYLOAD  # passed through untouched
+
+
+def test_a_socket_primed_with_the_opening_events_is_not_sent_them_again() -> None:
+    c = core()
+    early = sent(opening_events({"type": "session.update", "session": {}}, "Say hi"))
+    c.on_media(Media(payload=PAYLOAD, timestamp=0, size=160))
+    c.provider_opened(0.0, configured=True)
+    assert [e["type"] for e in sent(c.drain()[1])] == ["input_audio_buffer.append"]
+    assert [e["type"] for e in early] == ["session.update", "response.create"]
+    assert early[1]["response"]["instructions"] == "Say hi"
+    assert c.greeting_sent  # a replacement socket later does not greet again
+    c.on_backend(ev.ResponseStarted("r1"), 0.1)  # the primed greeting's response, read from the socket
+    c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.1)
+    assert [m["event"] for m in sent(c.drain()[0])] == ["media"]
+    c.provider_lost()
+    c.provider_opened(1.0)
+    assert [e["type"] for e in sent(c.drain()[1])] == ["session.update"]
 
 
 def test_prebuffer_is_bounded() -> None:

@@ -255,7 +255,7 @@ async def test_fallback_after_mid_call_drop_carries_the_conversation(vendor: str
         assert await call.connect(await call.fetch_twiml())
         first = await r.realtime.wait_connection()
         await first.wait_for("response.done")
-        await call.wait_playback_idle(timeout=5)
+        await call.wait_playback_idle(timeout=5, min_bytes=first.audio_sent_bytes)
         r.realtime.reject_status = 503  # the realtime service stays down after the drop
         await say(call, "What is the weather?")
         await first.closed.wait()

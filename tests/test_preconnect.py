@@ -5,6 +5,7 @@ caller hung up first). Real sockets: fake Twilio → relay → fake Realtime."""
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 import websockets
@@ -31,15 +32,41 @@ async def test_the_webhook_opens_the_connection_and_the_stream_uses_it() -> None
         async with serve_app(app) as url, twilio_caller(url) as call:
             twiml = await call.fetch_twiml()
             conn = await rt.wait_connection()  # open before any stream exists
-            assert conn.events("session.update") == []  # configured only once the stream starts
-            assert await call.connect(twiml)
+            # REALTIME_EARLY_GREETING: configured, and the greeting asked for and spoken, before the
+            # stream starts; it waits in the socket until the call's session reads it.
             await conn.wait_for("session.update")
-            await conn.wait_for("response.create")  # the greeting, on the early socket
+            await conn.wait_for("response.create")
+            await conn.wait_for("response.done")
+            assert await call.connect(twiml)
             await call.wait_for_media(min_bytes=400 * 8)
+            (greeting,) = conn.audio_sent.values()
+            assert call.received_audio == bytes(greeting)  # all of it, in order, once
             assert len(rt.connections) == 1
             assert preconnects(app, "used") == 1
+            await call.send_silence(200)  # the session goes on as usual: audio reaches the provider
+            await conn.wait_for("input_audio_buffer.append", n=10)
             await call.stop()
             await conn.closed.wait()
+            # configured and greeted once: the session did not repeat what the early socket sent
+            assert len(conn.events("session.update")) == 1
+            assert len(conn.events("response.create")) == 1
+            assert conn.active_response_conflicts == 0 and not conn.invalid_events
+
+
+async def test_without_the_early_greeting_the_session_is_configured_at_stream_start() -> None:
+    async with FakeRealtimeServer(responses=[Say("Hello there.", audio_ms=400)]) as rt:
+        app = create_app(settings_for(rt, realtime_early_greeting=False))
+        async with serve_app(app) as url, twilio_caller(url) as call:
+            twiml = await call.fetch_twiml()
+            conn = await rt.wait_connection()
+            connecting_at = time.monotonic()  # the fake stamps events with this clock
+            assert await call.connect(twiml)
+            await conn.wait_for("response.create")
+            # the early socket got its first event only once the stream was on its way
+            assert conn.received[0][0] >= connecting_at
+            await call.wait_for_media(min_bytes=400 * 8)
+            assert len(conn.events("session.update")) == 1 and len(conn.events("response.create")) == 1
+            assert preconnects(app, "used") == 1
 
 
 async def test_off_connects_at_stream_start() -> None:
@@ -73,10 +100,15 @@ async def test_unused_connection_is_closed_when_no_stream_comes() -> None:
                 await used.wait_for("response.create")
                 async with asyncio.timeout(5):
                     await early.closed.wait()
-                assert early.events("session.update") == []
+                # the cost of REALTIME_EARLY_GREETING behind such a load balancer: a greeting asked
+                # for in vain
+                assert len(early.events("response.create")) == 1
                 assert preconnects(here, "expired") == 1 and preconnects(there, "used") == 0
                 assert len(here.state.manager.preconnector) == 0
-                await call.wait_for_media(min_bytes=200 * 8)
+                await used.wait_for("response.done")
+                (greeting,) = used.audio_sent.values()
+                await call.wait_for_media(min_bytes=len(greeting))
+                assert call.received_audio == bytes(greeting)  # from the connection in use only
 
 
 async def test_early_connection_dropped_before_the_stream_is_replaced() -> None:
@@ -85,12 +117,16 @@ async def test_early_connection_dropped_before_the_stream_is_replaced() -> None:
         async with serve_app(app) as url, twilio_caller(url) as call:
             twiml = await call.fetch_twiml()
             early = await rt.wait_connection()
-            await early.drop()
+            await early.wait_for("response.create")
+            await early.drop()  # before its greeting reached anyone
             assert await call.connect(twiml)
             conn = await rt.wait_connection(n=2)
-            await conn.wait_for("response.create")
-            await call.wait_for_media(min_bytes=200 * 8)
-            assert early.events("session.update") == []
+            await conn.wait_for("session.update")
+            await conn.wait_for("response.create")  # the new connection greets by itself
+            await conn.wait_for("response.done")
+            (greeting,) = conn.audio_sent.values()
+            await call.wait_for_media(min_bytes=len(greeting))
+            assert call.received_audio == bytes(greeting)
 
 
 async def test_a_rejected_key_surfaces_at_stream_start_with_its_cause(caplog) -> None:

@@ -92,7 +92,8 @@ async def test_drain_stops_new_calls_then_ends_active_ones_with_goodbye() -> Non
         app = create_app(relay_settings(rt, twilio_api_base_url=rest_url))
         async with serve_app(app) as url, caller(url) as call:
             assert await call.connect(await call.fetch_twiml())
-            await (await rt.wait_connection()).wait_for("session.update")  # the call's session runs
+            await rt.wait_connection()
+            await call.wait_for_media()  # the greeting reached the caller: the call's session runs
             drain = asyncio.create_task(app.state.manager.drain(grace=0.5))
             async with httpx.AsyncClient(base_url=url) as client:
                 assert (await client.get("/ready")).status_code == 503

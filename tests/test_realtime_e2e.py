@@ -25,7 +25,7 @@ async def test_greeting_and_audio_byte_identical_both_ways(kind: str) -> None:
         await call.send_audio(caller_audio)
         await call.wait_for_media(min_bytes=600 * 8, timeout=5)
         await conn.wait_for("response.done")
-        await call.wait_playback_idle(timeout=5)
+        await call.wait_playback_idle(timeout=5, min_bytes=conn.audio_sent_bytes)
         # agent → caller: byte-identical; caller → agent: byte-identical (no transcoding)
         assert call.received_audio == all_audio(conn)
         await conn.wait_for("input_audio_buffer.append", n=len(caller_audio) // 160, direction="received")
@@ -98,7 +98,10 @@ async def test_two_concurrent_calls_share_nothing() -> None:
         audio_a, audio_b = tone_ulaw(200, 300, 0.005), tone_ulaw(350, 300, 0.005)
         await asyncio.gather(a.send_audio(audio_a), b.send_audio(audio_b))
         await asyncio.gather(conn_a.wait_for("response.done"), conn_b.wait_for("response.done"))
-        await asyncio.gather(a.wait_playback_idle(), b.wait_playback_idle())
+        await asyncio.gather(
+            a.wait_playback_idle(min_bytes=conn_a.audio_sent_bytes),
+            b.wait_playback_idle(min_bytes=conn_b.audio_sent_bytes),
+        )
         assert a.received_audio == all_audio(conn_a) and b.received_audio == all_audio(conn_b)
         assert a.received_audio != b.received_audio
         await conn_a.wait_for("input_audio_buffer.append", n=len(audio_a) // 160, direction="received")

@@ -27,7 +27,7 @@ async def test_session_replaced_before_cap_keeps_conversation(kind: str) -> None
     ):
         first = await r.dial(call)
         await first.wait_for("response.done")
-        await call.wait_playback_idle()
+        await call.wait_playback_idle(min_bytes=first.audio_sent_bytes)
         second = await r.server.wait_connection(n=2, timeout=5)
         await second.wait_for("conversation.item.create", direction="received")
         assert texts(second, "assistant") == ["Welcome to the shop."]
@@ -47,7 +47,7 @@ async def test_session_expired_reopens_at_once(caplog) -> None:
     async with rig("openai-ga", session_expired_after=1.0, responses=replies) as r, r.caller() as call:
         first = await r.dial(call)
         await first.wait_for("response.done")
-        await call.wait_playback_idle()
+        await call.wait_playback_idle(min_bytes=first.audio_sent_bytes)
         await first.wait_for("error", predicate=lambda e: e["error"]["code"] == "session_expired", timeout=5)
         second = await r.server.wait_connection(n=2, timeout=5)
         await second.wait_for("conversation.item.create", direction="received")

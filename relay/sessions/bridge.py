@@ -123,16 +123,22 @@ class BridgeCore:
         self._holds = 0
 
     # --- provider lifecycle ---------------------------------------------------------------------
-    def provider_opened(self, now: float, *, greet: bool = True, carried: Sequence[str] = ()) -> None:
+    def provider_opened(
+        self, now: float, *, greet: bool = True, carried: Sequence[str] = (), configured: bool = False
+    ) -> None:
         """The provider socket is open: configure it, greet, and flush audio buffered meanwhile.
 
         `carried`: events for the new socket that come before the buffered audio (on a replacement,
-        the conversation so far and the audio the old socket never sent, which is older)."""
+        the conversation so far and the audio the old socket never sent, which is older).
+        `configured`: the socket was sent `opening_events` already (an early connection primed
+        during /incoming-call); the greeting it asked for counts as requested now."""
         self.provider_ready = True
-        self.to_provider.append(orjson.dumps(self._session_update).decode())
-        if greet and self._greeting and not self.greeting_sent:
+        greeting = self._greeting if greet and not self.greeting_sent else None
+        if not configured:
+            self.to_provider += opening_events(self._session_update, greeting)
+        if greeting:
             self.greeting_sent = True
-            self._request_response(now, {"instructions": self._greeting})
+            self._expect_since = now
         self.to_provider += carried
         while self._prebuffer:
             self.to_provider.append(_append_event(self._prebuffer.popleft()))
@@ -398,3 +404,14 @@ class BridgeCore:
 
 def _append_event(payload: str) -> str:
     return '{"type":"input_audio_buffer.append","audio":"' + payload + '"}'
+
+
+def opening_events(session_update: dict[str, Any], greeting: str | None) -> list[str]:
+    """A new session's first events: its configuration, then the greeting's `response.create` when
+    there is one. The same for every call of a process (settings, tools, dialect), so an early
+    connection can be sent them before its call's stream exists."""
+    events = [orjson.dumps(session_update).decode()]
+    if greeting:
+        create = {"type": "response.create", "response": {"instructions": greeting}}
+        events.append(orjson.dumps(create).decode())
+    return events

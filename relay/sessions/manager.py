@@ -21,7 +21,7 @@ from relay.sessions.bridge import Effect, Notice, RunTool, SaveTurn
 from relay.sessions.limits import CallLimiter, MemoryLimiter
 from relay.sessions.preconnect import PRECONNECT_TTL_S, Preconnector
 from relay.sessions.providers import ProviderAdapter
-from relay.sessions.realtime import RealtimeSession, connect_with_retry
+from relay.sessions.realtime import RealtimeSession, connect_primed
 from relay.sessions.store import CallStore
 from relay.twilio_messages import Start
 
@@ -139,7 +139,7 @@ class CallManager:
         self.preconnector: Preconnector | None = None
         if settings.realtime_preconnect and settings.relay_mode != "cascade":
             self.preconnector = Preconnector(
-                lambda: connect_with_retry(self.adapter),
+                lambda: connect_primed(self.adapter, settings, self.realtime_tools()),
                 limit=settings.max_concurrent_calls,
                 ttl=min(PRECONNECT_TTL_S, settings.stream_token_ttl),  # no valid stream comes later
             )
@@ -167,6 +167,10 @@ class CallManager:
             log.warning("call limiter unavailable, admitting on this instance's bound: %s", exc)
             ok = len(self.active) < self.settings.max_concurrent_calls
         return None if ok else "busy"
+
+    def realtime_tools(self) -> list[dict[str, Any]]:
+        """The tools every realtime session is configured with."""
+        return self.registry.realtime_tools() if self.registry is not None else []
 
     def preconnect(self, call_sid: str) -> None:
         """An admitted call: open its realtime connection now, while Twilio sets up the stream."""
@@ -346,7 +350,7 @@ class CallRun:
             adapter=adapter,
             start=self.start,
             twilio=self.channel,
-            tools=self.manager.registry.realtime_tools() if self.manager.registry is not None else [],
+            tools=self.manager.realtime_tools(),
             on_effect=self.on_effect,
             early=self.manager.preconnector.take(self.start.call_sid) if self.manager.preconnector else None,
         )

@@ -21,8 +21,8 @@ from websockets.exceptions import ConnectionClosed
 from relay.config import Settings
 from relay.errors import ProviderClosedError, ProviderConnectError
 from relay.sessions import events as ev
-from relay.sessions.bridge import BridgeCore, Effect, Notice, RunTool, SaveTurn
-from relay.sessions.dialects import parse_event, session_update
+from relay.sessions.bridge import BridgeCore, Effect, Notice, RunTool, SaveTurn, opening_events
+from relay.sessions.dialects import Dialect, parse_event, session_update
 from relay.sessions.preconnect import discard, usable
 from relay.sessions.providers import ProviderAdapter
 from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
@@ -59,6 +59,34 @@ def realtime_session(settings: Settings, tools: list[dict[str, Any]]) -> dict[st
         "tools": tools,
         "tool_choice": "auto",
     }
+
+
+def opening(
+    settings: Settings, tools: list[dict[str, Any]], dialect: Dialect
+) -> tuple[dict[str, Any], str | None]:
+    """What every new call's session opens with: its `session.update` in `dialect`, and the
+    greeting's instructions (None when GREETING_ENABLED is off)."""
+    greeting = None
+    if settings.greeting_enabled and settings.greeting:
+        greeting = f"{settings.instructions}\n\n{settings.greeting}"
+    return session_update(realtime_session(settings, tools), dialect), greeting
+
+
+async def connect_primed(
+    adapter: ProviderAdapter, settings: Settings, tools: list[dict[str, Any]]
+) -> ClientConnection:
+    """An early connection (relay.sessions.preconnect): connected, and with REALTIME_EARLY_GREETING
+    already configured and asked for the greeting, so the greeting is on its way (or waiting in
+    the socket) before the call's stream starts. A socket the provider closes meanwhile is returned
+    closed: the session then connects anew and greets by itself."""
+    conn = await connect_with_retry(adapter)
+    if settings.realtime_early_greeting:
+        try:
+            for text in opening_events(*opening(settings, tools, adapter.dialect)):
+                await conn.send(text)
+        except ConnectionClosed:
+            pass
+    return conn
 
 
 @dataclass
@@ -100,10 +128,7 @@ class RealtimeSession:
         self.twilio = twilio
         self.clock = clock
         self.on_effect = on_effect
-        greeting = settings.greeting if settings.greeting_enabled else None
-        if greeting:
-            greeting = f"{settings.instructions}\n\n{greeting}"
-        update = session_update(realtime_session(settings, tools), adapter.dialect)
+        update, greeting = opening(settings, tools, adapter.dialect)
         self.core = BridgeCore(stream_sid=start.stream_sid, session_update=update, greeting=greeting)
         self.stats = CallStats()
         self._provider: ClientConnection | None = None
@@ -256,16 +281,16 @@ class RealtimeSession:
             if now >= deadline and quiet:
                 self._rotate.set()
 
-    async def _connect(self, *, first: bool) -> ClientConnection:
+    async def _connect(self, *, first: bool) -> tuple[ClientConnection, bool]:
         """The early connection made during /incoming-call when there is one and it is still open,
-        else a new one."""
+        else a new one; and whether it was configured already (`connect_primed`)."""
         early, self._early = self._early, None
         if first and early is not None:
             conn = await early  # its failure is the connect's failure
             if usable(conn):
-                return conn
+                return conn, self.settings.realtime_early_greeting
             log.info("the early provider connection closed while waiting for the stream; reconnecting")
-        return await connect_with_retry(self.adapter)
+        return await connect_with_retry(self.adapter), False
 
     def _early_open(self) -> bool:
         """True when the connection made during /incoming-call is there and still open."""
@@ -275,7 +300,7 @@ class RealtimeSession:
         return usable(early.result())
 
     async def _open(self, *, first: bool) -> ClientConnection:
-        conn = await self._connect(first=first)
+        conn, configured = await self._connect(first=first)
         if first:
             self.stats.connect_ms = (self.clock() - self._t0) * 1000
         carried: list[str] = []
@@ -283,7 +308,7 @@ class RealtimeSession:
             carried += history_events(self.turns, self.adapter.dialect)  # what was buffered since)
         while not self._provider_q.empty():
             carried.append(self._provider_q.get_nowait())
-        self.core.provider_opened(self.clock(), greet=first, carried=carried)
+        self.core.provider_opened(self.clock(), greet=first, carried=carried, configured=configured)
         if self.core.prebuffer_dropped:
             log.warning(
                 "slow provider connect: %d frames (%d ms) of the caller's first audio were dropped",
@@ -396,4 +421,13 @@ def history_events(turns: list[tuple[str, str]], dialect: str, max_turns: int = 
     return events
 
 
-__all__ = ["CallStats", "RealtimeSession", "RunTool", "SaveTurn", "connect_with_retry", "realtime_session"]
+__all__ = [
+    "CallStats",
+    "RealtimeSession",
+    "RunTool",
+    "SaveTurn",
+    "connect_primed",
+    "connect_with_retry",
+    "opening",
+    "realtime_session",
+]

@@ -150,6 +150,11 @@ class FakeConnection:
     _waiters: int = field(default=0, repr=False)
     _engine: _Engine | None = field(default=None, repr=False)
 
+    @property
+    def audio_sent_bytes(self) -> int:
+        """μ-law (or PCM) bytes of response audio sent so far, over all items."""
+        return sum(len(audio) for audio in self.audio_sent.values())
+
     def events(self, event_type: str, direction: Direction = "any") -> list[Event]:
         """Events of `event_type` received from the client and/or sent by the fake, in order."""
         sources = {"received": [self.received], "sent": [self.sent], "any": [self.received, self.sent]}

@@ -759,11 +759,13 @@ class FakeTwilioCall:
         """Waits until the stream is closed (by either side) or the upgrade was rejected."""
         await self._wait("the stream to close", self._closed.is_set, timeout, needs_open=False)
 
-    async def wait_playback_idle(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
-        """Waits until all outbound audio received so far has played (or the stream ended)."""
+    async def wait_playback_idle(self, timeout: float = 5.0, *, min_bytes: int = 0) -> None:  # noqa: ASYNC109
+        """Waits until at least `min_bytes` of outbound audio were received and all audio received
+        so far has played (or the stream ended). `min_bytes` matters when the relay may not have
+        forwarded a reply yet: with nothing received, playback is idle at once."""
         await self._wait(
-            "playback to go idle",
-            lambda: self._clock.idle(time.monotonic()),
+            "playback to go idle" + (f" after {min_bytes} bytes" if min_bytes else ""),
+            lambda: len(self._received) >= min_bytes and self._clock.idle(time.monotonic()),
             timeout,
             needs_open=False,
         )
