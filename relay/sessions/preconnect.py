@@ -2,8 +2,10 @@
 
 `POST /incoming-call` starts the realtime connection (TCP, TLS, the WebSocket upgrade, and an
 Entra token on Azure) the moment the call is admitted, so it runs in parallel with Twilio fetching
-the TwiML and opening the Media Stream, typically a few hundred milliseconds; when `start`
-arrives the session takes the ready socket and the greeting is requested at once.
+the TwiML and opening the Media Stream, typically a few hundred milliseconds. With
+REALTIME_EARLY_GREETING the connect step also configures the session and asks for the greeting
+(`relay.sessions.realtime.connect_primed`), so when `start` arrives the session takes a socket
+whose greeting is ready or on its way; without it, the session configures and greets at `start`.
 
 Safe: only a signed, admitted webhook starts one, and only the stream whose token verifies for
 that call SID can take it. Bounded: at most MAX_CONCURRENT_CALLS wait at a time, each for
