@@ -35,7 +35,9 @@ loads the box with call setup far beyond any real arrival rate) and for a dozen 
 one in the 4 s after the steady window, while all N are still up (how a call reaches a server in
 service; the greeting goal is judged on these). The relay asks for the greeting on the connection it
 opens during the webhook (REALTIME_EARLY_GREETING), so part of the fake's latency can pass before
-`start` and its figure can go below zero; the floor connects and asks at `start`. And the bench's
+`start` and its figure can go below zero; the floor connects and asks at `start`. A probe opens its
+stream as soon as the TwiML is answered (Twilio takes longer: `--probe-stream-gap-ms` adds such a
+gap), so the relay's early connection may still be on the greeting's way. And the bench's
 own health: CPU of the callers' process and of the fake's (the fake validates every client event
 with pydantic and runs an energy VAD: CPU spent there, not in the relay), whole-machine busy %, and
 how late the callers sent their frames. Both bench processes freeze their startup heap out of the
@@ -237,11 +239,14 @@ class Target:
         env: dict[str, str] | None = None,
         label: str = "",
         relay_dir: Path = ROOT,
+        probe_gap: float = 0.0,
     ) -> None:
         """`fake`: anything with `openai_base_url` (and `url`, the realtime WebSocket, for the floor);
         `env` overrides the relay's environment; `label` goes into the log file's name; `relay_dir`:
-        the checkout whose relay runs (another one for an A/B of two versions)."""
+        the checkout whose relay runs (another one for an A/B of two versions); `probe_gap`: seconds
+        a greeting probe waits between the TwiML answer and opening its stream."""
         self.system = system
+        self.probe_gap = probe_gap
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{system}{label}-N{n}.log"
@@ -462,16 +467,20 @@ def greeting_ms(call: SimCall, track: ProviderTrack) -> tuple[float, float] | No
     return (total - own) * 1000, own * 1000
 
 
-async def open_call(target: Target, fake: Fake, client: httpx.AsyncClient, call: SimCall) -> int:
-    """Places one call (the signed webhook first, for the relay) and opens its stream; returns the
-    index of its provider connection in the fake's order. Calls start one at a time, so the next
-    connection the fake sees is this call's."""
+async def open_call(
+    target: Target, fake: Fake, client: httpx.AsyncClient, call: SimCall, *, gap: float = 0.0
+) -> int:
+    """Places one call (the signed webhook first, for the relay) and opens its stream, `gap` seconds
+    after the TwiML answer (Twilio takes some); returns the index of its provider connection in the
+    fake's order. Calls start one at a time, so the next connection the fake sees is this call's."""
     expected = await fake.count() + 1
     if target.system == "relay":
         call.stream_url, call.parameters = await fetch_twiml(
             client, target.base_url, PUBLIC_URL, AUTH_TOKEN, call.call_sid
         )
         call.auth_token = AUTH_TOKEN
+        if gap:
+            await asyncio.sleep(gap)
     await call.open()
     await fake.wait_connection(expected, 10.0)
     return expected - 1
@@ -493,7 +502,7 @@ async def probe_greetings(
             break
         call = SimCall(first + j, target.base_url, stream_url="wss://floor.example.com/media-stream")
         try:
-            index = await open_call(target, fake, client, call)
+            index = await open_call(target, fake, client, call, gap=target.probe_gap)
             limit = time.monotonic() + PROBE_WAIT_S
             while not call.media_times and time.monotonic() < limit:  # noqa: ASYNC110 - a bench poll;
                 await asyncio.sleep(0.005)  # the arrival is stamped by the reader, not by this loop
@@ -529,6 +538,7 @@ async def run_system(
     in_process: bool,
     relay_dir: Path = ROOT,
     quiet: bool = True,
+    probe_gap: float = 0.0,
 ) -> RunResult:
     result = RunResult(system, n)
     busy = await wait_quiet() if quiet else math.nan
@@ -539,7 +549,7 @@ async def run_system(
     freeze_heap()
     try:
         async with httpx.AsyncClient(timeout=10.0) as client:
-            target = Target(system, fake, log_dir, n, relay_dir=relay_dir)
+            target = Target(system, fake, log_dir, n, relay_dir=relay_dir, probe_gap=probe_gap)
             result.log_path = str(target.log_path)
             try:
                 await target.wait_ready(client)
@@ -745,6 +755,7 @@ async def main_async(args: argparse.Namespace, log_dir: Path) -> None:
                     in_process=args.fake_in_process,
                     relay_dir=args.relay_dir,
                     quiet=not args.no_wait_quiet,
+                    probe_gap=args.probe_stream_gap_ms / 1000,
                 )
                 results.append(result)
                 print(row(result), flush=True)
@@ -777,6 +788,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-wait-quiet", action="store_true", help="start each run at once (two benches side by side)"
+    )
+    parser.add_argument(
+        "--probe-stream-gap-ms",
+        type=float,
+        default=0.0,
+        help="greeting probes of the relay: ms between the TwiML answer and opening the stream, as "
+        "Twilio takes to fetch the TwiML and connect (default 0: at once, harsher than Twilio)",
     )
     args = parser.parse_args(argv)
     args.systems = [x.strip() for x in str(args.systems).split(",") if x.strip()]
