@@ -25,6 +25,15 @@ def test_rejections(token_for, verify_as, settings, at, why) -> None:
         verify_stream_token(token, verify_as, settings, now=at)
 
 
+def test_a_token_lives_at_least_its_ttl_and_at_most_a_second_more() -> None:
+    short = load_settings(_env_file=None, twilio_auth_token="secret", stream_token_ttl=1.0)
+    token = mint_stream_token("CA1", short, now=10.95)  # just before a whole second
+    verify_stream_token(token, "CA1", short, now=11.94)
+    verify_stream_token(token, "CA1", short, now=12.0)
+    with pytest.raises(StreamAuthError, match="expired"):
+        verify_stream_token(token, "CA1", short, now=12.01)
+
+
 @pytest.mark.parametrize("token", ["", "garbage", "a.b.c", "YQ.YQ"])
 def test_malformed(token: str) -> None:
     with pytest.raises(StreamAuthError):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import math
 import secrets
 import time
 
@@ -40,7 +41,9 @@ def _unb64(text: str) -> bytes:
 
 
 def mint_stream_token(call_sid: str, settings: Settings, now: float | None = None) -> str:
-    expiry = int((time.time() if now is None else now) + settings.stream_token_ttl)
+    # whole seconds, rounded up: a token lives at least STREAM_TOKEN_TTL (truncating could leave a
+    # 1 s token a few milliseconds)
+    expiry = math.ceil((time.time() if now is None else now) + settings.stream_token_ttl)
     body = f"{call_sid}.{expiry}".encode()
     sig = hmac.new(_key(settings), body, hashlib.sha256).digest()
     return f"{_b64(body)}.{_b64(sig)}"
