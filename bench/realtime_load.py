@@ -239,14 +239,11 @@ class Target:
         env: dict[str, str] | None = None,
         label: str = "",
         relay_dir: Path = ROOT,
-        probe_gap: float = 0.0,
     ) -> None:
         """`fake`: anything with `openai_base_url` (and `url`, the realtime WebSocket, for the floor);
         `env` overrides the relay's environment; `label` goes into the log file's name; `relay_dir`:
-        the checkout whose relay runs (another one for an A/B of two versions); `probe_gap`: seconds
-        a greeting probe waits between the TwiML answer and opening its stream."""
+        the checkout whose relay runs (another one for an A/B of two versions)."""
         self.system = system
-        self.probe_gap = probe_gap
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_dir / f"{system}{label}-N{n}.log"
@@ -310,9 +307,11 @@ async def place_calls(
     seconds: float,
     result: RunResult | None,
     first: int = 0,
+    probe_gap: float = 0.0,
 ) -> None:
     """Ramps up `n` calls one after the other, streams `seconds` with all of them up, drains, ends.
-    Calls are numbered from `first` (their SIDs derive from it)."""
+    Calls are numbered from `first` (their SIDs derive from it). `probe_gap`: seconds a greeting
+    probe waits between the TwiML answer and opening its stream."""
     pid = target.proc.pid
     calls: list[SimCall] = []
     conn_index: list[int] = []  # each call's provider connection (0-based, in the fake's order)
@@ -360,7 +359,7 @@ async def place_calls(
         busy1, total1 = machine_jiffies()
         lag1 = await loop_lag_buckets(client, target) if result else None
         probes, probe_failures = (
-            await probe_greetings(target, fake, client, first + n, probing) if probing else ([], 0)
+            await probe_greetings(target, fake, client, first + n, probing, probe_gap) if probing else ([], 0)
         )
         await asyncio.wait(tasks, timeout=5.0)
 
@@ -487,12 +486,18 @@ async def open_call(
 
 
 async def probe_greetings(
-    target: Target, fake: Fake, client: httpx.AsyncClient, first: int, window: tuple[float, float]
+    target: Target,
+    fake: Fake,
+    client: httpx.AsyncClient,
+    first: int,
+    window: tuple[float, float],
+    gap: float = 0.0,
 ) -> tuple[list[tuple[SimCall, int]], int]:
     """The greeting of a call that starts while all N are up, as calls reach a server in service (the
     ramp starts one every 10 ms, far above any real arrival rate): PROBES calls, one by one and
     evenly over `window`, each hung up once its first greeting frame arrived (none starts after the
-    window). Returns the probes with their connection indices, and how many failed to open."""
+    window), each stream opened `gap` seconds after its TwiML answer. Returns the probes with their
+    connection indices, and how many failed to open."""
     probes: list[tuple[SimCall, int]] = []
     failures = 0
     gap = (window[1] - window[0]) / PROBES
@@ -502,7 +507,7 @@ async def probe_greetings(
             break
         call = SimCall(first + j, target.base_url, stream_url="wss://floor.example.com/media-stream")
         try:
-            index = await open_call(target, fake, client, call, gap=target.probe_gap)
+            index = await open_call(target, fake, client, call, gap=gap)
             limit = time.monotonic() + PROBE_WAIT_S
             while not call.media_times and time.monotonic() < limit:  # noqa: ASYNC110 - a bench poll;
                 await asyncio.sleep(0.005)  # the arrival is stamped by the reader, not by this loop
@@ -549,14 +554,14 @@ async def run_system(
     freeze_heap()
     try:
         async with httpx.AsyncClient(timeout=10.0) as client:
-            target = Target(system, fake, log_dir, n, relay_dir=relay_dir, probe_gap=probe_gap)
+            target = Target(system, fake, log_dir, n, relay_dir=relay_dir)
             result.log_path = str(target.log_path)
             try:
                 await target.wait_ready(client)
                 await place_calls(target, fake, client, WARMUP_CALLS, WARMUP_S, None, first=1_000_000)
                 await asyncio.sleep(0.3)
                 result.rss_base_kb = rss_kb(target.proc.pid)
-                await place_calls(target, fake, client, n, seconds, result)
+                await place_calls(target, fake, client, n, seconds, result, probe_gap=probe_gap)
             finally:
                 await target.stop()
             result.log_lines = target.log_lines()

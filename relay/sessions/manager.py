@@ -141,7 +141,7 @@ class CallManager:
             self.preconnector = Preconnector(
                 lambda: connect_primed(self.adapter, settings, self.realtime_tools()),
                 limit=settings.max_concurrent_calls,
-                ttl=min(PRECONNECT_TTL_S, settings.stream_token_ttl),  # no valid stream comes later
+                ttl=min(PRECONNECT_TTL_S, settings.stream_token_ttl),  # a token lives < 1 s longer at most
             )
             counter = self.metrics.preconnects_total
             self.preconnector.on_outcome = lambda outcome: counter.labels(outcome=outcome).inc()
