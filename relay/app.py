@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route, WebSocketRoute
@@ -17,7 +18,7 @@ from starlette.routing import Route, WebSocketRoute
 from relay.admin import admin_routes
 from relay.config import Settings, load_settings
 from relay.loop_lag import watch_event_loop
-from relay.media_stream import MediaStreamApp
+from relay.media_stream import MediaStreamApp, ServerChannel
 from relay.metrics import Metrics
 from relay.sessions.limits import make_limiter
 from relay.sessions.manager import CallManager
@@ -132,6 +133,7 @@ def create_app(
             WebSocketRoute("/media-stream", MediaStreamApp()),
             WebSocketRoute("/media-stream/", MediaStreamApp()),
         ],
+        middleware=[Middleware(ServerChannel)],
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from relay.errors import ProtocolError, StreamAuthError
@@ -190,15 +190,36 @@ async def _await_start(channel: TwilioChannel) -> Start | None:
     return None
 
 
-class MediaStreamApp:
-    """`WS /media-stream` as a plain ASGI app, so that the call's channel reads and writes through
-    the server's own `receive`/`send`: a function endpoint would get them wrapped by Starlette's
-    exception handling, and its WebSocket adds a state check per message (together about 3 % of
-    the relay's CPU at 100 calls, 50 frames a second each way). The handshake, the headers and the
-    close still go through Starlette's `WebSocket`."""
+SERVER_CHANNEL = "relay.server_channel"  # scope key: the server's own (receive, send)
+
+
+class ServerChannel:
+    """ASGI middleware: keeps the server's own `receive`/`send` of a WebSocket scope in the scope
+    (`SERVER_CHANNEL`), before Starlette's exception layer, which sits below user middleware,
+    wraps `send` in a coroutine of its own, run for every message sent. Only `MediaStreamApp`
+    reads them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await media_stream_endpoint(WebSocket(scope, receive, send), receive=receive, send=send)
+        if scope["type"] == "websocket":
+            scope[SERVER_CHANNEL] = (receive, send)
+        await self.app(scope, receive, send)
+
+
+class MediaStreamApp:
+    """`WS /media-stream` as a plain ASGI app, so that the call's channel reads and writes through
+    the server's own `receive`/`send` (from `ServerChannel` when the app has it, else as the route
+    gets them): a function endpoint would get them wrapped by Starlette's exception handling, and
+    its WebSocket adds a state check per message (together about 3 % of the relay's CPU at 100
+    calls, 50 frames a second each way). The handshake, the headers and the close still go
+    through Starlette's `WebSocket`."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        websocket = WebSocket(scope, receive, send)
+        receive, send = scope.get(SERVER_CHANNEL, (receive, send))
+        await media_stream_endpoint(websocket, receive=receive, send=send)
 
 
 async def media_stream_endpoint(websocket: WebSocket, *, receive: Receive, send: Send) -> None:
@@ -242,4 +263,11 @@ async def media_stream_endpoint(websocket: WebSocket, *, receive: Receive, send:
             await channel.close()
 
 
-__all__ = ["MAX_MESSAGE_BYTES", "MediaStreamApp", "TwilioChannel", "media_stream_endpoint"]
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "SERVER_CHANNEL",
+    "MediaStreamApp",
+    "ServerChannel",
+    "TwilioChannel",
+    "media_stream_endpoint",
+]

@@ -17,14 +17,17 @@ import socket
 from collections.abc import AsyncIterator
 
 import orjson
+import pytest
 import websockets
 from starlette.applications import Starlette
 from starlette.routing import WebSocketRoute
 from starlette.websockets import WebSocket
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
 
 from relay.media_stream import TwilioChannel
+from relay.sessions.realtime import write_now
 from relay.testing.server import bind_free_port, serve_app
 
 SMALL_BUFFER = 4096  # bytes of kernel buffer: a few messages fill it
@@ -120,9 +123,10 @@ async def test_twilio_channel_direct_and_queued_writes_arrive_in_call_order() ->
 
 
 async def test_provider_sends_from_two_tasks_arrive_in_call_order() -> None:
-    """The realtime session's direct lane (a reader task) and its writer task both call `send` on
-    one websockets connection; with the provider not reading, both wait for the buffer to drain,
-    and the provider still gets the messages in the order `send` was called."""
+    """The realtime session's direct lane (a reader task: `write_now`, else `send` once the
+    transport is paused) and its writer task (`send`) share one websockets connection; with the
+    provider not reading, both wait for the buffer to drain, and the provider still gets the
+    messages in the order they were handed over."""
     received: list[int] = []
     reading, finished = asyncio.Event(), asyncio.Event()
 
@@ -138,21 +142,45 @@ async def test_provider_sends_from_two_tasks_arrive_in_call_order() -> None:
         port = server.sockets[0].getsockname()[1]
         client = await tiny_buffer_connect(f"ws://127.0.0.1:{port}/", write_limit=SMALL_BUFFER)
         called: list[int] = []
-        suspended = 0
+        suspended = written_now = 0
 
-        async def lane(first: int) -> None:
-            nonlocal suspended
+        async def lane(first: int, *, direct: bool) -> None:
+            nonlocal suspended, written_now
             async with LoopTurns().running() as loop_turns:
                 for i in range(first, MESSAGES, 2):
                     called.append(i)
                     before = loop_turns.turns
-                    await client.send(numbered(i))
+                    if direct and write_now(client, numbered(i)):
+                        written_now += 1
+                    else:
+                        await client.send(numbered(i))
                     suspended += loop_turns.turns != before
                     if len(called) == 8:
                         reading.set()  # the provider starts reading once the buffers are full
 
         async with client:
-            await asyncio.wait_for(asyncio.gather(lane(0), lane(1)), timeout=30)
+            await asyncio.wait_for(asyncio.gather(lane(0, direct=True), lane(1, direct=False)), timeout=30)
         await asyncio.wait_for(finished.wait(), timeout=10)
     assert suspended, "the connection never backed up: the test did not exercise the paused path"
+    assert written_now, "the direct lane never wrote at once: the test did not exercise write_now"
     assert received == called
+
+
+async def test_write_now_declines_a_closed_connection() -> None:
+    """`write_now` writes nothing to a closed connection and says so; `send` then raises
+    ConnectionClosed, which the session turns into a queued message for the next connection."""
+    received: list[str] = []
+
+    async def provider(connection: ServerConnection) -> None:
+        async for message in connection:
+            received.append(str(message))
+
+    async with websockets.serve(provider, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        client = await websockets.connect(f"ws://127.0.0.1:{port}/")
+        assert write_now(client, "one")
+        await client.close()
+        assert not write_now(client, "two")
+        with pytest.raises(ConnectionClosed):
+            await client.send("two")
+    assert received == ["one"]
