@@ -167,19 +167,22 @@ def connector(rt: FakeRealtimeServer):
 async def test_bounded_one_per_call_and_expiring() -> None:
     async with FakeRealtimeServer() as rt:
         outcomes: list[str] = []
-        pre = Preconnector(connector(rt), limit=2, ttl=0.3)
+        pre = Preconnector(connector(rt), limit=2, ttl=0.3, remember=60)
         pre.on_outcome = outcomes.append
         assert pre.start("CA1") and pre.start("CA2")
-        assert not pre.start("CA1")  # one per call
-        assert not pre.start("CA3") and outcomes == ["full"]  # the bound
+        assert not pre.start("CA1") and outcomes == ["repeated"]  # one per call
+        assert not pre.start("CA3") and outcomes == ["repeated", "full"]  # the bound
         task = pre.take("CA1")
         assert task is not None and pre.take("CA1") is None
+        assert not pre.start("CA1")  # taken: still one per call (a replayed webhook)
         conn = await task
         assert usable(conn)
         expired = await rt.wait_connection(n=2)
         async with asyncio.timeout(5):
             await expired.closed.wait()  # CA2's stream never came
-        assert outcomes == ["full", "used", "expired"] and len(pre) == 0
+        assert not pre.start("CA2")  # expired: still remembered
+        assert outcomes == ["repeated", "full", "used", "repeated", "expired", "repeated"] and len(pre) == 0
+        assert len(rt.connections) == 2
         await conn.close()
         assert not usable(conn)
         await pre.aclose()

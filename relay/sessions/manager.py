@@ -142,6 +142,7 @@ class CallManager:
                 lambda: connect_primed(self.adapter, settings, self.realtime_tools()),
                 limit=settings.max_concurrent_calls,
                 ttl=min(PRECONNECT_TTL_S, settings.stream_token_ttl),  # a token lives < 1 s longer at most
+                remember=settings.stream_token_ttl + 1,  # one per call SID while its token can be valid
             )
             counter = self.metrics.preconnects_total
             self.preconnector.on_outcome = lambda outcome: counter.labels(outcome=outcome).inc()

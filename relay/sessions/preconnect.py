@@ -8,16 +8,20 @@ REALTIME_EARLY_GREETING the connect step also configures the session and asks fo
 whose greeting is ready or on its way; without it, the session configures and greets at `start`.
 
 Safe: only a signed, admitted webhook starts one, and only the stream whose token verifies for
-that call SID can take it. Bounded: at most MAX_CONCURRENT_CALLS wait at a time, each for
-`PRECONNECT_TTL_S` or STREAM_TOKEN_TTL if shorter (no valid stream can start after its token
-expired); one not taken by then is closed and counted as expired: behind a load balancer the
-stream may land on another instance, which then connects by itself.
+that call SID can take it. One per call SID, however often its webhook is replayed: a call SID
+that had one is remembered for `remember` seconds (a stream token's lifetime), whether its
+connection is waiting, was taken or expired. Bounded: at most MAX_CONCURRENT_CALLS wait at a time,
+each for `PRECONNECT_TTL_S` or STREAM_TOKEN_TTL if shorter (no valid stream can start after its
+token expired); one not taken by then is closed and counted as expired: behind a load balancer
+the stream may land on another instance, which then connects by itself.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -29,6 +33,7 @@ from relay.errors import ProviderConnectError
 log = logging.getLogger("relay.preconnect")
 
 PRECONNECT_TTL_S = 15.0  # Twilio opens the stream well within this after the TwiML answer
+MAX_REMEMBERED = 100_000  # call SIDs remembered at most (the oldest is forgotten first)
 
 Connect = Callable[[], Coroutine[Any, Any, ClientConnection]]
 Outcome = Callable[[str], None]
@@ -37,20 +42,30 @@ Outcome = Callable[[str], None]
 class Preconnector:
     """Early realtime connections waiting for their call's stream."""
 
-    def __init__(self, connect: Connect, *, limit: int, ttl: float = PRECONNECT_TTL_S) -> None:
+    def __init__(
+        self, connect: Connect, *, limit: int, ttl: float = PRECONNECT_TTL_S, remember: float | None = None
+    ) -> None:
         self._connect = connect
         self.limit = limit
         self.ttl = ttl
+        self.remember = ttl if remember is None else max(ttl, remember)
         self._waiting: dict[str, tuple[asyncio.Task[ClientConnection], asyncio.TimerHandle]] = {}
+        self._started: OrderedDict[str, float] = OrderedDict()  # call SID -> remembered until (monotonic)
         self._closing: set[asyncio.Task[None]] = set()
-        self.on_outcome: Outcome = lambda outcome: None  # used, expired, failed, full
+        self.on_outcome: Outcome = lambda outcome: None  # used, expired, failed, full, repeated
 
     def __len__(self) -> int:
         return len(self._waiting)
 
     def start(self, call_sid: str) -> bool:
-        """Starts connecting for `call_sid`; False when one is already waiting or the bound is reached."""
-        if not call_sid or call_sid in self._waiting:
+        """Starts connecting for `call_sid`; False when the call already had one within `remember`
+        seconds (a replayed webhook: counted as repeated) or the bound is reached."""
+        if not call_sid:
+            return False
+        now = time.monotonic()
+        if self._had_one(call_sid, now):
+            log.info("early provider connection for %s already opened once: not opening another", call_sid)
+            self.on_outcome("repeated")
             return False
         if len(self._waiting) >= self.limit:
             self.on_outcome("full")
@@ -60,7 +75,18 @@ class Preconnector:
         task.add_done_callback(self._log_failure)
         timer = loop.call_later(self.ttl, self._expire, call_sid)
         self._waiting[call_sid] = (task, timer)
+        self._started[call_sid] = now + self.remember
+        if len(self._started) > MAX_REMEMBERED:
+            self._started.popitem(last=False)
         return True
+
+    def _had_one(self, call_sid: str, now: float) -> bool:
+        while self._started:  # forget the expired, oldest first (all are remembered equally long)
+            oldest, until = next(iter(self._started.items()))
+            if until > now:
+                break
+            del self._started[oldest]
+        return call_sid in self._started or call_sid in self._waiting
 
     def take(self, call_sid: str) -> asyncio.Task[ClientConnection] | None:
         """The connection started for `call_sid` (done or still connecting), now the caller's to close."""
