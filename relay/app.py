@@ -24,6 +24,7 @@ from relay.sessions.limits import make_limiter
 from relay.sessions.manager import CallManager
 from relay.sessions.providers import AsyncTokenCredential, make_adapter
 from relay.sessions.store import CallStore, make_store
+from webhooks.replay import make_stream_gate
 from webhooks.routes import routes as webhook_routes
 
 log = logging.getLogger("relay.app")
@@ -83,6 +84,7 @@ def create_app(
     store = store or make_store(settings)
     registry, twilio_calls = _build_tools(settings)
     metrics = Metrics()
+    stream_gate = make_stream_gate(settings, on_fallback=metrics.replay_check_fallbacks_total.inc)
     manager = CallManager(
         settings,
         store=store,
@@ -123,6 +125,7 @@ def create_app(
             if twilio_calls is not None:
                 await twilio_calls.aclose()
             await store.close()
+            await stream_gate.close()
 
     app = Starlette(
         routes=[
@@ -140,6 +143,7 @@ def create_app(
     app.state.store = store
     app.state.manager = manager
     app.state.metrics = metrics
+    app.state.stream_gate = stream_gate
     return app
 
 

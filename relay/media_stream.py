@@ -1,10 +1,11 @@
 """`WS /media-stream`: the Twilio side of a call.
 
 Checks `X-Twilio-Signature` on the upgrade and the stream token in `start.customParameters`
-before any provider is contacted (close 1008 otherwise), then hands a `TwilioChannel` to the
-session the manager picks. Bad input never reaches the session: malformed JSON, bad base64,
-binary frames, oversize frames and media before `start` are logged with the stream SID and
-dropped; a stream that keeps sending garbage is closed.
+before any provider is contacted (close 1008 otherwise), refuses a second stream for a call that
+has one here and a token presented before (1008, `webhooks.replay`), then hands a
+`TwilioChannel` to the session the manager picks. Bad input never reaches the session: malformed
+JSON, bad base64, binary frames, oversize frames and media before `start` are logged with the
+stream SID and dropped; a stream that keeps sending garbage is closed.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 from relay.errors import ProtocolError, StreamAuthError
 from relay.logs import bind_call
 from relay.twilio_messages import MAX_MESSAGE_BYTES, Connected, Start, TwilioEvent, Unknown, parse_message
+from webhooks.replay import StreamRefusal
 from webhooks.signature import websocket_signature_ok
 from webhooks.token import verify_stream_token
 
@@ -246,21 +248,54 @@ async def media_stream_endpoint(websocket: WebSocket, *, receive: Receive, send:
         return
     channel.stream_sid = start.stream_sid
     with bind_call(start.call_sid, start.stream_sid):
+        token = start.custom_parameters.get("token", "")
         try:
-            verify_stream_token(start.custom_parameters.get("token", ""), start.call_sid, settings)
+            expires_at = verify_stream_token(token, start.call_sid, settings)
         except StreamAuthError as exc:
             log.warning("rejected Media Stream: %s", exc)
             app.state.metrics.observe_rejection("signature")
             await channel.close(WS_1008_POLICY_VIOLATION, "invalid stream token")
             return
-        channel.start_writer()
+        gate = app.state.stream_gate
+        refusal = await gate.admit(token, start.call_sid, expires_at)
+        if refusal is not None:
+            _log_refusal(refusal, start)
+            app.state.metrics.observe_rejection(refusal.value)
+            await channel.close(WS_1008_POLICY_VIOLATION, REFUSAL_REASONS[refusal])
+            return
         try:
-            await app.state.manager.run_call(start, channel)
-        except Exception:
-            log.exception("call failed")
-            await channel.close(WS_1011_INTERNAL_ERROR, "internal error")
-        else:
-            await channel.close()
+            channel.start_writer()
+            try:
+                await app.state.manager.run_call(start, channel)
+            except Exception:
+                log.exception("call failed")
+                await channel.close(WS_1011_INTERNAL_ERROR, "internal error")
+            else:
+                await channel.close()
+        finally:
+            gate.release(start.call_sid)
+
+
+REFUSAL_REASONS = {  # the close frame's reason
+    StreamRefusal.DUPLICATE_STREAM: "call already has a stream",
+    StreamRefusal.REPLAYED_TOKEN: "stream token already used",
+    StreamRefusal.CALL_HAD_STREAM: "call already had its stream",
+}
+
+
+def _log_refusal(refusal: StreamRefusal, start: Start) -> None:
+    why = {
+        StreamRefusal.DUPLICATE_STREAM: "the call already has a live stream on this instance (it goes on "
+        "untouched)",
+        StreamRefusal.REPLAYED_TOKEN: "its stream token was used before (a replayed stream)",
+        StreamRefusal.CALL_HAD_STREAM: "the call already had its stream (a token from a replayed webhook)",
+    }[refusal]
+    log.warning(
+        "rejected a second Media Stream for call %s (stream %s): %s; closed with 1008",
+        start.call_sid,
+        start.stream_sid,
+        why,
+    )
 
 
 __all__ = [

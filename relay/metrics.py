@@ -53,7 +53,16 @@ TOOL_BUCKETS: Final[tuple[float, ...]] = (*VOICE_BUCKETS, 7.5, 10.0, 15.0, 30.0)
 # every call at once.
 LAG_BUCKETS: Final[tuple[float, ...]] = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
-REJECT_REASONS: Final[tuple[str, ...]] = ("busy", "draining", "unconfigured", "signature")
+REJECT_REASONS: Final[tuple[str, ...]] = (
+    "busy",
+    "draining",
+    "unconfigured",
+    "signature",
+    "duplicate_stream",  # a second Media Stream for a call that has one (webhooks.replay)
+    "replayed_token",  # a stream token presented a second time
+    "call_had_stream",  # a fresh token (from a replayed webhook) for a call that already streamed
+    "replayed_webhook",  # a signed /incoming-call for a call whose stream already started
+)
 """The `reason` label values of `relay_calls_rejected_total`, created at zero up front."""
 
 
@@ -84,7 +93,8 @@ class Metrics:
         )
         self.calls_rejected_total = Counter(
             "relay_calls_rejected_total",
-            "Calls refused before bridging: busy, draining, unconfigured, signature.",
+            "Calls refused before bridging: busy, draining, unconfigured, signature, and replays "
+            "(duplicate_stream, replayed_token, call_had_stream, replayed_webhook).",
             ["reason"],
             registry=reg,
         )
@@ -125,7 +135,8 @@ class Metrics:
         self.preconnects_total = Counter(
             "relay_preconnects_total",
             "Realtime connections opened during /incoming-call, by outcome: used by the call's stream, "
-            "expired (no stream came to this instance), failed, or not started (full).",
+            "expired (no stream came to this instance), failed, or not started (full; repeated: "
+            "the call already had one, its webhook was replayed).",
             ["outcome"],
             registry=reg,
         )
@@ -133,6 +144,12 @@ class Metrics:
             "relay_fallbacks_total",
             "Calls moved to another provider or mode, by cause.",
             ["cause"],
+            registry=reg,
+        )
+        self.replay_check_fallbacks_total = Counter(
+            "relay_replay_check_fallbacks_total",
+            "Stream-token and replayed-webhook checks this instance decided alone because Redis did "
+            "not answer in time (the check then holds on this instance only).",
             registry=reg,
         )
         self.store_errors_total = Counter(

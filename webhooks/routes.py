@@ -3,7 +3,8 @@
 The voice webhook answers TwiML that connects the call to `wss://<public host>/media-stream`
 (no query string: Twilio drops it) with `<Parameter>`s for the caller, the call SID and a
 short-lived stream token. When the relay cannot serve the call it says so and hangs up: never a
-500. A bad signature gets 403.
+500. A bad signature gets 403. A signed webhook replayed for a call whose stream already started
+(running or ended) gets the apology and a hang-up too, and no new token (`webhooks.replay`).
 """
 
 from __future__ import annotations
@@ -60,6 +61,14 @@ async def incoming_call(request: Request) -> Response:
             log.warning("rejected /incoming-call: invalid X-Twilio-Signature (is PUBLIC_URL right?)")
             state.metrics.observe_rejection("signature")
             return PlainTextResponse("invalid signature", status_code=403)
+        if await state.stream_gate.had_stream(call_sid):  # a replay: no fresh token for this call
+            log.warning(
+                "refusing a replayed /incoming-call: call %s already had its Media Stream; "
+                "answering with the apology and a hang-up, no new stream token",
+                call_sid,
+            )
+            state.metrics.observe_rejection("replayed_webhook")
+            return say_and_hang_up(APOLOGY)
         refusal = await state.manager.admit(call_sid)
         if refusal is not None:
             log.warning("refusing call: %s", refusal)

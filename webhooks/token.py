@@ -49,8 +49,9 @@ def mint_stream_token(call_sid: str, settings: Settings, now: float | None = Non
     return f"{_b64(body)}.{_b64(sig)}"
 
 
-def verify_stream_token(token: str, call_sid: str, settings: Settings, now: float | None = None) -> None:
-    """Raises StreamAuthError saying why the token is not good for this call."""
+def verify_stream_token(token: str, call_sid: str, settings: Settings, now: float | None = None) -> int:
+    """The token's expiry (epoch seconds) when it is good for this call; else StreamAuthError saying
+    why not. Whether it was used before is `webhooks.replay`'s question."""
     if not token:
         raise StreamAuthError("the stream's start message carries no token parameter")
     try:
@@ -67,3 +68,4 @@ def verify_stream_token(token: str, call_sid: str, settings: Settings, now: floa
         raise StreamAuthError("the stream token belongs to another call")
     if (time.time() if now is None else now) > expiry:
         raise StreamAuthError("the stream token has expired")
+    return expiry
