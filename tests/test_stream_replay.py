@@ -10,13 +10,17 @@ import logging
 import time
 
 import pytest
+import redis.asyncio as aioredis
 
+from relay.app import create_app
 from relay.testing.audio import silence_ulaw, tone_ulaw
-from relay.testing.realtime import FakeConnection, Say
+from relay.testing.realtime import FakeConnection, FakeRealtimeServer, Say
+from relay.testing.server import serve_app
 from relay.testing.twilio import FakeTwilioCall
 from relay.testing.twilio_twiml import Twiml
-from tests.conftest import AUTH_TOKEN
-from tests.rig import PUBLIC_URL, all_audio, rig, speak
+from tests.conftest import AUTH_TOKEN, make_settings
+from tests.redis_server import RedisServer, redis_server  # noqa: F401
+from tests.rig import PUBLIC_URL, all_audio, rig, speak, twilio_caller
 from webhooks.replay import MemoryLedger, StreamRefusal
 from webhooks.token import mint_stream_token
 
@@ -207,3 +211,89 @@ async def test_gate_claims_one_live_stream_per_call(sids: list[str]) -> None:
     assert second is (StreamRefusal.DUPLICATE_STREAM if sids[0] == sids[1] else None)
     gate.release(sids[0])
     assert sids[0] not in gate.live and await gate.had_stream(sids[0])
+
+
+# --- with Redis: the ledger shared by every instance, and what an outage costs ----------------------
+
+
+def fallbacks(app) -> float:
+    return app.state.metrics.registry.get_sample_value("relay_replay_check_fallbacks_total") or 0.0
+
+
+def redis_settings(rt: FakeRealtimeServer, redis: RedisServer):
+    return make_settings(relay_mode="realtime", openai_base_url=rt.openai_base_url, redis_url=redis.url)
+
+
+async def test_with_redis_a_stream_accepted_by_one_instance_is_refused_by_another(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    async with FakeRealtimeServer(responses=[GREETING, ANSWER]) as rt:
+        settings = redis_settings(rt, redis_server)
+        here, there = create_app(settings), create_app(settings)
+        async with (
+            serve_app(here) as url_here,
+            serve_app(there) as url_there,
+            twilio_caller(url_here) as call,
+        ):
+            twiml = await call.fetch_twiml()
+            assert await call.connect(twiml)
+            conn = await rt.wait_connection()
+            await call.wait_for_media(min_bytes=GREETING.audio_ms * 8)
+
+            dup = await replay_stream(call, url_there, twiml)  # the replay reaches another instance
+            assert (dup.close_code, dup.close_reason) == (1008, "stream token already used")
+            assert dup.received_audio == b""
+            replayed = await replay_of(call, url_there).fetch_twiml()
+            assert replayed.status_code == 200 and replayed.stream_url is None and replayed.hangup
+            assert len(rt.connections) == 1 and not there.state.manager.active
+            assert rejected(there, "replayed_token") == 1 and rejected(there, "replayed_webhook") == 1
+
+            await the_call_goes_on(call, conn)
+            await call.stop()
+            await here.state.manager.wait_idle(5)
+            assert fallbacks(here) == fallbacks(there) == 0
+            record = await here.state.store.get(call.call_sid)
+            assert record["status"] == "ended" and said(record) == [GREETING.text, ANSWER.text]
+
+            client = aioredis.Redis.from_url(redis_server.url, decode_responses=True)
+            try:
+                keys = await client.keys("relay:stream-token:*")
+                assert len(keys) == 1 and twiml.parameters["token"] not in keys[0]  # a digest, not the token
+                assert 0 < await client.ttl(keys[0]) <= settings.stream_token_ttl + 1
+                assert await client.exists(f"relay:stream-call:{call.call_sid}")
+            finally:
+                await client.aclose()
+
+
+@pytest.mark.parametrize("outage", ["killed", "hung"])
+async def test_a_redis_outage_costs_no_call_and_the_instance_still_refuses_replays(
+    redis_server: RedisServer,  # noqa: F811
+    outage: str,
+) -> None:
+    async with FakeRealtimeServer(responses=[GREETING, ANSWER]) as rt:
+        app = create_app(redis_settings(rt, redis_server))
+        async with serve_app(app) as url, twilio_caller(url) as call:
+            twiml = await call.fetch_twiml()  # Redis up: admitted, the early connection opens
+            conn = await rt.wait_connection()
+            await (redis_server.kill() if outage == "killed" else redis_server.freeze())
+
+            assert await call.connect(twiml)
+            await call.wait_for_media(min_bytes=GREETING.audio_ms * 8)
+            assert call.first_media_received_at is not None and call.started_at is not None
+            waited = call.first_media_received_at - call.started_at
+            assert waited < 0.9, f"the greeting waited {waited:.3f} s for Redis"
+            assert fallbacks(app) >= 1
+
+            dup = await replay_stream(call, url, twiml)
+            assert (dup.close_code, dup.close_reason) == (1008, "call already has a stream")
+            replayed = await replay_of(call, url).fetch_twiml()  # this instance remembers the call
+            assert replayed.stream_url is None and replayed.hangup
+            await the_call_goes_on(call, conn)
+            if outage == "hung":
+                await redis_server.thaw()  # the call's record writes may go on
+            await call.stop()
+            await app.state.manager.wait_idle(10)
+
+            late = await replay_stream(call, url, twiml)
+            assert (late.close_code, late.close_reason) == (1008, "stream token already used")
+            assert len(rt.connections) == 1
