@@ -166,6 +166,42 @@ async def test_a_replayed_webhook_opens_one_early_connection_and_gets_no_token_o
     assert said(record) == [GREETING.text, ANSWER.text]
 
 
+async def two_streams_at_once(**extra: str) -> None:
+    """Twilio's stream and a replay of it started at the same moment: one provider session.
+
+    With Redis the token's check awaits a round trip, so the second stream's `start` is read while
+    the first one's check is in flight. The call SID is claimed before that await: one of the two
+    (whichever the relay reads first) runs and the other is refused."""
+    async with FakeRealtimeServer(responses=[GREETING]) as rt:
+        app = create_app(make_settings(relay_mode="realtime", openai_base_url=rt.openai_base_url, **extra))
+        async with serve_app(app) as url, twilio_caller(url) as call, replay_of(call, url) as twin:
+            twiml = await call.fetch_twiml()
+            conn = await rt.wait_connection()
+            async with asyncio.TaskGroup() as tg:
+                for stream in (call, twin):
+                    tg.create_task(stream.connect(twiml))
+            closing = [asyncio.create_task(stream.wait_closed()) for stream in (call, twin)]
+            await asyncio.wait(closing, return_when=asyncio.FIRST_COMPLETED)
+            for task in closing:
+                task.cancel()
+            await asyncio.wait(closing)
+            refused, served = (call, twin) if call.close_code is not None else (twin, call)
+            assert (refused.close_code, refused.close_reason) == (1008, "call already has a stream")
+            await served.wait_playback_idle(timeout=5, min_bytes=GREETING.audio_ms * 8)
+            assert served.received_audio == all_audio(conn) and refused.received_audio == b""
+            assert len(rt.connections) == 1 and len(app.state.manager.active) == 1
+
+
+async def test_two_streams_started_at_once_for_one_call_get_one_provider_session() -> None:
+    await two_streams_at_once()
+
+
+async def test_two_streams_started_at_once_with_redis_get_one_provider_session(
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    await two_streams_at_once(redis_url=redis_server.url)
+
+
 # --- the in-memory ledger on its own (sans-I/O, an injected clock) --------------------------------
 
 
