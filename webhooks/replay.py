@@ -45,7 +45,7 @@ REMEMBER_CALLS_S = 24 * 3600.0
 new token. (Twilio's signatures carry no time; a day outlives any call.)"""
 
 MAX_ENTRIES = 100_000
-"""Bound of each in-memory table (tokens, call SIDs): about 10 MB at most; the oldest goes first."""
+"""Bound of each in-memory table (tokens, call SIDs); past it the oldest entry goes first."""
 
 REDIS_CHECK_TIMEOUT_S = 0.25
 """Longest wait for Redis per check (connect, or one round trip) before this instance decides alone."""
