@@ -5,6 +5,7 @@ hears (audio at the fake Twilio caller) and what is stored (the call record, the
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import orjson
 import pytest
 
@@ -23,9 +25,13 @@ from relay.testing.openai_http import FakeOpenAIHTTP
 from relay.testing.openai_replies import Text
 from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import serve_app
+from relay.testing.twilio import FakeTwilioCall
 from tests.conftest import make_settings
 from tests.rig import all_audio, rig, speak, twilio_caller
 from tests.test_cascade_e2e import say
+from tests.test_cli import relay_serve
+
+CLI_PUBLIC_URL = "https://relay.example.com"  # what tests.test_cli.relay_serve sets
 
 # Events the bridge core acts on, each with a field of the wrong type, missing, or null.
 WRONG_TYPES: list[dict[str, Any]] = [
@@ -270,3 +276,57 @@ async def test_a_garbage_flood_falls_back_and_the_log_stays_bounded(caplog) -> N
     assert bad >= 2 * 51  # two connections, each past the limit of 50 in a row
     lines = [rec for rec in caplog.records if "malformed" in rec.getMessage()]
     assert len(lines) <= 12, [rec.getMessage() for rec in lines]
+
+
+async def loop_lag(url: str) -> tuple[float, float]:
+    """The relay's own event-loop lag histogram: (samples, total lag in seconds)."""
+    async with httpx.AsyncClient(base_url=url) as client:
+        text = (await client.get("/metrics")).text
+    values = {}
+    for line in text.splitlines():
+        if line.startswith("relay_event_loop_lag_seconds_"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values["relay_event_loop_lag_seconds_count"], values["relay_event_loop_lag_seconds_sum"]
+
+
+@pytest.mark.slow
+async def test_the_first_fallback_of_a_fresh_process_stalls_no_live_call(tmp_path) -> None:
+    """A fresh `relay serve` process with a call whose audio is flowing; a second call falls back
+    to the cascade, the process's first. Importing the cascade and the openai SDK then (and
+    building its client) stalled the event loop ~320 ms on this host: every live call's audio with
+    it. They are loaded at startup now. Measured by the relay's own loop-lag histogram (a 100 ms
+    timer; a stall shows as at least its length less 100 ms): the lag added up over the fallback
+    stays under 100 ms (1-7 ms measured; 185-206 ms with the import at the first fallback)."""
+    http = FakeOpenAIHTTP(replies=[Text("Hello from the cascade.")])
+    live_reply = Say("A long answer that keeps playing.", audio_ms=5000)
+    async with FakeRealtimeServer(responses=[live_reply], pace=1.0) as rt, http.serve() as http_url:
+        env = {
+            "OPENAI_API_KEY": "sk-test",
+            "OPENAI_BASE_URL": http_url + "/v1",
+            "REALTIME_WEBSOCKET_BASE_URL": rt.url + "/v1",
+            "RELAY_MODE": "auto",
+            "LOG_LEVEL": "INFO",
+        }
+        async with relay_serve(tmp_path, **env) as relay:
+            live = FakeTwilioCall(base_url=relay.url, auth_token="cli-token", public_url=CLI_PUBLIC_URL)
+            other = FakeTwilioCall(base_url=relay.url, auth_token="cli-token", public_url=CLI_PUBLIC_URL)
+            async with live, other:
+                assert await live.connect(await live.fetch_twiml())
+                await live.wait_for_media(min_bytes=8 * 500, timeout=10)  # its audio is flowing
+                samples_before, lag_before = await loop_lag(relay.url)
+                rt.reject_status = 401  # the next call falls back to the cascade at connect
+                assert await other.connect(await other.fetch_twiml())
+                await other.wait_for_media(timeout=10)  # the cascade's greeting
+                await relay.read_until("falling back to the cascade (auth)")
+                samples, _ = await loop_lag(relay.url)
+                async with asyncio.timeout(5):  # a few more samples, after the fallback
+                    while (await loop_lag(relay.url))[0] < samples + 3:
+                        await live.wait_for_media(min_bytes=len(live.received_audio) + 160)
+                samples_after, lag_after = await loop_lag(relay.url)
+                assert live.is_open
+                await other.stop()
+                await live.stop()
+    added = lag_after - lag_before
+    print(f"first fallback: loop lag {added * 1000:.0f} ms over {samples_after - samples_before:.0f} samples")
+    assert added < 0.100, f"the event loop stalled {added * 1000:.0f} ms around the first fallback"
