@@ -32,7 +32,11 @@ FRAME_S = 0.02  # one Twilio media frame
 
 def heartbeat_event(dialect: Dialect) -> str:
     """A `session.update` that changes nothing: the GA form must carry `session.type` (required),
-    the preview form may be empty. The service answers `session.updated` (PROTOCOLS.md §2.2-2.3)."""
+    the preview form may be empty. The openai SDK's GA `SessionUpdateEvent` documents the behaviour
+    relied on: the client "may send this event at any time", "only the fields that are present in
+    the session.update are updated", and the server "will respond with a session.updated event"
+    (PROTOCOLS.md §2.2-2.3). The fake Realtime server validates both forms against the SDK's types
+    and answers them the same way."""
     session = {"type": "realtime"} if dialect == "ga" else {}
     return orjson.dumps({"type": "session.update", "session": session}).decode()
 
