@@ -173,6 +173,33 @@ async def test_a_silent_provider_is_left_for_the_cascade_greeting_within_10_s(pr
     assert fallbacks(r.app, "unresponsive") == 1
 
 
+async def test_an_early_connections_waiting_events_count_however_late_the_stream_starts(caplog) -> None:
+    """REALTIME_PRECONNECT + REALTIME_EARLY_GREETING: `session.created` and the whole greeting wait
+    in the early connection's socket while Twilio opens the stream. The first-event deadline runs
+    from when the session starts reading it, so a stream that starts later than
+    PROVIDER_FIRST_EVENT_TIMEOUT after the connect is no fault."""
+    timeout = 0.3
+    settings = {"provider_first_event_timeout": timeout}
+    async with (
+        rig("openai-ga", settings=settings, responses=[Say("Hello.", audio_ms=400)]) as r,
+        r.caller() as call,
+    ):
+        twiml = await call.fetch_twiml()
+        early = await r.server.wait_connection()
+        await early.wait_for("response.done")  # the greeting is generated, unread
+        # The stimulus: Twilio is slow to open the stream, and the early connection's events
+        # wait in its socket for twice the first-event deadline.
+        await asyncio.sleep(2 * timeout)
+        assert await call.connect(twiml)
+        await call.wait_for_media(min_bytes=early.audio_sent_bytes, timeout=5)
+        assert call.received_audio == all_audio(early)
+        await call.stop()
+        await r.app.state.manager.wait_idle(timeout=5)
+    record = await r.app.state.store.get(call.call_sid)
+    assert record["outcome"] == "twilio_stop" and record["stats"][0]["reconnects"] == 0
+    assert len(r.server.connections) == 1 and "sent no event" not in caplog.text
+
+
 async def test_a_freeze_mid_call_reopens_once_and_the_new_session_hears_the_question(caplog) -> None:
     """The provider freezes after the greeting (WebSocket pings still answered). The heartbeat goes
     unanswered, the session is reopened with the conversation so far and the caller's audio since
