@@ -357,3 +357,33 @@ async def test_the_first_fallback_of_a_fresh_process_stalls_no_live_call(tmp_pat
     added = lag_after - lag_before
     print(f"first fallback: loop lag {added * 1000:.0f} ms over {samples_after - samples_before:.0f} samples")
     assert added < 0.100, f"the event loop stalled {added * 1000:.0f} ms around the first fallback"
+
+
+async def test_a_second_freeze_in_the_same_call_falls_back_instead_of_reopening_again() -> None:
+    """Every connection freezes after its first response: the first freeze is reopened (the new
+    session answers the question), the second falls back to the cascade, which answers the next."""
+    http = FakeOpenAIHTTP(transcripts=["and now"], replies=[Text("The cascade answers.")])
+    replies = [Say("Welcome.", audio_ms=300), Say("First answer.", audio_ms=300)]
+    fast = {"provider_heartbeat_after": 0.5, "provider_heartbeat_timeout": 0.5}
+    async with (
+        fallback_rig(http, fast, responses=replies, freeze_after_responses=1) as r,
+        twilio_caller(r.url) as call,
+    ):
+        assert await call.connect(await call.fetch_twiml())
+        first = await r.realtime.wait_connection()
+        await first.wait_for("response.done")
+        await call.wait_playback_idle(timeout=5, min_bytes=first.audio_sent_bytes)
+        await speak(call)  # asked to the frozen first session, answered by the second
+        second = await r.realtime.wait_connection(n=2, timeout=10)
+        await second.wait_for("response.done", timeout=10)
+        await call.wait_playback_idle(timeout=5, min_bytes=(300 + 300) * 8)
+        heard = len(call.received_audio)
+        await say(call, "And now?")  # the second session froze too: the cascade answers
+        await call.wait_for_media(min_bytes=heard + 160, timeout=15)
+        assert http.chat_requests[-1].messages[-1] == {"role": "user", "content": "and now"}
+        await call.stop()
+        await r.app.state.manager.wait_idle(timeout=5)
+    record = await r.app.state.store.get(call.call_sid)
+    assert len(r.realtime.connections) == 2
+    assert record["stats"][0]["reconnects"] == 1
+    assert record["mode"] == "cascade" and record["fallbacks"][0]["cause"] == "unresponsive"
