@@ -272,6 +272,7 @@ async def test_after_a_freeze_and_a_silent_reconnect_the_cascade_answers_within_
     assert fallbacks(r.app, "unresponsive") == 1
 
 
+@pytest.mark.slow
 async def test_a_garbage_flood_falls_back_and_the_log_stays_bounded(caplog) -> None:
     """The provider sends only malformed frames after the greeting, and so does every reconnect:
     the flood is a fault (PROVIDER_MALFORMED_LIMIT in a row), the cascade takes the call, and the log
@@ -359,6 +360,7 @@ async def test_the_first_fallback_of_a_fresh_process_stalls_no_live_call(tmp_pat
     assert added < 0.100, f"the event loop stalled {added * 1000:.0f} ms around the first fallback"
 
 
+@pytest.mark.slow
 async def test_a_second_freeze_in_the_same_call_falls_back_instead_of_reopening_again() -> None:
     """Every connection freezes after its first response: the first freeze is reopened (the new
     session answers the question), the second falls back to the cascade, which answers the next."""
