@@ -265,6 +265,10 @@ async def test_after_a_freeze_and_a_silent_reconnect_the_cascade_answers_within_
             (m["role"], m.get("content")) for m in chat.messages
         ]
         assert len(r.realtime.connections) == 2 and r.realtime.connections[1].sent == []
+        assert first.frozen_at is not None
+        noticed = r.realtime.connections[1].received[0][0] - first.frozen_at
+        print(f"freeze: noticed and reopened {noticed:.2f} s after the provider froze")
+        assert noticed < 2.0 + 3.0 + 0.5  # PROVIDER_HEARTBEAT_AFTER + _TIMEOUT, and the reconnect
         await call.stop()
         await r.app.state.manager.wait_idle(timeout=5)
     record = await r.app.state.store.get(call.call_sid)
