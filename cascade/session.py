@@ -17,7 +17,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from cascade.llm import ToolCallsDone, assistant_tool_calls_message, stream_chat, tool_result_message
@@ -56,8 +56,12 @@ class CascadeSession:
         on_effect: Callable[[Effect], None],
         history: list[tuple[str, str]] | None = None,
         greet: bool = True,
+        unheard: Sequence[Media] = (),
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`unheard`: the caller's frames (oldest first) that the realtime provider this call falls
+        back from may never have heard; they go to the VAD first, so a question asked while it was
+        frozen is answered here."""
         self.settings = settings
         self.start = start
         self.twilio = twilio
@@ -68,6 +72,7 @@ class CascadeSession:
         self.on_effect = on_effect
         self.clock = clock
         self.greet = greet
+        self._unheard = unheard
         self.detector = TurnDetector(
             silence_ms=settings.cascade_silence_ms,
             min_speech_ms=settings.cascade_min_speech_ms,
@@ -113,6 +118,9 @@ class CascadeSession:
         failed = asyncio.create_task(self._failed.wait())
         if self.greet:
             self._start_reply(None)
+        for media in self._unheard:  # before the reader takes the next live frame
+            self._hear(base64.b64decode(media.payload), media.timestamp + media.size // 8)
+        self._unheard = ()
         try:
             done, _ = await asyncio.wait({reader, failed}, return_when=asyncio.FIRST_COMPLETED)
             if reader in done:
@@ -133,13 +141,7 @@ class CascadeSession:
             if isinstance(event, Media):
                 self.stats.frames_in += 1
                 # the detector's clock is the time of a chunk's last sample: Twilio stamps its start
-                end_ms = event.timestamp + event.size // 8
-                for turn_event in self.detector.feed(base64.b64decode(event.payload), end_ms):
-                    if isinstance(turn_event, SpeechStarted):
-                        if self.playing:
-                            self._barge_in()
-                    elif isinstance(turn_event, Utterance):
-                        self._on_utterance(turn_event)
+                self._hear(base64.b64decode(event.payload), event.timestamp + event.size // 8)
             elif isinstance(event, Mark):
                 now = self.clock()
                 if not self.playback.on_mark(event.name, now):
@@ -152,6 +154,14 @@ class CascadeSession:
             elif isinstance(event, Stop):
                 return "twilio_stop"
         return "twilio_closed"
+
+    def _hear(self, ulaw: bytes, end_ms: int) -> None:
+        for turn_event in self.detector.feed(ulaw, end_ms):
+            if isinstance(turn_event, SpeechStarted):
+                if self.playing:
+                    self._barge_in()
+            elif isinstance(turn_event, Utterance):
+                self._on_utterance(turn_event)
 
     def _on_utterance(self, utterance: Utterance) -> None:
         if self.playing:

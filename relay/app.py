@@ -101,6 +101,7 @@ def create_app(
             adapter = manager.adapter
             log.info("Using %s for voice calls", adapter.display_name)
             log.info("realtime endpoint: %s", adapter.realtime_url)
+            manager.prepare_cascade()  # not on the event loop at a call's first fallback
         else:
             log.warning(
                 "no provider credentials: set OPENAI_API_KEY, or USE_AZURE_OPENAI=true with "

@@ -88,6 +88,12 @@ class Settings(BaseSettings):
     noise_reduction: Literal["near_field", "far_field", "off"] = "near_field"
     realtime_session_max_minutes: float = Field(28.0, gt=0)
     provider_connect_timeout: float = Field(5.0, gt=0)
+    # A provider that stops answering without closing (relay.sessions.liveness): seconds for the first
+    # event of a connection, seconds of quiet before a heartbeat, seconds the heartbeat gets an answer.
+    provider_first_event_timeout: float = Field(5.0, gt=0)
+    provider_heartbeat_after: float = Field(2.0, gt=0)
+    provider_heartbeat_timeout: float = Field(3.0, gt=0)
+    provider_malformed_limit: int = Field(50, ge=1)  # malformed events in a row that make a fault
     realtime_preconnect: bool = True  # open the realtime socket during /incoming-call, before the stream
     realtime_early_greeting: bool = True  # on that socket, configure the session and ask for the greeting
     cascade_silence_ms: int = Field(500, ge=100)  # silence that ends the caller's turn (cascade VAD)

@@ -67,3 +67,17 @@ class StoreError(RelayError):
     """The call store could not be reached."""
 
     retryable = True
+
+
+class ProviderEventError(ProtocolError, ValueError):
+    """One provider event that is not JSON, not an object, or has a field of the wrong type. The
+    event is dropped and counted; the call goes on (a flood of them is `ProviderMalformedError`)."""
+
+
+class ProviderUnresponsiveError(ProviderError):
+    """The realtime connection is open but the provider stopped answering: no first event after
+    connecting (PROVIDER_FIRST_EVENT_TIMEOUT), or no answer to a heartbeat (PROVIDER_HEARTBEAT_*)."""
+
+
+class ProviderMalformedError(ProviderError):
+    """The provider sent a run of events that do not parse, with no valid one between them."""

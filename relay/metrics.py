@@ -152,6 +152,11 @@ class Metrics:
             "not answer in time (the check then holds on this instance only).",
             registry=reg,
         )
+        self.provider_bad_events_total = Counter(
+            "relay_provider_bad_events_total",
+            "Realtime provider events dropped because they did not parse or had wrong types.",
+            registry=reg,
+        )
         self.store_errors_total = Counter(
             "relay_store_errors_total", "Call record writes that failed (the call went on).", registry=reg
         )
@@ -193,6 +198,7 @@ class Metrics:
         self.frames_out_total.inc(stats.frames_out)
         self.barge_ins_total.inc(stats.barge_ins)
         self.truncates_total.inc(stats.truncates)
+        self.provider_bad_events_total.inc(getattr(stats, "bad_events", 0))
         if stats.connect_ms is not None:
             self.provider_connect_seconds.labels(provider=provider or "unknown").observe(
                 stats.connect_ms / 1000

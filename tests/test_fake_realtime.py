@@ -3,6 +3,7 @@ plain websockets. Nothing sleeps to wait: every wait is on an event, with a time
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import math
@@ -673,3 +674,79 @@ def test_the_vads_energy_is_the_rms_of_the_decoded_samples_in_every_format() -> 
     assert PCM16.rms(pcm + b"\x01") == int(math.sqrt(float(np.mean(samples * samples))))  # odd byte dropped
     assert PCMU.rms(b"\xff" * 160) == 0  # μ-law silence
     assert PCM16.rms(b"") == 0
+
+
+@pytest.mark.parametrize(
+    ("path", "headers", "dialect"),
+    [
+        ("/v1/realtime?model=gpt-realtime", BEARER, "ga"),
+        ("/openai/realtime?api-version=2025-04-01-preview&deployment=gpt-realtime", AZ_KEY, "preview"),
+    ],
+)
+async def test_the_relays_heartbeat_is_a_valid_no_op_answered_with_session_updated(
+    path: str, headers: dict[str, str], dialect: str
+) -> None:
+    from relay.sessions.liveness import heartbeat_event
+
+    async with FakeRealtimeServer() as server, connect(server.url + path, additional_headers=headers) as ws:
+        created = json.loads(await ws.recv())
+        assert created["type"] == "session.created"
+        await ws.send(heartbeat_event(dialect))  # type: ignore[arg-type]
+        updated = json.loads(await ws.recv())
+        assert updated["type"] == "session.updated"
+        parse_server_event(dialect, updated)  # type: ignore[arg-type]  # the SDK's own type accepts it
+        assert updated["session"] == created["session"]  # nothing changed
+        conn = await server.wait_connection()
+        assert conn.invalid_events == []
+
+
+async def test_a_silent_service_accepts_answers_pings_and_sends_nothing() -> None:
+    async with FakeRealtimeServer(silent=True) as server:
+        url = server.url + "/v1/realtime?model=gpt-realtime"
+        async with connect(url, additional_headers=BEARER) as ws:
+            await asyncio.wait_for(await ws.ping(), TIMEOUT)  # the WebSocket layer is alive
+            await ws.send(json.dumps({"type": "response.create"}))
+            await asyncio.wait_for(await ws.ping(), TIMEOUT)  # ordered after any answer to it
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.2)
+        conn = await server.wait_connection()
+        assert conn.sent == [] and conn.frozen_at is not None and conn.responses == []
+
+
+async def test_freeze_after_responses_goes_silent_but_keeps_reading_and_answering_pings() -> None:
+    server = FakeRealtimeServer(freeze_after_responses=1, responses=[Say("one", 200), Say("two", 200)])
+    async with server:
+        url = server.url + "/v1/realtime?model=gpt-realtime"
+        async with connect(url, additional_headers=BEARER) as ws:
+            await ws.send(json.dumps({"type": "response.create"}))
+            while json.loads(await ws.recv())["type"] != "response.done":
+                pass
+            conn = await server.wait_connection()
+            sent = len(conn.sent)
+            await ws.send(json.dumps({"type": "session.update", "session": {"type": "realtime"}}))
+            await ws.send(json.dumps({"type": "response.create"}))
+            await conn.wait_for("response.create", n=2, direction="received")  # still reading
+            await asyncio.wait_for(await ws.ping(), TIMEOUT)
+            assert len(conn.sent) == sent and conn.frozen_at is not None
+        assert len(conn.responses) == 1  # the frozen service started nothing: "two" is left for others
+
+
+async def test_flood_after_responses_sends_only_malformed_frames() -> None:
+    server = FakeRealtimeServer(flood_after_responses=1, flood_rate=500, flood_limit=10)
+    async with server:
+        url = server.url + "/v1/realtime?model=gpt-realtime"
+        async with connect(url, additional_headers=BEARER) as ws:
+            await ws.send(json.dumps({"type": "response.create"}))
+            while json.loads(await ws.recv())["type"] != "response.done":
+                pass
+            frames = [await asyncio.wait_for(ws.recv(), TIMEOUT) for _ in range(10)]
+        conn = await server.wait_connection()
+    assert conn.garbage_sent == 10
+    for frame in frames:
+        try:
+            event = json.loads(frame)
+        except ValueError:
+            continue  # not JSON
+        if isinstance(event, dict) and isinstance(event.get("type"), str):
+            with pytest.raises(Exception):  # noqa: B017,PT011 - any refusal by the SDK's types
+                parse_server_event("ga", event)

@@ -141,7 +141,12 @@ class BridgeCore:
             self._expect_since = now
         self.to_provider += carried
         while self._prebuffer:
-            self.to_provider.append(_append_event(self._prebuffer.popleft()))
+            self.to_provider.append(append_event(self._prebuffer.popleft()))
+
+    def drop_buffered_audio(self) -> None:
+        """The shell hands a replacement socket the caller audio since the old provider's last sign
+        of life (a superset of what was buffered since it was lost): the buffer is not sent twice."""
+        self._prebuffer.clear()
 
     def provider_lost(self) -> None:
         """The provider socket is gone: forget response state; audio buffers until reopened."""
@@ -155,7 +160,7 @@ class BridgeCore:
     # --- Twilio side ----------------------------------------------------------------------------
     def on_media(self, media: Media) -> None:
         if self.provider_ready:
-            self.to_provider.append(_append_event(media.payload))
+            self.to_provider.append(append_event(media.payload))
         else:
             if len(self._prebuffer) == PREBUFFER_FRAMES:
                 self.prebuffer_dropped += 1
@@ -402,7 +407,7 @@ class BridgeCore:
         return out
 
 
-def _append_event(payload: str) -> str:
+def append_event(payload: str) -> str:
     return '{"type":"input_audio_buffer.append","audio":"' + payload + '"}'
 
 

@@ -8,13 +8,22 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from twilio.twiml.voice_response import VoiceResponse
 
+# The cascade (and the openai SDK under it) is imported with the relay, not at a call's first
+# fallback: that import took 290-330 ms on the event loop, a stall in every live call's audio.
+from cascade.session import CascadeSession
 from relay.config import Settings
-from relay.errors import ProviderClosedError, ProviderError, StoreError
+from relay.errors import (
+    ProviderClosedError,
+    ProviderError,
+    ProviderMalformedError,
+    ProviderUnresponsiveError,
+    StoreError,
+)
 from relay.metrics import Metrics
 from relay.sessions import events as ev
 from relay.sessions.bridge import Effect, Notice, RunTool, SaveTurn
@@ -23,10 +32,7 @@ from relay.sessions.preconnect import PRECONNECT_TTL_S, Preconnector
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime import RealtimeSession, connect_primed
 from relay.sessions.store import CallStore
-from relay.twilio_messages import Start
-
-if TYPE_CHECKING:
-    from cascade.session import CascadeSession
+from relay.twilio_messages import Media, Start
 
 log = logging.getLogger("relay.manager")
 
@@ -207,6 +213,14 @@ class CallManager:
             return
         await self.twilio_calls.redirect(call_sid, twiml)
 
+    def prepare_cascade(self) -> None:
+        """At startup: builds the cascade's SDK client (an HTTP client and its TLS context, 20-150 ms)
+        now rather than on the event loop at a call's first fallback (RELAY_MODE auto or cascade)."""
+        if self.settings.relay_mode == "realtime" or not self.settings.provider_configured:
+            return
+        if all(self.adapter.cascade_models().values()):
+            self.adapter.cascade_client()
+
     def cascade_adapter(self) -> ProviderAdapter | None:
         """The adapter whose cascade serves a fallback: the same vendor's, unless that one has no
         cascade models and ALLOW_CROSS_PROVIDER_FALLBACK permits the other configured vendor."""
@@ -384,11 +398,17 @@ class CallRun:
             for task in self._tool_tasks:
                 task.cancel()
             greet = self.settings.greeting_enabled and not greeted
-            return await self._cascade(fallback, history=realtime.turns, greet=greet)
+            unheard = realtime.unheard_audio()  # what the caller said since the provider's last sign of life
+            return await self._cascade(fallback, history=realtime.turns, greet=greet, unheard=unheard)
 
-    async def _cascade(self, adapter: ProviderAdapter, *, history: list[tuple[str, str]], greet: bool) -> str:
-        from cascade.session import CascadeSession
-
+    async def _cascade(
+        self,
+        adapter: ProviderAdapter,
+        *,
+        history: list[tuple[str, str]],
+        greet: bool,
+        unheard: Sequence[Media] = (),
+    ) -> str:
         registry = self.manager.registry
         cascade = CascadeSession(
             settings=self.settings,
@@ -400,6 +420,7 @@ class CallRun:
             on_effect=self.on_effect,
             history=history,
             greet=greet,
+            unheard=unheard,
         )
         self.session = self.control.session = cascade
         return await cascade.run()
@@ -438,7 +459,12 @@ class CallRun:
 
 
 def fallback_cause(exc: ProviderError) -> str:
-    """A short label for metrics and the record: auth, not_found, rate_limited, server_error, timeout…"""
+    """A short label for metrics and the record: auth, not_found, rate_limited, server_error, timeout,
+    unresponsive (open but silent or frozen), malformed (a flood of events that do not parse)…"""
+    if isinstance(exc, ProviderUnresponsiveError):
+        return "unresponsive"
+    if isinstance(exc, ProviderMalformedError):
+        return "malformed"
     status = exc.status
     if status in (401, 403):
         return "auth"

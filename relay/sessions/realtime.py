@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -20,10 +21,24 @@ from websockets.exceptions import ConnectionClosed
 from websockets.protocol import OPEN
 
 from relay.config import Settings
-from relay.errors import ProviderClosedError, ProviderConnectError
+from relay.errors import (
+    ProviderClosedError,
+    ProviderConnectError,
+    ProviderMalformedError,
+    ProviderUnresponsiveError,
+)
 from relay.sessions import events as ev
-from relay.sessions.bridge import BridgeCore, Effect, Notice, RunTool, SaveTurn, opening_events
+from relay.sessions.bridge import (
+    BridgeCore,
+    Effect,
+    Notice,
+    RunTool,
+    SaveTurn,
+    append_event,
+    opening_events,
+)
 from relay.sessions.dialects import Dialect, parse_event, session_update
+from relay.sessions.liveness import CallerRing, Throttle, heartbeat_event, ring_frames
 from relay.sessions.preconnect import discard, usable
 from relay.sessions.providers import ProviderAdapter
 from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
@@ -102,6 +117,8 @@ class CallStats:
     truncates: int = 0
     reconnects: int = 0
     prebuffer_dropped: int = 0
+    bad_events: int = 0  # provider events that did not parse or had wrong types (dropped)
+    heartbeats: int = 0  # heartbeats sent to a quiet provider
     faults: list[str] = field(default_factory=list)
     response_latencies_ms: list[float] = field(default_factory=list)  # caller's end of speech → agent audio
     turn_timings: list[dict[str, float]] = field(default_factory=list)  # cascade hops, per turn
@@ -141,6 +158,20 @@ class RealtimeSession:
         self._t0 = clock()
         self._early = early
         self.ended_by = ""
+        # Liveness (relay.sessions.liveness): the provider's last valid event, on the clock and in
+        # caller frames; the caller's recent frames; malformed events in a row.
+        s = settings
+        frames = ring_frames(
+            s.provider_first_event_timeout, s.provider_heartbeat_after, s.provider_heartbeat_timeout
+        )
+        self.ring = CallerRing(frames)
+        self._heard_at = -math.inf  # this connection's last valid event
+        self._alive_frames = 0  # stats.frames_in at the provider's last valid event (any connection)
+        self._pinged_at = -math.inf
+        self._bad_streak = 0
+        self._bad_ref = -math.inf
+        self._bad_log = Throttle()
+        self._faults_reopened = 0
 
     # --- plumbing -------------------------------------------------------------------------------
     def flush(self) -> None:
@@ -219,10 +250,11 @@ class RealtimeSession:
 
     # --- tasks ----------------------------------------------------------------------------------
     async def _read_twilio(self) -> str:
-        receive, core, stats = self.twilio.receive, self.core, self.stats
+        receive, core, stats, keep = self.twilio.receive, self.core, self.stats, self.ring.append
         while (event := await receive()) is not None:
             if type(event) is Media:
                 stats.frames_in += 1
+                keep(event)  # until the provider shows it heard it (liveness.CallerRing)
                 core.on_media(event)
             elif isinstance(event, Mark):
                 core.on_mark(event.name, self.clock())
@@ -247,9 +279,10 @@ class RealtimeSession:
                 try:
                     event = parse_event(data, dialect)
                 except ValueError as exc:
-                    log.warning("dropped malformed provider event: %s", exc)
+                    self._malformed(exc, data)  # raises ProviderMalformedError on a flood
                     continue
-                now = clock()
+                now = self._heard_at = clock()
+                self._alive_frames = stats.frames_in
                 if type(event) is audio_out:
                     stats.frames_out += 1
                     if self._speech_ended_at is not None:
@@ -269,6 +302,69 @@ class RealtimeSession:
             f"reason {conn.close_reason!r})",
             status=None,
         )
+
+    def _malformed(self, exc: ValueError, data: bytes | str) -> None:
+        """A provider event that does not parse: logged (rate-limited), counted, dropped. More than
+        PROVIDER_MALFORMED_LIMIT in a row, with no valid event between them, is a fault."""
+        self.stats.bad_events += 1
+        if self._bad_ref != self._heard_at:  # a valid event came since the last malformed one
+            self._bad_streak, self._bad_ref = 0, self._heard_at
+        self._bad_streak += 1
+        n = self._bad_log.hit(self.clock())
+        if n == 1:
+            log.warning("dropped a malformed provider event (%s): %.80r", exc, data)
+        elif n > 1:
+            log.warning(
+                "dropped %d more malformed provider events in the last %.0f s (latest: %s)",
+                n,
+                self._bad_log.every,
+                exc,
+            )
+        limit = self.settings.provider_malformed_limit
+        if self._bad_streak > limit:
+            raise ProviderMalformedError(
+                f"{self.adapter.display_name} sent {self._bad_streak} malformed events in a row "
+                f"(PROVIDER_MALFORMED_LIMIT={limit}); last: {exc}"
+            )
+
+    async def _watch(self, started: float) -> None:
+        """The connection's liveness, from `started` (when this session began reading it): a first
+        valid event within PROVIDER_FIRST_EVENT_TIMEOUT; then, after PROVIDER_HEARTBEAT_AFTER of
+        quiet, a heartbeat that any valid event within PROVIDER_HEARTBEAT_TIMEOUT answers. Sleeps
+        until the next deadline: one wake-up per quiet period, nothing per frame. Raises
+        ProviderUnresponsiveError."""
+        s, clock, name = self.settings, self.clock, self.adapter.display_name
+        heartbeat = heartbeat_event(self.adapter.dialect)
+        while True:
+            now, heard = clock(), self._heard_at
+            if heard < started:  # nothing valid from this connection yet
+                due = started + s.provider_first_event_timeout
+                if now >= due:
+                    raise ProviderUnresponsiveError(
+                        f"{name} sent no event within {s.provider_first_event_timeout:g} s of the "
+                        "session start (PROVIDER_FIRST_EVENT_TIMEOUT)"
+                    )
+            elif self._pinged_at > heard:  # a heartbeat is out, unanswered so far
+                due = self._pinged_at + s.provider_heartbeat_timeout
+                if now >= due:
+                    raise ProviderUnresponsiveError(
+                        f"{name} stopped answering: nothing for {now - heard:.1f} s, and no answer to a "
+                        f"heartbeat within {s.provider_heartbeat_timeout:g} s (PROVIDER_HEARTBEAT_TIMEOUT)"
+                    )
+            else:
+                due = heard + s.provider_heartbeat_after
+                if now >= due:
+                    self._pinged_at = now
+                    self.stats.heartbeats += 1
+                    self.core.to_provider.append(heartbeat)
+                    self.flush()
+                    continue
+            await asyncio.sleep(due - now)
+
+    def unheard_audio(self) -> list[Media]:
+        """The caller's frames since the provider's last valid event, at most `ring_frames` of them:
+        what a provider that turned out dead may never have heard."""
+        return self.ring.since(self.stats.frames_in, self._alive_frames)
 
     async def _write_provider(self, conn: ClientConnection) -> None:
         queue = self._provider_q
@@ -311,10 +407,16 @@ class RealtimeSession:
         if first:
             self.stats.connect_ms = (self.clock() - self._t0) * 1000
         carried: list[str] = []
-        if not first:  # the conversation so far, then audio queued for the old socket (older than
-            carried += history_events(self.turns, self.adapter.dialect)  # what was buffered since)
+        queued = []
         while not self._provider_q.empty():
-            carried.append(self._provider_q.get_nowait())
+            queued.append(self._provider_q.get_nowait())
+        if first:
+            carried += queued
+        else:  # the conversation so far, what was queued for the old socket, then the caller's audio
+            carried += history_events(self.turns, self.adapter.dialect)  # since its last sign of life
+            carried += [text for text in queued if not text.startswith(AUDIO_APPEND)]
+            carried += [append_event(media.payload) for media in self.unheard_audio()]
+            self.core.drop_buffered_audio()  # those frames are in the ring's share too
         self.core.provider_opened(self.clock(), greet=first, carried=carried, configured=configured)
         if self.core.prebuffer_dropped:
             log.warning(
@@ -335,24 +437,32 @@ class RealtimeSession:
         outcome or 'rotate'."""
         self._rotate.clear()
         cap = self.settings.realtime_session_max_minutes * 60
+        started = self.clock()
+        self._heard_at = self._pinged_at = self._bad_ref = -math.inf
+        self._bad_streak = 0
         reader = asyncio.create_task(self._read_provider(conn))
         rotate = asyncio.create_task(self._rotate.wait())
+        watch = asyncio.create_task(self._watch(started))
         helpers = [
             asyncio.create_task(self._write_provider(conn)),
-            asyncio.create_task(self._tick(self.clock() + cap)),
+            asyncio.create_task(self._tick(started + cap)),
         ]
         try:
-            done, _ = await asyncio.wait({twilio_reader, reader, rotate}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait(
+                {twilio_reader, reader, rotate, watch}, return_when=asyncio.FIRST_COMPLETED
+            )
             if twilio_reader in done:
                 return twilio_reader.result()
             if reader in done:
-                reader.result()  # raises ProviderClosedError
+                reader.result()  # raises ProviderClosedError or ProviderMalformedError
+            if watch in done:
+                watch.result()  # raises ProviderUnresponsiveError
             return "rotate"
         finally:
             self._live = None
-            for task in (reader, rotate, *helpers):
+            for task in (reader, rotate, watch, *helpers):
                 task.cancel()
-            await asyncio.gather(reader, rotate, *helpers, return_exceptions=True)
+            await asyncio.gather(reader, rotate, watch, *helpers, return_exceptions=True)
 
     async def run(self) -> str:
         """Runs the call until either side ends; returns why it ended.
@@ -384,6 +494,16 @@ class RealtimeSession:
                 except ProviderClosedError as exc:
                     log.warning("%s; reopening with the conversation so far", exc)
                     outcome = "reconnect"
+                except (ProviderUnresponsiveError, ProviderMalformedError) as exc:
+                    # A connection that never answered is not retried (a silent service: the cascade
+                    # serves the call); one that worked and then froze or spewed garbage is reopened
+                    # once per call, and the next such fault falls back.
+                    self.stats.faults.append(type(exc).__name__)
+                    if self._heard_at == -math.inf or self._faults_reopened >= 1:
+                        raise
+                    self._faults_reopened += 1
+                    log.warning("%s; reopening once with the conversation so far", exc)
+                    outcome = "reconnect"
                 if outcome not in ("rotate", "reconnect"):
                     self.ended_by = outcome
                     return outcome
@@ -403,8 +523,13 @@ class RealtimeSession:
             if self._early is not None:  # the call ended before its connect even started
                 await discard(self._early)
                 self._early = None
+            if left_out := self._bad_log.flush():
+                log.warning("dropped %d more malformed provider events", left_out)
             self.core.finish(self.clock())
             self.flush()
+
+
+AUDIO_APPEND = '{"type":"input_audio_buffer.append"'  # how bridge.append_event starts
 
 
 def write_now(conn: ClientConnection, text: str) -> bool:

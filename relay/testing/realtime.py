@@ -144,6 +144,8 @@ class FakeConnection:
     errors: list[Event] = field(default_factory=list)  # the `error` objects of every error event sent
     active_response_conflicts: int = 0
     dropped: bool = False
+    frozen_at: float | None = None  # time.monotonic() when the connection went silent (knobs)
+    garbage_sent: int = 0  # malformed frames sent by the `flood_after_responses` knob
     close_code: int | None = None
     closed: asyncio.Event = field(default_factory=asyncio.Event)
     _cond: asyncio.Condition = field(default_factory=asyncio.Condition, repr=False)
@@ -200,6 +202,11 @@ class FakeConnection:
         """Sends a raw server event (as given, plus an `event_id`), e.g. to inject oddities."""
         assert self._engine is not None
         await self._engine.send(event, raw=True)
+
+    async def send_raw(self, text: str) -> None:
+        """Sends one text frame exactly as given (not JSON, wrong shapes...), bypassing `frozen`."""
+        assert self._engine is not None
+        await self._engine.ws.send(text)
 
     async def drop(self) -> None:
         """Closes the socket abruptly now (like the `Drop` reply, honouring `close_code`)."""
@@ -266,6 +273,14 @@ class FakeRealtimeServer:
     of unknown types), `close_code` (None = drop without a close frame, the client sees 1006),
     `beta_header_selects_preview` (make `OpenAI-Beta: realtime=v1` on a GA path switch to the
     preview protocol, as OpenAI's endpoint once did; by default it is only recorded).
+
+    A service that fails without closing (each read when a connection is accepted, so a test may
+    change them for later connections): `silent` (accept the WebSocket and never send an event, not
+    even `session.created`), `freeze_after_responses` (after the connection's N-th `response.done`
+    send nothing more and answer nothing, while still reading and answering WebSocket pings and
+    close frames), `flood_after_responses` (after the N-th `response.done`, 0: at once, send only malformed
+    frames, `flood_rate` a second, at most `flood_limit`: text that is not JSON, JSON that is not
+    an object, events whose fields have the wrong types).
     """
 
     def __init__(
@@ -292,6 +307,11 @@ class FakeRealtimeServer:
         unknown_events: bool = False,
         close_code: int | None = None,
         beta_header_selects_preview: bool = False,
+        silent: bool = False,
+        freeze_after_responses: int | None = None,
+        flood_after_responses: int | None = None,
+        flood_rate: float = 100.0,
+        flood_limit: int = 5000,
         host: str = "127.0.0.1",
         port: int = 0,
     ) -> None:
@@ -314,6 +334,11 @@ class FakeRealtimeServer:
         self.unknown_events = unknown_events
         self.close_code = close_code
         self.beta_header_selects_preview = beta_header_selects_preview
+        self.silent = silent
+        self.freeze_after_responses = freeze_after_responses
+        self.flood_after_responses = flood_after_responses
+        self.flood_rate = flood_rate
+        self.flood_limit = flood_limit
         self.host = host
         self.port = port
         self.connections: list[FakeConnection] = []
@@ -539,9 +564,45 @@ class _Engine(ReplyEngine):
         self.tasks: set[asyncio.Task[None]] = set()
         self._read_session: Event | None = None  # the session `_input` was read from
         self._input: tuple[AudioFormat, TurnDetection | None] = (PCM16, None)
+        self.freeze_at = server.freeze_after_responses
+        self.flood_at = server.flood_after_responses
+        if server.silent:
+            self.freeze()
+
+    def freeze(self) -> None:
+        """From now on the service sends nothing; the socket stays open and pings are answered."""
+        if not self.frozen:
+            self.frozen = True
+            self.conn.frozen_at = time.monotonic()
+            logger.info("fake realtime connection frozen: it sends nothing from now on")
+
+    def after_response(self) -> None:
+        done = self.responses_done
+        if self.freeze_at is not None and done >= self.freeze_at:
+            self.freeze()
+        if self.flood_at is not None and done >= self.flood_at and not self.frozen:
+            self.freeze()
+            self.tasks.add(asyncio.create_task(self._flood()))
+
+    async def _flood(self) -> None:
+        """Malformed frames only, `flood_rate` a second: what a broken proxy or service might send."""
+        shapes = [
+            "garbage that is not JSON {",
+            '["a", "JSON", "array"]',
+            '{"type": 42}',
+            '{"type": "response.created", "response": "not an object"}',
+            '{"type": "response.output_audio.delta", "delta": null, "item_id": 7}',
+        ]
+        with contextlib.suppress(ConnectionClosed):
+            for i in range(self.s.flood_limit):
+                await self.ws.send(shapes[i % len(shapes)])
+                self.conn.garbage_sent += 1
+                await asyncio.sleep(1 / self.s.flood_rate)
 
     async def run(self) -> None:
         try:
+            if self.flood_at == 0:
+                self.after_response()  # a flood from the first frame: no session.created
             await self.send({"type": "session.created", "session": self.conn.session})
             if self.s.unknown_events:
                 await self.unknown("session.future_feature", note="clients must ignore unknown events")

@@ -201,10 +201,14 @@ class ReplyEngine:
         self.last_item_id: str | None = None
         self.responses_done = 0
         self.conversation_id = server.new_id("conv")
+        self.frozen = False  # a hung service: reads (and its WebSocket layer answers pings), sends nothing
 
     # -- plumbing -------------------------------------------------------------------------------
     async def send(self, event: Event, *, raw: bool = False) -> None:
-        """Sends one server event (GA type names are mapped to the dialect unless `raw`)."""
+        """Sends one server event (GA type names are mapped to the dialect unless `raw`); nothing
+        once `frozen`."""
+        if self.frozen:
+            return
         event = {"event_id": self.s.new_id("event"), **event}
         if not raw:
             event["type"] = self.spec.event(event["type"])
@@ -255,6 +259,8 @@ class ReplyEngine:
         await active.task
 
     async def start_response(self, trigger: Literal["client", "vad"], params: Mapping[str, Any]) -> None:
+        if self.frozen:  # a hung service starts nothing (and consumes no reply of the script)
+            return
         index, reply = self.s._next_reply()
         if isinstance(reply, Error):
             await self.send_error(reply.code, reply.message, type_=reply.type)
@@ -332,6 +338,7 @@ class ReplyEngine:
             self.responses_done += 1
             if self.s.drop_after_responses is not None and self.responses_done >= self.s.drop_after_responses:
                 await self.drop()
+            self.after_response()
         except Dropped:
             record.status = "dropped"
         except ConnectionClosed:
@@ -343,6 +350,9 @@ class ReplyEngine:
         finally:
             if self.active is active:
                 self.active = None
+
+    def after_response(self) -> None:
+        """A response finished: the connection's failure knobs may set in now (see `_Engine`)."""
 
     @staticmethod
     def _parts(reply: Reply) -> list[Say | Call]:

@@ -1,0 +1,100 @@
+"""Is the realtime provider still there? Sans-I/O pieces the shell (relay.sessions.realtime) uses.
+
+A provider can fail without closing its socket: accept the WebSocket and never send an event, or
+freeze mid-call while its WebSocket layer still answers pings, or send only events that do not
+parse. The shell watches three things, off the audio path:
+
+* **First event.** A new connection (or an early one, from the moment the session starts reading
+  it) must send a valid event within PROVIDER_FIRST_EVENT_TIMEOUT (`session.created` comes first;
+  with REALTIME_EARLY_GREETING it may already be waiting in the socket).
+* **Heartbeat.** When no valid event came for PROVIDER_HEARTBEAT_AFTER seconds, the shell sends one
+  `heartbeat_event`: a `session.update` that changes nothing, which the service answers with
+  `session.updated`. Any valid event within PROVIDER_HEARTBEAT_TIMEOUT proves the session alive;
+  none means it is frozen. During conversation events flow and no heartbeat is sent.
+* **Malformed events.** Each is logged (rate-limited by `Throttle`), counted and dropped; more than
+  PROVIDER_MALFORMED_LIMIT in a row with no valid event between them is a fault.
+
+What the caller said since the provider's last valid event is kept (`CallerRing`) and handed to the
+session that takes over: the reconnected one, or the cascade.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+import orjson
+
+from relay.sessions.dialects import Dialect
+from relay.twilio_messages import Media
+
+FRAME_S = 0.02  # one Twilio media frame
+
+
+def heartbeat_event(dialect: Dialect) -> str:
+    """A `session.update` that changes nothing: the GA form must carry `session.type` (required),
+    the preview form may be empty. The openai SDK's GA `SessionUpdateEvent` documents the behaviour
+    relied on: the client "may send this event at any time", "only the fields that are present in
+    the session.update are updated", and the server "will respond with a session.updated event"
+    (PROTOCOLS.md §2.2-2.3). The fake Realtime server validates both forms against the SDK's types
+    and answers them the same way."""
+    session = {"type": "realtime"} if dialect == "ga" else {}
+    return orjson.dumps({"type": "session.update", "session": session}).decode()
+
+
+def ring_frames(first_event_timeout: float, heartbeat_after: float, heartbeat_timeout: float) -> int:
+    """How many caller frames to keep: the longest a dead provider can go unnoticed (quiet, then an
+    unanswered heartbeat, then a silent reconnect), plus 2 s for the question's start."""
+    seconds = heartbeat_after + heartbeat_timeout + first_event_timeout + 2.0
+    return int(seconds / FRAME_S)
+
+
+class CallerRing:
+    """The caller's most recent frames, as Twilio sent them: the parsed `media` messages themselves
+    (base64 payload and timestamp, never decoded here). The audio path appends each one (`append`,
+    a bound deque method: the reference is kept, nothing is copied); the shell records `frames_in`
+    at each valid provider event. `since(frames_in, alive_at)` is what the provider may not have
+    heard: the frames after its last sign of life, at most `maxlen`."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.frames: deque[Media] = deque(maxlen=maxlen)
+        self.append = self.frames.append
+
+    def since(self, frames_in: int, alive_at: int) -> list[Media]:
+        n = min(frames_in - alive_at, len(self.frames))
+        if n <= 0:
+            return []
+        frames = self.frames
+        return [frames[i] for i in range(len(frames) - n, len(frames))]
+
+
+class Throttle:
+    """Rate-limits one kind of warning: the first `first` are logged one by one, then at most one
+    summary per `every` seconds with how many were left out. `pending` is what no line reported yet."""
+
+    def __init__(self, first: int = 5, every: float = 10.0) -> None:
+        self.first = first
+        self.every = every
+        self.seen = 0
+        self.pending = 0
+        self._last = -float("inf")
+
+    def hit(self, now: float) -> int:
+        """One more occurrence at `now`: returns 1 to log it alone, N > 1 to log a summary of N,
+        0 to stay quiet."""
+        self.seen += 1
+        if self.seen <= self.first:
+            self._last = now
+            return 1
+        self.pending += 1
+        if now - self._last < self.every:
+            return 0
+        n, self.pending, self._last = self.pending, 0, now
+        return n
+
+    def flush(self) -> int:
+        """What was left out since the last line (for a closing summary); resets it."""
+        n, self.pending = self.pending, 0
+        return n
+
+
+__all__ = ["FRAME_S", "CallerRing", "Throttle", "heartbeat_event", "ring_frames"]
