@@ -221,8 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        sys.stderr.write(f"relay: {exc}\n")
+    except ConfigError as exc:  # named, with its fix: no traceback
+        if len(exc.problems) > 1:
+            lines = "".join(f"  - {problem}\n" for problem in exc.problems)
+            sys.stderr.write(f"relay: invalid configuration:\n{lines}")
+        else:
+            sys.stderr.write(f"relay: {exc}\n")
+        sys.stderr.write("relay: `relay doctor` checks every setting and service.\n")
         return 2
     except BrokenPipeError:  # the reader went away (`relay call | head`): no traceback
         with contextlib.suppress(OSError, ValueError):
