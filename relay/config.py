@@ -124,6 +124,7 @@ class Settings(BaseSettings):
     twilio_auth_token: SecretStr | None = None
     twilio_phone_number: str = ""
     twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_api_timeout: float = Field(10.0, gt=0, le=60)  # seconds per REST request (hang up, redirect)
     stream_token_secret: SecretStr | None = None  # defaults to a key derived from TWILIO_AUTH_TOKEN
     stream_token_ttl: float = Field(60.0, gt=0, le=3600)
 

@@ -39,6 +39,7 @@ BAD_VALUES = [
     ("CASCADE_VAD_AGGRESSIVENESS", "4", "from 0 to 3"),
     ("SLOW_TOOL_AFTER", "-1", "from 0 to 60"),
     ("STREAM_TOKEN_TTL", "0", "greater than 0"),
+    ("TWILIO_API_TIMEOUT", "0", "greater than 0 and at most 60"),
     ("STREAM_TOKEN_TTL", "60000", "at most 3600"),
     ("CALL_RECORD_TTL_DAYS", "-7", "greater than 0"),
     ("MAX_CONCURRENT_CALLS", "0", "from 1 to 100000"),
