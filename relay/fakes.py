@@ -124,14 +124,15 @@ async def local_fakes(
         )
 
 
-def announce_calls(app: Any, fakes: LocalFakes) -> Callable[..., Any]:
+def announce_calls(app: Any, fakes: LocalFakes, mode: str) -> Callable[..., Any]:
     """The app, logging a WARNING at each Media Stream (each call) that it runs on the fakes."""
+    realtime = f"the fake realtime model at {fakes.realtime.url}"
+    cascade = f"the fake OpenAI HTTP API at {fakes.openai_http_url} (cascade)"
+    where = {"cascade": cascade, "realtime": realtime}.get(mode, f"{realtime}, or {cascade} on fallback")
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and scope.get("path", "").rstrip("/") == "/media-stream":
-            log.warning(
-                "%s; this call's audio goes to the fake realtime model at %s", NOTICE, fakes.realtime.url
-            )
+            log.warning("%s; this call goes to %s", NOTICE, where)
         await app(scope, receive, send)
 
     return asgi
@@ -171,7 +172,7 @@ def serve_with_fakes(*, host: str | None, port: int | None) -> int:
                 bind_port,
             )
             await serve_async(
-                announce_calls(app, fakes),
+                announce_calls(app, fakes, settings.relay_mode),
                 manager=app.state.manager,
                 host=bind_host,
                 port=bind_port,

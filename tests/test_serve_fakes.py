@@ -133,7 +133,7 @@ async def test_the_readme_fakes_example_works_as_written(tmp_path: Path, signing
         and "running on LOCAL FAKES (relay serve --fakes): no real service is contacted" in log
     )
     assert "realtime model → fake at ws://127.0.0.1:" in log and "call control (Twilio REST) → fake" in log
-    assert log.count("this call's audio goes to the fake realtime model") == 1  # one per call
+    assert log.count("no real service is contacted; this call goes to the fake realtime model at") == 1
     assert "Traceback" not in log
 
 
