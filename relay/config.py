@@ -37,6 +37,16 @@ _NUMBER_PUNCTUATION_RE = re.compile(r"[\s().\-]")
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
+def _shown(url: str) -> str:
+    """`url` for an error message: a password in it (`user:pass@host`) masked."""
+    head, at, tail = url.rpartition("@")
+    if not at or "://" not in head:
+        return repr(url)
+    scheme, _, userinfo = head.partition("://")
+    user, colon, _ = userinfo.partition(":")
+    return repr(f"{scheme}://{user}{':***' if colon else ''}@{tail}")
+
+
 def _normalize_http_url(value: str, *, name: str, default_scheme: str = "https") -> str:
     """Accepts `host`, `https://host` or `http://host[:port]`; returns `scheme://host[:port][/path]`."""
     value = value.strip().rstrip("/")
@@ -52,7 +62,7 @@ def _normalize_http_url(value: str, *, name: str, default_scheme: str = "https")
             else "'https://host[:port][/path]'"
         )
         raise ConfigError(
-            f"{name}={value!r} is not a valid URL: use {example} or 'http://127.0.0.1:PORT' for a "
+            f"{name}={_shown(value)} is not a valid URL: use {example} or 'http://127.0.0.1:PORT' for a "
             "local server."
         )
     return value
@@ -108,12 +118,9 @@ class Settings(BaseSettings):
     provider_connect_timeout: float = Field(5.0, gt=0, le=60)
     realtime_preconnect: bool = True  # open the realtime socket during /incoming-call, before the stream
     realtime_early_greeting: bool = True  # on that socket, configure the session and ask for the greeting
-    cascade_silence_ms: int = Field(
-        500, ge=100, le=10_000
-    )  # silence that ends the caller's turn (cascade VAD)
-    cascade_min_speech_ms: int = Field(
-        200, ge=20, le=10_000
-    )  # shorter sounds (clicks, coughs) are not a turn
+    # cascade VAD: the silence that ends the caller's turn; shorter sounds (clicks, coughs) are not a turn
+    cascade_silence_ms: int = Field(500, ge=100, le=10_000)
+    cascade_min_speech_ms: int = Field(200, ge=20, le=10_000)
     cascade_vad_aggressiveness: int = Field(2, ge=0, le=3)  # webrtcvad 0 (lenient) … 3 (strict)
     slow_tool_feedback: Literal["tone", "none"] = "tone"
     slow_tool_after: float = Field(1.0, ge=0, le=60)  # seconds a tool may run before the hold tone starts
@@ -138,7 +145,7 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     call_record_ttl_days: float = Field(7.0, gt=0)
     max_concurrent_calls: int = Field(100, ge=1, le=100_000)
-    max_call_duration: float = Field(3600.0, gt=0, le=86_400)  # seconds (Twilio's own cap: 24 h)
+    max_call_duration: float = Field(3600.0, gt=0, le=86_400)  # seconds (at most a day)
     drain_timeout: float = Field(30.0, ge=0)  # seconds active calls get to finish on SIGTERM
 
     # --- operations ------------------------------------------------------------------------
@@ -169,7 +176,7 @@ class Settings(BaseSettings):
         parts = urlsplit(v)
         if v and (parts.scheme not in ("ws", "wss", "http", "https") or not parts.netloc):
             raise ConfigError(
-                f"REALTIME_WEBSOCKET_BASE_URL={v!r} is not a WebSocket URL: use e.g. 'wss://proxy/v1' "
+                f"REALTIME_WEBSOCKET_BASE_URL={_shown(v)} is not a WebSocket URL: use e.g. 'wss://proxy/v1' "
                 "(OpenAI) or 'wss://proxy' (Azure), or leave it empty to derive it."
             )
         return v
@@ -275,7 +282,7 @@ class Settings(BaseSettings):
             parts = urlsplit(v)
             if parts.scheme not in ("http", "https") or not parts.netloc:
                 raise ConfigError(
-                    f"PUBLIC_URL={v!r} must be an absolute URL such as 'https://abc123.ngrok.app' "
+                    f"PUBLIC_URL={_shown(v)} must be an absolute URL such as 'https://abc123.ngrok.app' "
                     "(run scripts/ngrok.sh to set it)."
                 )
         return v

@@ -135,6 +135,14 @@ def test_a_secret_value_is_never_shown(clean_env: pytest.MonkeyPatch) -> None:
     assert "sk-very-secret" not in message and "tok-very-secret" not in message
 
 
+def test_a_password_in_a_bad_url_is_masked(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OPENAI_BASE_URL", "ftp://proxy-user:proxy-pass@proxy.example.com/v1")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "'ftp://proxy-user:***@proxy.example.com/v1'" in str(caught.value)
+    assert "proxy-pass" not in str(caught.value)
+
+
 def _relay_env(**variables: str) -> dict[str, str]:
     from relay.config import Settings
 
