@@ -1,7 +1,7 @@
 """`relay` command line: serve, call (a simulated Twilio caller), doctor (configuration checks), demo.
 
-Only `serve` runs the relay for real; `call` and `demo` drive the local fakes of `relay.testing`,
-imported lazily so `relay serve` never loads them.
+Only `serve` runs the relay for real; `call`, `demo` and `serve --fakes` use the local fakes of
+`relay.testing`, imported lazily so `relay serve` (without --fakes) never loads them.
 """
 
 from __future__ import annotations
@@ -22,6 +22,10 @@ log = logging.getLogger("relay.cli")
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.fakes:  # the only serve path that loads relay.testing
+        from relay.fakes import serve_with_fakes
+
+        return serve_with_fakes(host=args.host, port=args.port)
     from relay.app import create_app
     from relay.config import load_settings
     from relay.logs import configure_logging
@@ -129,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the relay server")
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument(
+        "--fakes",
+        action="store_true",
+        help="start the local fakes (realtime model, OpenAI HTTP, Tavily, Twilio REST) in this process "
+        "and point the relay at them: `relay call` works with no account; no real service is contacted",
+    )
     serve.set_defaults(func=_serve)
 
     call = sub.add_parser(
@@ -221,8 +231,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as exc:
-        sys.stderr.write(f"relay: {exc}\n")
+    except ConfigError as exc:  # named, with its fix: no traceback
+        if len(exc.problems) > 1:
+            lines = "".join(f"  - {problem}\n" for problem in exc.problems)
+            sys.stderr.write(f"relay: invalid configuration:\n{lines}")
+        else:
+            sys.stderr.write(f"relay: {exc}\n")
+        sys.stderr.write("relay: `relay doctor` checks every setting and service.\n")
         return 2
     except BrokenPipeError:  # the reader went away (`relay call | head`): no traceback
         with contextlib.suppress(OSError, ValueError):

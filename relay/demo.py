@@ -1,7 +1,7 @@
 """`relay demo`: a whole phone call with no account, in one process and one command.
 
-Everything runs on 127.0.0.1 in this process: the fake Realtime model of `relay.testing.realtime`
-(it speaks in tones, with scripted transcripts), the fake Tavily web search, the real relay app
+Everything runs on 127.0.0.1 in this process: the local fakes of `relay.fakes` (the fake Realtime
+model speaks in tones, with scripted transcripts; the fake Tavily web search), the real relay app
 (`relay.app.create_app`, served by uvicorn) and the simulated Twilio caller of `relay call`. The
 settings are built in code, so no `.env` is needed and the user's is not read.
 
@@ -26,16 +26,15 @@ import orjson
 
 from relay.app import create_app
 from relay.config import load_settings
+from relay.fakes import local_fakes
 from relay.simulate import CallOptions, CallResult, Timeline, Utterance, print_line, record_lines, run_call
 from relay.testing.realtime import Call, FakeRealtimeServer, Reply, Say
 from relay.testing.server import serve_app
-from relay.testing.tavily import FakeTavily
 
 __all__ = ["DemoOptions", "DemoResult", "demo_command", "run_demo"]
 
 PUBLIC_URL = "https://relay-demo.invalid"  # what the simulated Twilio signs; never resolved
 AUTH_TOKEN = "demo-auth-token"
-API_KEY = "sk-demo"
 
 
 @dataclass
@@ -131,30 +130,21 @@ async def run_demo(
         Say(o.answer, audio_ms=o.answer_ms),
         Say(o.reply, audio_ms=o.reply_ms),
     ]
-    tavily = FakeTavily(api_key="tvly-demo", answers={o.search_query: o.search_answer})
-    async with (
-        FakeRealtimeServer(
-            api_key=API_KEY, responses=script, transcripts=[o.question, o.interruption]
-        ) as server,
-        tavily.serve() as tavily_url,
-    ):
+    async with local_fakes(
+        realtime_script=script,
+        transcripts=[o.question, o.interruption],
+        tavily_answers={o.search_query: o.search_answer},
+        twilio_auth_token=AUTH_TOKEN,
+    ) as fakes:
+        server = fakes.realtime
         settings = load_settings(
             _env_file=None,
-            use_azure_openai=False,
+            **fakes.settings(),
             relay_mode="realtime",
-            allow_cross_provider_fallback=False,
-            openai_api_key=API_KEY,
-            openai_base_url=server.openai_base_url,
-            openai_realtime_model="gpt-realtime",
-            realtime_websocket_base_url="",
             public_url=PUBLIC_URL,
             twilio_auth_token=AUTH_TOKEN,
-            twilio_account_sid="",
             twilio_phone_number="",
             stream_token_secret=None,
-            tavily_api_key=tavily.api_key,
-            tavily_base_url=tavily_url,
-            redis_url=None,
             relay_tools="",
             transfer_allowlist="",
             relay_admin_token=None,
@@ -168,7 +158,7 @@ async def run_demo(
                 "relay demo: the relay with a fake realtime model (it speaks in tones) and a fake web "
                 "search, all on 127.0.0.1 — no account needed"
             )
-            say(f"  relay {url}   fake realtime {server.openai_base_url}   fake Tavily {tavily_url}")
+            say(f"  relay {url}   fake realtime {server.url}/v1   fake Tavily {fakes.tavily_url}")
             timeline = Timeline(say)
             watcher = asyncio.create_task(_watch_tools(server, timeline), name="demo-tool-watcher")
             try:

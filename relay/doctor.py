@@ -661,18 +661,21 @@ async def check_tavily(settings: Settings, *, limit: float = 10.0) -> list[Check
 # --------------------------------------------------------------------------- the command
 
 
-def _load_settings() -> tuple[Settings | None, Check]:
-    """The settings from the environment and `./.env`, and a line saying where they came from."""
+def _load_settings() -> tuple[Settings | None, list[Check]]:
+    """The settings from the environment and `./.env`, and a line saying where they came from (or
+    one FAIL line per invalid setting, naming the variable and the fix)."""
     env_file = Path(".env")
     try:
         settings = load_settings()
     except ConfigError as exc:
-        return None, _fail("settings", str(exc))
+        return None, [_fail("settings", problem) for problem in exc.problems]
     if env_file.exists():
-        return settings, _ok("settings", f"read from {env_file.resolve()} and the environment")
-    return settings, _warn(
-        "settings", f"no .env in {Path.cwd()}: only environment variables are used (cp .env.example .env)"
-    )
+        return settings, [_ok("settings", f"read from {env_file.resolve()} and the environment")]
+    return settings, [
+        _warn(
+            "settings", f"no .env in {Path.cwd()}: only environment variables are used (cp .env.example .env)"
+        )
+    ]
 
 
 async def run_doctor(
@@ -684,8 +687,8 @@ async def run_doctor(
     """Every check; `settings` default to `load_settings()` (the environment and `.env`)."""
     report = DoctorReport()
     if settings is None:
-        settings, check = _load_settings()
-        report.checks.append(check)
+        settings, checks = _load_settings()
+        report.checks.extend(checks)
         if settings is None:
             return report
     report.checks.extend(check_configuration(settings))

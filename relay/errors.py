@@ -22,7 +22,17 @@ class RelayError(Exception):
 
 
 class ConfigError(RelayError, ValueError):
-    """The configuration is missing something or contradicts itself."""
+    """The configuration is missing something or contradicts itself.
+
+    `problems` lists each problem on its own (one line each, naming the variable and the fix);
+    by default the message is the only one.
+    """
+
+    def __init__(
+        self, message: str, *, problems: list[str] | None = None, retryable: bool | None = None
+    ) -> None:
+        super().__init__(message, retryable=retryable)
+        self.problems = list(problems) if problems else [message]
 
 
 class ProtocolError(RelayError):

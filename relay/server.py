@@ -50,9 +50,16 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
+def _config(app: Any, host: str, port: int, log_level: str) -> uvicorn.Config:
+    return uvicorn.Config(app, host=host, port=port, log_config=None, log_level=log_level, **UVICORN_OPTIONS)
+
+
 def serve(app: Any, *, host: str, port: int, log_level: str, grace: float) -> None:
     """Runs `app` until a signal, then drains (see the module docstring)."""
-    config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, log_level=log_level, **UVICORN_OPTIONS
-    )
-    DrainingServer(config, app.state.manager, grace).run()
+    DrainingServer(_config(app, host, port, log_level), app.state.manager, grace).run()
+
+
+async def serve_async(app: Any, *, manager: Any, host: str, port: int, log_level: str, grace: float) -> None:
+    """`serve` on the running event loop (where other servers may run too: `relay serve --fakes`);
+    `manager` is the relay's CallManager, drained on the first signal."""
+    await DrainingServer(_config(app, host, port, log_level), manager, grace).serve()

@@ -37,6 +37,7 @@ import orjson
 
 from relay.testing.audio import read_wav_ulaw, silence_ulaw, speech_ulaw, ulaw_to_float, write_wav_ulaw
 from relay.testing.twilio import FRAME_BYTES, FakeTwilioCall
+from webhooks.routes import APOLOGY, BUSY, DRAINING
 
 __all__ = [
     "DEFAULT_URL",
@@ -48,6 +49,8 @@ __all__ = [
     "Turn",
     "Utterance",
     "build_utterances",
+    "explain_close",
+    "explain_refusal",
     "run_call",
     "write_conversation_wav",
 ]
@@ -491,17 +494,19 @@ class _Caller:
             return
         if twiml.stream_url is None:
             self.t.add("webhook", f"POST /incoming-call → 200, verbs {twiml.verbs}")
-            said = f": <Say> {twiml.say!r}" if twiml.say else ""
-            self._error(f"the relay answered without a <Connect><Stream>{said}{twiml.parse_error or ''}")
+            self._error(explain_refusal(twiml.say, twiml.parse_error))
             return
         self.t.add("webhook", f'POST /incoming-call → 200, <Connect><Stream url="{twiml.stream_url}">')
         if not await call.connect(twiml):
-            status = call.upgrade_status
-            self._error(
-                f"the Media Stream upgrade was rejected: HTTP {status} {call.upgrade_body[:120]!r}"
-                if status
-                else f"the Media Stream could not be opened: {call.upgrade_body}"
-            )
+            if call.upgrade_status == 101:  # accepted, then closed at once: the close code says why
+                self._error(explain_close(call.close_code, call.close_reason, call.stream_url))
+            elif call.upgrade_status:
+                self._error(
+                    f"the relay refused the Media Stream upgrade with HTTP {call.upgrade_status} "
+                    f"{call.upgrade_body[:120]!r}"
+                )
+            else:
+                self._error(f"the Media Stream could not be opened: {call.upgrade_body}")
             return
         assert call.started_at is not None
         r.connected_ms = r.stream_started_ms = self.t.ms(call.started_at)
@@ -611,11 +616,70 @@ class _Caller:
         for error in r.protocol_errors:
             self.t.add("protocol", error)
         if call.upgrade_status == 101 and call.media_message_count == 0:
-            self._error(f"the agent sent no audio at all ({call.summary()})")
+            if call.closed_by_relay and call.close_code not in (None, 1000):
+                why = explain_close(call.close_code, call.close_reason, call.stream_url)
+                if why not in self.result.errors:
+                    self._error(why)
+            else:
+                self._error(f"the agent sent no audio at all ({call.summary()})")
 
     def _error(self, message: str) -> None:
         self.result.errors.append(message)
         self.t.add("error", message)
+
+
+_REFUSALS = {
+    APOLOGY: (
+        "the relay cannot serve calls: most often it has no provider credentials (OPENAI_API_KEY, or "
+        "USE_AZURE_OPENAI=true with AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT)"
+    ),
+    BUSY: "the relay is at MAX_CONCURRENT_CALLS (fleet-wide when REDIS_URL is set)",
+    DRAINING: "the relay is shutting down (draining after SIGTERM)",
+}
+
+
+def explain_refusal(say: str | None, parse_error: str | None = None) -> str:
+    """Why the webhook answered without `<Connect><Stream>`: the relay's `<Say>` and what it means."""
+    if say is None:
+        return f"the relay answered without a <Connect><Stream> and without a <Say>{parse_error or ''}"
+    why = _REFUSALS.get(say, "see the relay's log ('refusing call: …') for why")
+    return (
+        f"the relay refused the call: it answered <Say> {say!r} and <Hangup/> instead of "
+        f"<Connect><Stream>; {why}. Run `relay doctor` where the relay runs: it says what to fix."
+    )
+
+
+_CLOSE_CHECKS = {
+    "invalid signature": (
+        "the X-Twilio-Signature of the upgrade was refused. This caller signed {url} (the <Stream "
+        "url> of the TwiML) with TWILIO_AUTH_TOKEN: check that the token is the relay's, and that "
+        "the relay checks that same URL (its PUBLIC_URL, scheme and host; behind a proxy, the "
+        "X-Forwarded-Proto/-Host it receives)"
+    ),
+    "invalid stream token": (
+        "the stream token of the TwiML was refused: it expired (STREAM_TOKEN_TTL), was used "
+        "already, or the stream reached another instance whose TWILIO_AUTH_TOKEN or "
+        "STREAM_TOKEN_SECRET differs from the one that answered the webhook"
+    ),
+}
+
+
+def explain_close(code: int | None, reason: str | None, stream_url: str | None) -> str:
+    """Why the relay closed a Media Stream it had accepted (before any agent audio)."""
+    said = f"code {code}" + (f" {reason!r}" if reason else "")
+    head = f"the relay accepted the Media Stream (HTTP 101) and then closed it with {said}: "
+    check = _CLOSE_CHECKS.get(reason or "")
+    if check is not None:
+        return head + check.format(url=stream_url or "the stream URL") + "."
+    if code == 1008:
+        return head + "a policy violation; the relay's log says why (grep this call SID)."
+    if code == 1011:
+        return head + "an internal error; the relay's log has the traceback (grep this call SID)."
+    if code in (1012, 1013):
+        return head + "the relay is restarting or overloaded; try again in a moment."
+    if code == 1006:
+        return "the Media Stream was cut without a close frame (code 1006): the relay or a proxy died."
+    return head + "see the relay's log for this call SID."
 
 
 async def run_call(options: CallOptions, *, timeline: Timeline | None = None) -> CallResult:

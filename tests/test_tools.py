@@ -118,9 +118,9 @@ def test_schema_is_derived_from_the_signature() -> None:
         "type": "object",
         "additionalProperties": False,
         "properties": {
-            "name": {"type": "string", "description": "Name for the booking."},
+            "name": {"type": "string", "maxLength": 1000, "description": "Name for the booking."},
             "guests": {"type": "integer", "minimum": 1, "description": "How many people."},
-            "time": {"type": "string", "default": "19:00"},
+            "time": {"type": "string", "maxLength": 1000, "default": "19:00"},
             "seating": {
                 "anyOf": [{"enum": ["inside", "outside"], "type": "string"}, {"type": "null"}],
                 "default": None,

@@ -2,7 +2,8 @@
 
 It checks HTTP Basic auth (account SID and auth token), reads the form fields `Status` / `Twiml`,
 records each update and answers a call resource. Errors use Twilio's JSON shape
-`{code, message, more_info, status}`. Failure knob: `status` (answer that HTTP status instead).
+`{code, message, more_info, status}`. Failure knobs: `status` (answer that HTTP status instead),
+`delay` (answer that many seconds late) and `hang` (never answer while served: the client times out).
 
     fake = FakeTwilioRest()
     async with fake.serve() as url:        # TWILIO_API_BASE_URL=url
@@ -80,11 +81,17 @@ class FakeTwilioRest:
     auth_token: str = "test-auth-token"
     status: int | None = None
     """Failure knob: answer authenticated requests with this HTTP status (400, 404, 500…)."""
+    delay: float = 0.0
+    """Failure knob: seconds before answering each request (a slow API)."""
+    hang: bool = False
+    """Failure knob: never answer (until the fake stops), so the client's timeout fires."""
     requests: list[TwilioRestRequest] = field(default_factory=list)
     updates: list[CallUpdate] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._updated = asyncio.Event()
+        self._received = asyncio.Event()
+        self._stopping = asyncio.Event()
         path = f"/{API_VERSION}/Accounts/{{account_sid}}/Calls/{{call_sid}}.json"
         self.app = Starlette(routes=[Route(path, self._update_call, methods=["POST"])])
 
@@ -92,7 +99,10 @@ class FakeTwilioRest:
     async def serve(self) -> AsyncIterator[str]:
         """Serves the fake; yields its base URL (`http://127.0.0.1:PORT`)."""
         async with serve_app(self.app) as url:
-            yield url
+            try:
+                yield url
+            finally:
+                self._stopping.set()  # a hanging answer returns, so the server can stop
 
     async def wait_update(self, n: int = 1, timeout: float = 5.0) -> CallUpdate:  # noqa: ASYNC109
         """The `n`-th accepted update, waiting for it; TimeoutError says what was seen."""
@@ -105,12 +115,30 @@ class FakeTwilioRest:
             raise TimeoutError(f"update #{n} not received in {timeout}s; got {self.updates}") from None
         return self.updates[n - 1]
 
+    async def wait_requests(self, n: int, timeout: float = 5.0) -> list[TwilioRestRequest]:  # noqa: ASYNC109
+        """The first `n` requests received (answered or not), waiting for them."""
+        try:
+            async with asyncio.timeout(timeout):
+                while len(self.requests) < n:
+                    self._received.clear()
+                    await self._received.wait()
+        except TimeoutError:
+            raise TimeoutError(f"request #{n} not received in {timeout}s; got {self.requests}") from None
+        return self.requests[:n]
+
     async def _update_call(self, request: Request) -> JSONResponse:
         account_sid = request.path_params["account_sid"]
         call_sid = request.path_params["call_sid"]
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
         username, password = _basic_auth(request.headers.get("authorization", ""))
         self.requests.append(TwilioRestRequest(account_sid, call_sid, username, password, form))
+        self._received.set()
+        if self.hang or self.delay > 0:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(None if self.hang else self.delay):
+                    await self._stopping.wait()
+            if self.hang:  # released by the fake's stop: the update never took effect
+                return _error(503)
         if not (
             username is not None
             and password is not None

@@ -41,6 +41,9 @@ logger = logging.getLogger(__name__)
 
 SNIPPET_CHARS = 300
 TITLE_CHARS = 120
+QUERY_CHARS = 400  # Tavily's own limit on a query
+REASON_CHARS = 200
+DESTINATION_CHARS = 100
 
 
 def builtin_tools(settings: Settings) -> list[Tool]:
@@ -62,7 +65,12 @@ def web_search_tool(*, request_timeout: float = 8.0, timeout: float = 10.0) -> T
     async def web_search(
         ctx: ToolContext,
         query: Annotated[
-            str, Field(min_length=1, description="What to look up, as a short web search query.")
+            str,
+            Field(
+                min_length=1,
+                max_length=QUERY_CHARS,
+                description="What to look up, as a short web search query.",
+            ),
         ],
         max_results: Annotated[int, Field(ge=1, le=10, description="How many results to return.")] = 3,
     ) -> dict[str, Any]:
@@ -145,7 +153,9 @@ def _trim(text: str, limit: int) -> str:
 # --- end_call ------------------------------------------------------------------------------------
 async def end_call(
     ctx: ToolContext,
-    reason: Annotated[str, Field(description="Why the call is ending, e.g. 'caller said goodbye'.")] = "",
+    reason: Annotated[
+        str, Field(max_length=REASON_CHARS, description="Why the call is ending, e.g. 'caller said goodbye'.")
+    ] = "",
 ) -> dict[str, str]:
     """End the phone call. Use it when the caller says goodbye or asks to hang up, or when the
     conversation is clearly over. Then say one short goodbye; the call ends after it plays."""
@@ -203,7 +213,12 @@ def transfer_call_tool(targets: Mapping[str, str], *, timeout: float = 10.0) -> 
     async def transfer_call(
         ctx: ToolContext,
         destination: Annotated[
-            str, Field(min_length=1, description=f"Who to transfer the caller to; one of: {allowed}.")
+            str,
+            Field(
+                min_length=1,
+                max_length=DESTINATION_CHARS,
+                description=f"Who to transfer the caller to; one of: {allowed}.",
+            ),
         ],
     ) -> dict[str, str]:
         """Transfer the caller to a person or department (allowed destinations are listed in the

@@ -18,11 +18,26 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, get_type_hints, overload, runtime_checkable
+from types import ModuleType, UnionType
+from typing import (
+    TYPE_CHECKING,
+    Annotated,
+    Any,
+    Literal,
+    Protocol,
+    TypeVar,
+    Union,
+    get_args,
+    get_origin,
+    get_type_hints,
+    overload,
+    runtime_checkable,
+)
 
 import orjson
+from annotated_types import MaxLen
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic.fields import FieldInfo
 
 from relay.errors import ConfigError, ToolError
 
@@ -53,6 +68,14 @@ F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_OUTPUT_BYTES = 4096
+MAX_ARGUMENTS_BYTES = 8192
+"""Hard cap on a function call's raw arguments JSON; longer is refused before parsing."""
+DEFAULT_MAX_STRING_CHARS = 1000
+"""maxLength given to every `str` parameter of a typed signature that does not set its own."""
+AUDIT_VALUE_CHARS = 200
+"""Longest argument string kept in the call record's tool audit (the rest marked as truncated)."""
+AUDIT_ARGUMENTS_BYTES = 1024
+"""Longest tool audit `arguments` (JSON) kept in the call record."""
 _TRUNCATION_NOTE = "…[truncated: {n} bytes omitted]"
 _NAME_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # Schema keys whose values are data, not sub-schemas: copied as they are.
@@ -117,11 +140,12 @@ class ToolResult:
     truncated_bytes: int = 0
 
     def audit(self) -> dict[str, Any]:
-        """The call record's entry for this tool call."""
+        """The call record's entry for this tool call: bounded (arguments truncated with a marker,
+        the output by its size only), whatever the model sent."""
         return {
-            "call_id": self.call_id,
-            "name": self.name,
-            "arguments": self.arguments,
+            "call_id": _truncate(self.call_id, 64),
+            "name": _truncate(self.name, 64),
+            "arguments": audit_arguments(self.arguments),
             "outcome": self.outcome,
             "duration_ms": round(self.duration_ms, 1),
             "output_bytes": self.output_bytes,
@@ -231,20 +255,46 @@ def _model_from_signature(fn: Callable[..., Any], name: str) -> tuple[type[BaseM
         if p.name not in hints:
             raise TypeError(f"tool {name!r}: parameter {p.name!r} needs a type annotation")
         default = ... if p.default is p.empty else p.default
+        hint = _bounded(hints[p.name])
         if p.name.startswith("_") or hasattr(BaseModel, p.name):
             # pydantic reserves these names; keep the parameter's name on the wire via an alias.
             fld = f"param_{index}"
             while fld in raw:
                 fld += "_"
-            fields[fld] = (hints[p.name], Field(default, alias=p.name))
+            fields[fld] = (hint, Field(default, alias=p.name))
         else:
             fld = p.name
-            fields[fld] = (hints[p.name], default)
+            fields[fld] = (hint, default)
         field_to_param[fld] = p.name
     model_name = "".join(part.capitalize() for part in re.split(r"[_-]", name)) + "Params"
     config = ConfigDict(extra="forbid", protected_namespaces=())
     model = create_model(model_name, __config__=config, **fields)
     return model, field_to_param
+
+
+def _has_max_length(meta: Any) -> bool:
+    if isinstance(meta, MaxLen) or getattr(meta, "max_length", None) is not None:
+        return True
+    return isinstance(meta, FieldInfo) and any(isinstance(m, MaxLen) for m in meta.metadata)
+
+
+def _bounded(hint: Any) -> Any:
+    """`hint` with DEFAULT_MAX_STRING_CHARS as the maxLength of every `str` in it (also inside
+    Optional/unions and list/tuple/set/dict) that has no max_length of its own."""
+    if hint is str:
+        return Annotated[str, MaxLen(DEFAULT_MAX_STRING_CHARS)]
+    origin, args = get_origin(hint), get_args(hint)
+    if origin is Annotated:
+        base, *meta = args
+        if any(_has_max_length(m) for m in meta):
+            return hint
+        bounded = _bounded(base)
+        return hint if bounded is base else Annotated[(bounded, *meta)]
+    if origin in (Union, UnionType):
+        return Union[tuple(_bounded(a) for a in args)]  # noqa: UP007 - built from a tuple
+    if origin in (list, set, frozenset, tuple, dict) and args:
+        return origin[tuple(a if a is Ellipsis else _bounded(a) for a in args)]
+    return hint
 
 
 def json_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -395,8 +445,15 @@ class ToolRegistry:
         spec = self._tools.get(call.name)
         if spec is None:
             available = ", ".join(self._tools) or "none"
-            message = f"There is no tool named {call.name!r}. Available tools: {available}."
+            message = f"There is no tool named {_truncate(call.name, 64)!r}. Available tools: {available}."
             return self._result(call, "unknown_tool", _error(message), arguments, started)
+        size = len(call.arguments.encode())
+        if size > MAX_ARGUMENTS_BYTES:
+            message = (
+                f"The arguments for {spec.name} are too long ({size} bytes; at most "
+                f"{MAX_ARGUMENTS_BYTES}). Call it again with shorter values."
+            )
+            return self._result(call, "invalid_arguments", _error(message), arguments, started)
         try:
             parsed = orjson.loads(call.arguments or "{}")
         except orjson.JSONDecodeError as exc:
@@ -476,9 +533,34 @@ def _exception_text(exc: BaseException) -> str:
 def _describe_validation(exc: ValidationError) -> str:
     problems = []
     for err in exc.errors(include_url=False):
-        where = ".".join(str(p) for p in err["loc"]) or "arguments"
-        problems.append(f"{where}: {err['msg']}")
-    return "; ".join(problems)
+        where = _truncate(".".join(str(p) for p in err["loc"]), 64) or "arguments"
+        problem = f"{where}: {err['msg']}"
+        if err["type"] == "string_too_long" and isinstance(err.get("input"), str):
+            problem += f" (it had {len(err['input'])}); shorten it"
+        problems.append(problem)
+    return "; ".join(problems[:10])
+
+
+def _truncate(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, with a marker saying how many were left out."""
+    if len(text) <= limit:
+        return text
+    return text[:limit] + f"…[truncated: {len(text) - limit} chars omitted]"
+
+
+def audit_arguments(arguments: dict[str, Any] | str) -> dict[str, Any] | str:
+    """Tool arguments as the call record keeps them: each string cut to AUDIT_VALUE_CHARS, and the
+    whole to AUDIT_ARGUMENTS_BYTES of JSON (then a string), each cut marked as truncated."""
+    if isinstance(arguments, str):
+        return cap_output(arguments, AUDIT_ARGUMENTS_BYTES)[0]
+    trimmed = {
+        _truncate(str(key), 64): _truncate(value, AUDIT_VALUE_CHARS) if isinstance(value, str) else value
+        for key, value in arguments.items()
+    }
+    text = orjson.dumps(trimmed, default=str).decode()
+    if len(text.encode()) <= AUDIT_ARGUMENTS_BYTES:
+        return trimmed
+    return cap_output(text, AUDIT_ARGUMENTS_BYTES)[0]
 
 
 def _json_default(value: Any) -> Any:

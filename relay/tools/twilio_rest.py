@@ -59,7 +59,7 @@ class TwilioCalls:
     it with `aclose()` or `async with`. Every failure raises `ToolError` with a readable message.
     """
 
-    def __init__(self, settings: Settings, *, timeout: float = 10.0) -> None:
+    def __init__(self, settings: Settings, *, timeout: float | None = None) -> None:
         token = settings.twilio_auth_token.get_secret_value() if settings.twilio_auth_token else ""
         if not (settings.twilio_account_sid and token):
             raise ConfigError(
@@ -68,7 +68,7 @@ class TwilioCalls:
         self._account_sid = settings.twilio_account_sid
         self._auth_token = token
         self._base_url = settings.twilio_api_base_url or DEFAULT_TWILIO_API_BASE_URL
-        self._timeout = timeout
+        self._timeout = settings.twilio_api_timeout if timeout is None else timeout
         self._http: AsyncTwilioHttpClient | None = None
         self._client: Client | None = None
 
@@ -77,6 +77,11 @@ class TwilioCalls:
         """True when the settings carry an account SID and an auth token."""
         token = settings.twilio_auth_token
         return bool(settings.twilio_account_sid and token is not None and token.get_secret_value())
+
+    @property
+    def timeout(self) -> float:
+        """Seconds each REST request may take (TWILIO_API_TIMEOUT)."""
+        return self._timeout
 
     @property
     def base_url(self) -> str:
