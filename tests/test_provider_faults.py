@@ -393,3 +393,20 @@ async def test_a_second_freeze_in_the_same_call_falls_back_instead_of_reopening_
     assert len(r.realtime.connections) == 2
     assert record["stats"][0]["reconnects"] == 1
     assert record["mode"] == "cascade" and record["fallbacks"][0]["cause"] == "unresponsive"
+
+
+def test_the_caller_ring_keeps_only_what_came_since_the_last_sign_of_life() -> None:
+    from relay.sessions.liveness import CallerRing
+    from relay.twilio_messages import Media
+
+    ring = CallerRing(maxlen=10)
+    frames = [Media(payload=f"p{i}", timestamp=20 * i) for i in range(1, 13)]
+    for frame in frames:
+        ring.append(frame)
+    assert ring.since(12, 0) == frames[2:]  # bounded: the oldest two fell out
+    assert ring.since(12, 9) == frames[9:]
+    ring.trim(12, 9)  # the provider was alive after frame 9: frames up to it were heard
+    assert list(ring.frames) == frames[9:]
+    assert ring.since(12, 9) == frames[9:]
+    ring.trim(12, 12)
+    assert len(ring.frames) == 0 and ring.since(12, 12) == []

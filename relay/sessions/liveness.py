@@ -53,11 +53,19 @@ class CallerRing:
     (base64 payload and timestamp, never decoded here). The audio path appends each one (`append`,
     a bound deque method: the reference is kept, nothing is copied); the shell records `frames_in`
     at each valid provider event. `since(frames_in, alive_at)` is what the provider may not have
-    heard: the frames after its last sign of life, at most `maxlen`."""
+    heard: the frames after its last sign of life, at most `maxlen`; `trim` (every half second,
+    off the audio path) drops the rest, so a healthy call keeps a fraction of a second."""
 
     def __init__(self, maxlen: int) -> None:
         self.frames: deque[Media] = deque(maxlen=maxlen)
         self.append = self.frames.append
+
+    def trim(self, frames_in: int, alive_at: int) -> None:
+        """Forgets the frames the provider has shown it heard (those before `alive_at`), so that a
+        live call holds only what came since the last sign of life, not the whole bound."""
+        frames, keep = self.frames, max(frames_in - alive_at, 0)
+        while len(frames) > keep:
+            frames.popleft()
 
     def since(self, frames_in: int, alive_at: int) -> list[Media]:
         n = min(frames_in - alive_at, len(self.frames))

@@ -373,13 +373,15 @@ class RealtimeSession:
             await conn.send(text)
 
     async def _tick(self, deadline: float) -> None:
-        """Every half second: retry held-back responses; past the session cap, ask for a rotation
-        at the first quiet moment (no response active, nothing queued at Twilio)."""
+        """Every half second: retry held-back responses; forget the caller frames the provider has
+        shown it heard; past the session cap, ask for a rotation at the first quiet moment (no
+        response active, nothing queued at Twilio)."""
         while True:
             await asyncio.sleep(0.5)
             now = self.clock()
             self.core.tick(now)
             self.flush()
+            self.ring.trim(self.stats.frames_in, self._alive_frames)
             quiet = not self.core.response_active and not self.core.playback.outstanding
             if now >= deadline and quiet:
                 self._rotate.set()
