@@ -11,7 +11,8 @@ uses the same Redis key, through a sorted set `relay:active_calls` of call SID -
 time, in milliseconds).
 
 When Redis cannot be reached, `RedisLimiter` raises StoreError and the caller decides. The
-recommendation is to **fail open**: admit the call and log a warning. A Redis outage then costs
+recommendation is to **fail open**: admit the call (the manager does, after waiting at most
+0.5 s, and logs the outage once). A Redis outage then costs
 the fleet-wide limit for its duration, while failing closed would turn it into a full phone outage
 (every caller refused) for a component that only guards capacity. Keep a local bound as the
 backstop while Redis is away (the manager's count of its active sessions, or a MemoryLimiter), so
@@ -55,13 +56,13 @@ local function purge()
     if redis.call('EXISTS', record) == 1 and redis.call('HGET', record, 'status') ~= 'ended' then
       redis.call('HSET', record, 'status', 'ended', 'outcome', 'lost', 'ended_at', ended_at)
       redis.call('EXPIRE', record, ARGV[2])
-      for _, suffix in ipairs(SUFFIXES) do redis.call('EXPIRE', record .. suffix, ARGV[2]) end
+      for _, suffix in ipairs(__RECORD_SUFFIXES__) do redis.call('EXPIRE', record .. suffix, ARGV[2]) end
       table.insert(marked, sid)
     end
   end
   return marked
 end
-""".replace("SUFFIXES", "{" + ", ".join(f"':{name}'" for name in (*LIST_FIELDS, APPLIED)) + "}")
+""".replace("__RECORD_SUFFIXES__", "{" + ", ".join(f"':{name}'" for name in (*LIST_FIELDS, APPLIED)) + "}")
 
 # Each script below returns {its answer, the SIDs its purge marked lost...}.
 # ARGV[3] sid, ARGV[4] ttl in ms, ARGV[5] max slots. Answer: 1 when the sid holds a slot afterwards.

@@ -109,7 +109,7 @@ class Outbox:
         """Queues `store.<op>(call_sid, *args, **kwargs)`; returns its sequence number."""
         write = RecordWrite(call_sid, op, args, kwargs, writer=self.writer, seq=next(self._seq))
         if self.pending >= self.max_writes and self._queue:
-            self._drop(self._queue.popleft(), "the outbox is full")
+            self._drop(self._queue.popleft(), f"the outbox is full ({self.max_writes} writes), oldest first")
         self._queue.append(write)
         if self._task is None or self._task.done():
             # A context of its own: the writer's log lines belong to no call.

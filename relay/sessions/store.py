@@ -39,8 +39,16 @@ import orjson
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
 from redis.typing import EncodableT
 
 from relay.errors import ConfigError, StoreError
@@ -216,8 +224,9 @@ def redis_client(url: str, *, timeout: float = REDIS_TIMEOUT_S) -> aioredis.Redi
         ) from None
 
 
-_RETRYABLE_REPLIES = ("OOM", "READONLY", "LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN", "CLUSTERDOWN")
-"""Error replies of a Redis that is restarting, failing over or full: worth trying again later."""
+_RETRYABLE_REPLIES = (OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError, MasterDownError)
+"""Error replies of a Redis that is failing over or full: worth trying again later (as is BUSY, a
+script running too long, which redis-py leaves a plain ResponseError)."""
 
 
 def redis_error(url: str, action: str, exc: BaseException) -> StoreError:
@@ -227,7 +236,11 @@ def redis_error(url: str, action: str, exc: BaseException) -> StoreError:
     refused the command itself (a wrong type at a key: trying again gives the same answer).
     """
     reason = str(exc).rstrip(". ") or type(exc).__name__
-    retryable = not isinstance(exc, ResponseError) or str(exc).startswith(_RETRYABLE_REPLIES)
+    retryable = (
+        not isinstance(exc, ResponseError)
+        or isinstance(exc, _RETRYABLE_REPLIES)
+        or str(exc).startswith("BUSY ")
+    )
     return StoreError(
         f"Redis at REDIS_URL={redact_url(url)} failed while {action}: {reason}. "
         "Check that Redis is running and reachable from the relay.",
