@@ -5,8 +5,11 @@ service, and a crashed instance's calls are marked lost when their slots expire.
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import socket
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -148,6 +151,44 @@ async def test_redis_hung_mid_call_costs_the_caller_nothing(
     assert_whole_record(record)  # no turn twice, though Redis ran requests it had held
     assert caplog.text.count("call store unreachable") == 1
     assert caplog.text.count("call store reachable again") == 1
+
+
+@contextlib.contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A port whose TCP handshake never completes (its listen queue is full and nobody accepts), like
+    a Redis host that drops packets: a connect waits for its timeout."""
+    with contextlib.ExitStack() as stack:
+        listener = stack.enter_context(socket.socket())
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        port = listener.getsockname()[1]
+        for _ in range(4):
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                filler.connect(("127.0.0.1", port))
+        yield port
+
+
+async def test_a_redis_that_never_completes_the_handshake_costs_the_webhook_half_a_second() -> None:
+    with unanswered_port() as port:
+        async with FakeRealtimeServer(responses=[GREETING]) as rt:
+            settings = make_settings(
+                relay_mode="realtime",
+                openai_base_url=rt.openai_base_url,
+                redis_url=f"redis://127.0.0.1:{port}/0",
+            )
+            async with serve_app(create_app(settings)) as url, twilio_caller(url) as call:
+                twiml, webhook_s = await timed_twiml(call)
+                assert twiml.stream_url and webhook_s < 1.5  # the limiter's 0.5 s deadline covers connecting
+                assert await call.connect(twiml)
+                await greeted(call, rt)
+                async with httpx.AsyncClient(base_url=url) as client:
+                    started = time.monotonic()
+                    ready = await client.get("/ready")
+                    assert time.monotonic() - started < 1.0
+                assert ready.status_code == 200 and ready.json()["store"] == "degraded"
+                await call.stop()
 
 
 @pytest.mark.parametrize("fault", ["killed", "hung"])

@@ -35,7 +35,8 @@ log = logging.getLogger("relay.manager")
 HANGUP_GRACE_S = 15.0  # longest wait for the goodbye to play before hanging up anyway
 LIMITER_DEADLINE_S = 0.5  # admission (and a slot's release) never waits longer for the shared limiter
 RECORD_WAIT_S = 2.0  # an ended call waits this long at most for its record (not at all if the store is down)
-OUTBOX_CLOSE_S = 3.0  # at shutdown, how long queued record writes get to reach the store
+OUTBOX_CLOSE_S = 3.0  # at shutdown, how long queued record writes get to reach the store...
+OUTBOX_CLOSE_DOWN_S = 1.0  # ...and while it is known to be down: two more tries, not a long wait
 GOODBYE_DURATION = "We have reached the time limit for this call. Thank you for calling, goodbye."
 GOODBYE_SHUTDOWN = "Sorry, this service is restarting. Please call again in a moment. Goodbye."
 
@@ -304,7 +305,7 @@ class CallManager:
             await self.preconnector.aclose()
         if self._adapter is not None:
             await self._adapter.aclose()
-        await self.outbox.aclose(OUTBOX_CLOSE_S)
+        await self.outbox.aclose(OUTBOX_CLOSE_S if self.store_health.up else OUTBOX_CLOSE_DOWN_S)
         await self.limiter.close()
 
 
