@@ -26,6 +26,7 @@ from tests.test_cli import relay_serve
 
 WEBHOOK_BUDGET_S = 3.0  # the bound for /incoming-call whatever Redis does
 CATCH_UP_BUDGET_S = 3.0  # a record complete in Redis after Redis is back (measured: README)
+LAPSED = "the call's slot had lapsed; taking it again"
 GREETING = Say("Hello, how can I help?", audio_ms=300)
 ANSWER = Say("It is sunny in Oslo today.", audio_ms=400)
 
@@ -259,7 +260,6 @@ async def test_a_live_call_marked_lost_while_redis_was_hung_is_set_back_in_progr
 ) -> None:
     async with FakeRealtimeServer(responses=[GREETING, ANSWER]) as rt:
         app = create_app(relay_settings(rt, redis_server, call_slot_ttl=1.0))
-        lost = app.state.metrics.registry
         async with serve_app(app) as url, twilio_caller(url) as call:
             assert await call.connect(await call.fetch_twiml())
             conn = await greeted(call, rt)
@@ -267,18 +267,15 @@ async def test_a_live_call_marked_lost_while_redis_was_hung_is_set_back_in_progr
             await redis_server.freeze()
             await asks_and_is_answered(call, conn)  # longer than the 1 s slot TTL: the slot expires
             await call.send_silence(500)
-            await redis_server.thaw()  # the first script to run marks the call lost, this instance's own
+            # The first script to run marks the call lost: a sweep, the keeper's refresh, or one
+            # that Redis held during the freeze (whose answer nobody reads, so no metric counts it).
+            await redis_server.thaw()
             back = await wait_for_record(
                 redis_server,
                 call.call_sid,
-                lambda r: (
-                    r is not None
-                    and r["status"] == "in-progress"
-                    and lost.get_sample_value("relay_calls_lost_total") == 1
-                ),
+                lambda r: r is not None and r["status"] == "in-progress" and LAPSED in caplog.text,
             )
             await call.stop()
             record = await wait_for_record(redis_server, call.call_sid, ended, timeout=CATCH_UP_BUDGET_S)
     assert back is not None and back["outcome"] == "" and back["ended_at"] is None
-    assert "the call's slot had lapsed; taking it again" in caplog.text
     assert_whole_record(record)
