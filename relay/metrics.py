@@ -166,7 +166,8 @@ class Metrics:
         self.calls_lost_total = Counter(
             "relay_calls_lost_total",
             "Calls whose concurrency slots expired (their instance crashed, or lost Redis for longer "
-            "than CALL_SLOT_TTL), marked ended with outcome lost by this instance.",
+            "than CALL_SLOT_TTL), marked ended with outcome lost by this instance (as far as it saw "
+            "Redis's answer).",
             registry=reg,
         )
         self.event_loop_lag_seconds = Histogram(

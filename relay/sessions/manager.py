@@ -188,8 +188,9 @@ class CallManager:
             self.preconnector.start(call_sid)
 
     def start(self) -> None:
-        """Starts the periodic sweep of expired slots (every third of CALL_SLOT_TTL), so a crashed
-        instance's calls are marked lost even when no new call comes."""
+        """Starts the record outbox's writer and the periodic sweep of expired slots (every third of
+        CALL_SLOT_TTL), so a crashed instance's calls are marked lost even when no new call comes."""
+        self.outbox.start()
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_slots(), name="slot-sweeper")
 

@@ -111,13 +111,17 @@ class Outbox:
         if self.pending >= self.max_writes and self._queue:
             self._drop(self._queue.popleft(), f"the outbox is full ({self.max_writes} writes), oldest first")
         self._queue.append(write)
+        self.start()
+        self._wakeup.set()
+        return write.seq
+
+    def start(self) -> None:
+        """Starts the writer task (the app's lifespan does; the first `put` would otherwise)."""
         if self._task is None or self._task.done():
             # A context of its own: the writer's log lines belong to no call.
             self._task = asyncio.get_running_loop().create_task(
                 self._run(), name="record-outbox", context=contextvars.Context()
             )
-        self._wakeup.set()
-        return write.seq
 
     def written(self, seq: int) -> bool:
         """True once every write up to `seq` was applied or dropped."""
