@@ -17,17 +17,21 @@ from starlette.routing import Route, WebSocketRoute
 
 from relay.admin import admin_routes
 from relay.config import Settings, load_settings
+from relay.errors import StoreError
 from relay.loop_lag import watch_event_loop
 from relay.media_stream import MediaStreamApp, ServerChannel
 from relay.metrics import Metrics
 from relay.sessions.limits import make_limiter
 from relay.sessions.manager import CallManager
+from relay.sessions.outbox import StoreHealth
 from relay.sessions.providers import AsyncTokenCredential, make_adapter
 from relay.sessions.store import CallStore, make_store
 from webhooks.replay import make_stream_gate
 from webhooks.routes import routes as webhook_routes
 
 log = logging.getLogger("relay.app")
+
+READY_PING_TIMEOUT_S = 0.5
 
 # One place for how uvicorn serves the app (the CLI and the test server both use it).
 UVICORN_OPTIONS: dict[str, Any] = {
@@ -44,21 +48,34 @@ async def health(request: Request) -> Response:
 
 
 async def ready(request: Request) -> Response:
+    """200 when this instance can serve calls: not draining and a provider configured. The store is
+    reported (`ok` or `degraded`), not required: with Redis away calls are still admitted and served."""
     state = request.app.state
+    manager = state.manager
     problems: list[str] = []
-    if state.manager.draining:
+    if manager.draining:
         problems.append("draining")
     if not state.settings.provider_configured:
         provider = state.settings.describe_provider()
         problems.append(f"{provider} credentials are not configured")
-    try:
-        if not await state.store.ping():
-            problems.append("store unreachable")
-    except Exception as exc:
-        problems.append(f"store unreachable: {exc}")
+    store = "ok" if await _store_answers(state.store, manager.store_health) else "degraded"
+    body: dict[str, Any] = {"store": store, "pending_writes": manager.outbox.pending}
     if problems:
-        return JSONResponse({"status": "not ready", "problems": problems}, status_code=503)
-    return JSONResponse({"status": "ready", "active_calls": len(state.manager.active)})
+        return JSONResponse({"status": "not ready", "problems": problems, **body}, status_code=503)
+    return JSONResponse({"status": "ready", "active_calls": len(manager.active), **body})
+
+
+async def _store_answers(store: CallStore, health: StoreHealth) -> bool:
+    """A ping bounded by READY_PING_TIMEOUT_S, so a hung Redis cannot hang the readiness probe."""
+    try:
+        async with asyncio.timeout(READY_PING_TIMEOUT_S):
+            answered = await store.ping()
+    except (StoreError, TimeoutError) as exc:
+        health.failed(exc, "answering a readiness ping")
+        return False
+    if answered:
+        health.succeeded()
+    return answered
 
 
 def _build_tools(settings: Settings) -> tuple[Any, Any]:
@@ -117,6 +134,7 @@ def create_app(
         gc.collect()
         gc.freeze()
         lag_watch = asyncio.create_task(watch_event_loop(metrics.event_loop_lag_seconds.observe))
+        manager.start()
         try:
             yield
         finally:

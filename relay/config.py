@@ -151,6 +151,9 @@ class Settings(BaseSettings):
     redis_url: SecretStr | None = None
     call_record_ttl_days: float = Field(7.0, gt=0)
     max_concurrent_calls: int = Field(100, ge=1, le=100_000)
+    # seconds a call's concurrency slot outlives its instance's last refresh (every third of it); a
+    # crashed instance's calls are marked `lost` this long after it died
+    call_slot_ttl: float = Field(60.0, ge=1.0, le=3600)
     max_call_duration: float = Field(3600.0, gt=0, le=86_400)  # seconds (at most a day)
     drain_timeout: float = Field(30.0, ge=0)  # seconds active calls get to finish on SIGTERM
 

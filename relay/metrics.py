@@ -158,7 +158,39 @@ class Metrics:
             registry=reg,
         )
         self.store_errors_total = Counter(
-            "relay_store_errors_total", "Call record writes that failed (the call went on).", registry=reg
+            "relay_store_errors_total",
+            "Call store operations that failed (record writes, which are retried; limiter calls; "
+            "readiness pings). Calls go on.",
+            registry=reg,
+        )
+        self.store_dropped_total = Counter(
+            "relay_store_dropped_total",
+            "Call record writes given up: the outbox was full during a store outage, the store refused "
+            "the write, or the relay stopped before the store came back.",
+            registry=reg,
+        )
+        self.store_pending_writes = Gauge(
+            "relay_store_pending_writes",
+            "Call record writes queued in the outbox, not yet stored.",
+            registry=reg,
+        )
+        self.store_up = Gauge(
+            "relay_store_up",
+            "1 when the call store answered the last operation, 0 when it failed.",
+            registry=reg,
+        )
+        self.calls_admitted_fail_open_total = Counter(
+            "relay_calls_admitted_fail_open_total",
+            "Calls admitted on this instance's own MAX_CONCURRENT_CALLS because the shared limiter "
+            "(Redis) did not answer in time.",
+            registry=reg,
+        )
+        self.calls_lost_total = Counter(
+            "relay_calls_lost_total",
+            "Calls whose concurrency slots expired (their instance crashed, or lost Redis for longer "
+            "than CALL_SLOT_TTL), marked ended with outcome lost by this instance (as far as it saw "
+            "Redis's answer).",
+            registry=reg,
         )
         self.event_loop_lag_seconds = Histogram(
             "relay_event_loop_lag_seconds",

@@ -15,9 +15,13 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
+
+from relay.sessions.store import RedisStore
 
 READY_LINE = b"Ready to accept connections"
 START_TIMEOUT_S = 10.0
@@ -140,6 +144,33 @@ class RedisServer:
     def _failure(self, what: str) -> str:
         tail = "\n".join(self.log) or "(no output)"
         return f"redis-server on port {self.port} {what}; its log:\n{tail}"
+
+
+async def wait_for_record(
+    server: RedisServer,
+    call_sid: str,
+    done: Callable[[dict[str, Any] | None], bool],
+    timeout: float = 5.0,  # noqa: ASYNC109 - a test bound
+) -> dict[str, Any] | None:
+    """The call's record (read through RedisStore) once `done(record)` holds; TimeoutError otherwise.
+
+    Woken by Redis keyspace notifications on the call's keys, so it waits for writes without polling.
+    Enables the notifications on the server (again after a restart: a fresh server has them off).
+    """
+    client = aioredis.Redis.from_url(server.url, decode_responses=True)
+    store = RedisStore(server.url, ttl_seconds=3600)
+    pubsub = client.pubsub()
+    try:
+        await client.config_set("notify-keyspace-events", "KA")
+        await pubsub.psubscribe(f"__keyspace@0__:relay:call:{call_sid}*")
+        async with asyncio.timeout(timeout):
+            while not done(record := await store.get(call_sid)):
+                await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
+        return record
+    finally:
+        await pubsub.aclose()
+        await client.aclose()
+        await store.close()
 
 
 @pytest.fixture

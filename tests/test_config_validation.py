@@ -48,6 +48,7 @@ BAD_VALUES = [
     ("CALL_RECORD_TTL_DAYS", "-7", "greater than 0"),
     ("MAX_CONCURRENT_CALLS", "0", "from 1 to 100000"),
     ("MAX_CONCURRENT_CALLS", "lots", "whole number"),
+    ("CALL_SLOT_TTL", "0.5", "from 1 to 3600"),
     ("MAX_CALL_DURATION", "0", "greater than 0"),
     ("DRAIN_TIMEOUT", "-5", "at least 0"),
     ("PORT", "0", "from 1 to 65535"),

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from relay.config import Settings
 from relay.errors import StoreError
 from relay.sessions.limits import CallLimiter, MemoryLimiter, RedisLimiter, make_limiter
+from relay.sessions.store import RedisStore
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
 MAX = 3
@@ -169,6 +170,56 @@ async def test_expired_slot_comes_back(limiters: Callable[..., CallLimiter]) -> 
     await asyncio.sleep(0.3)  # this test is about expiry itself
     assert await alive.count() == 0
     assert await alive.acquire("CA-new", TTL)
+
+
+async def expired_slots(url: str, *sids: str) -> None:
+    """Slots as a crashed instance leaves them: held, and never refreshed again (expired long ago)."""
+    client = aioredis.Redis.from_url(url, decode_responses=True)
+    try:
+        await client.zadd("relay:active_calls", dict.fromkeys(sids, 1))
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("operation", ["acquire", "refresh", "sweep"])
+async def test_whoever_drops_an_expired_slot_marks_its_call_lost_once(
+    operation: str,
+    redis_server: RedisServer,  # noqa: F811
+    limiters: Callable[..., CallLimiter],
+) -> None:
+    store = RedisStore(redis_server.url, ttl_seconds=3600)
+    try:
+        await store.upsert("CA-orphan", status="in-progress", stream_sid="MZ1")
+        await store.upsert("CA-done", status="ended", outcome="hangup")  # ended, but its release failed
+        await expired_slots(redis_server.url, "CA-orphan", "CA-done", "CA-unknown")
+        first, second = limiters("redis"), limiters("redis")
+        seen: list[str] = []
+        first.on_lost = seen.extend
+        if operation == "acquire":
+            assert await first.acquire("CA-new", TTL)
+        elif operation == "refresh":
+            assert not await first.refresh("CA-orphan", TTL)
+        else:
+            assert await first.sweep() == ["CA-orphan"]
+        assert seen == ["CA-orphan"]
+        assert await second.sweep() == [] and await first.sweep() == []  # once, whoever sweeps next
+        orphan, done = await store.get("CA-orphan"), await store.get("CA-done")
+        assert orphan is not None and done is not None
+        assert (orphan["status"], orphan["outcome"], orphan["stream_sid"]) == ("ended", "lost", "MZ1")
+        assert isinstance(orphan["ended_at"], float) and abs(orphan["ended_at"] - time.time()) < 5
+        assert (done["status"], done["outcome"]) == ("ended", "hangup")
+        assert await store.get("CA-unknown") is None  # no record is invented
+    finally:
+        await store.close()
+
+
+async def test_memory_slots_expire_without_marking_anything() -> None:
+    clock = FakeClock()
+    limiter = MemoryLimiter(2, clock=clock)
+    assert await limiter.acquire("CA1", 10)
+    clock.advance(11)
+    assert await limiter.sweep() == []
+    assert await limiter.count() == 0
 
 
 async def test_expiry_is_on_the_redis_server_clock(

@@ -5,6 +5,7 @@ The voice webhook answers TwiML that connects the call to `wss://<public host>/m
 short-lived stream token. When the relay cannot serve the call it says so and hangs up: never a
 500. A bad signature gets 403. A signed webhook replayed for a call whose stream already started
 (running or ended) gets the apology and a hang-up too, and no new token (`webhooks.replay`).
+Record writes are queued (the manager's outbox), never awaited: a Redis outage costs no webhook.
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ async def incoming_call(request: Request) -> Response:
             "to": str(form.get("To", ""))[:64],
             "token": mint_stream_token(call_sid, settings),
         }
-        await state.store.upsert(call_sid, **{"from": params["from"], "to": params["to"]})
+        state.manager.outbox.put(call_sid, "upsert", **{"from": params["from"], "to": params["to"]})
         log.info("incoming call from %s, connecting stream to wss://%s/media-stream", params["from"], host)
         return Response(connect_twiml(f"wss://{host}/media-stream", params, APOLOGY), media_type=TWIML)
 
@@ -103,7 +104,7 @@ async def call_status(request: Request) -> Response:
         if status in FINAL_STATUSES:
             fields["ended_at"] = time.time()
         if call_sid:
-            await state.store.upsert(call_sid, **fields)
+            state.manager.outbox.put(call_sid, "upsert", **fields)
         log.info("call status %s", status)
         return Response(status_code=204)
 

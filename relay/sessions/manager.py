@@ -24,51 +24,52 @@ from relay.errors import (
     ProviderUnresponsiveError,
     StoreError,
 )
+from relay.logs import bind_call
 from relay.metrics import Metrics
 from relay.sessions import events as ev
 from relay.sessions.bridge import Effect, Notice, RunTool, SaveTurn
 from relay.sessions.limits import CallLimiter, MemoryLimiter
+from relay.sessions.outbox import Outbox, StoreHealth
 from relay.sessions.preconnect import PRECONNECT_TTL_S, Preconnector
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime import RealtimeSession, connect_primed
-from relay.sessions.store import CallStore
+from relay.sessions.store import CallStore, WriteOp
 from relay.twilio_messages import Media, Start
 
 log = logging.getLogger("relay.manager")
 
 HANGUP_GRACE_S = 15.0  # longest wait for the goodbye to play before hanging up anyway
-SLOT_TTL_S = 60.0  # a call's concurrency slot lapses this long after its instance stops refreshing it
+LIMITER_DEADLINE_S = 0.5  # admission (and a slot's release) never waits longer for the shared limiter
+RECORD_WAIT_S = 2.0  # an ended call waits this long at most for its record (not at all if the store is down)
+OUTBOX_CLOSE_S = 3.0  # at shutdown, how long queued record writes get to reach the store...
+OUTBOX_CLOSE_DOWN_S = 1.0  # ...and while it is known to be down: two more tries, not a long wait
 GOODBYE_DURATION = "We have reached the time limit for this call. Thank you for calling, goodbye."
 GOODBYE_SHUTDOWN = "Sorry, this service is restarting. Please call again in a moment. Goodbye."
 END_CALLS_MARGIN_S = 2.0  # the drain's bound on ending the remaining calls: one REST timeout plus this
 
 
 class CallRecorder:
-    """Writes a call's record off the audio path: one writer task draining a queue."""
+    """A call's record writes, queued in the process's outbox: the call never waits for the store."""
 
-    def __init__(self, store: CallStore, call_sid: str) -> None:
-        self.store = store
+    def __init__(self, outbox: Outbox, call_sid: str) -> None:
+        self.outbox = outbox
         self.call_sid = call_sid
-        self._queue: asyncio.Queue[tuple[str, tuple[Any, ...], dict[str, Any]] | None] = asyncio.Queue()
-        self._task = asyncio.create_task(self._run(), name=f"recorder-{call_sid}")
-        self.lost = 0
+        self._last = 0
+        self._finished = False
 
-    def put(self, method: str, *args: Any, **kwargs: Any) -> None:
-        self._queue.put_nowait((method, args, kwargs))
+    def put(self, method: WriteOp, *args: Any, **kwargs: Any) -> None:
+        """Queues `store.<method>(call_sid, *args, **kwargs)`; ignored once `finish` was called."""
+        if not self._finished:
+            self._last = self.outbox.put(self.call_sid, method, *args, **kwargs)
 
-    async def _run(self) -> None:
-        while (job := await self._queue.get()) is not None:
-            method, args, kwargs = job
-            try:
-                await getattr(self.store, method)(self.call_sid, *args, **kwargs)
-            except Exception as exc:  # a store failure must never touch the call
-                self.lost += 1
-                log.warning("call record write lost (%s): %s", method, exc)
+    def finish(self, **fields: Any) -> None:
+        """Queues the record's last upsert; later writes (a slot keeper's) are ignored."""
+        self.put("upsert", **fields)
+        self._finished = True
 
     async def aclose(self) -> None:
-        self._queue.put_nowait(None)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._task, timeout=5.0)
+        """Waits a little for this call's writes to be stored: not at all while the store is down."""
+        await self.outbox.wait_written(self._last, timeout=RECORD_WAIT_S)
 
 
 class CallControlImpl:
@@ -141,6 +142,10 @@ class CallManager:
         self.limiter = limiter if limiter is not None else MemoryLimiter(settings.max_concurrent_calls)
         self.metrics = metrics if metrics is not None else Metrics()
         self.metrics.active_calls.set_function(lambda: len(self.active))
+        self.store_health = StoreHealth(self.metrics)
+        self.outbox = Outbox(store, self.store_health)
+        self.limiter.on_lost = self._on_lost
+        self._sweeper: asyncio.Task[None] | None = None
         self.draining = False
         self._adapter: ProviderAdapter | None = None
         self.preconnector: Preconnector | None = None
@@ -162,18 +167,23 @@ class CallManager:
 
     async def admit(self, call_sid: str) -> str | None:
         """None when the call is admitted (a slot is held for it), else why not: draining, unconfigured
-        or busy. The slot is shared by every instance when Redis is used; if Redis cannot be
-        reached the relay fails open, bounded by this instance's own MAX_CONCURRENT_CALLS."""
+        or busy. The slot is shared by every instance when Redis is used; if Redis does not answer
+        within LIMITER_DEADLINE_S the relay fails open, bounded by this instance's own
+        MAX_CONCURRENT_CALLS (counted in relay_calls_admitted_fail_open_total)."""
         if self.draining:
             return "draining"
         if not self.settings.provider_configured:
             return "unconfigured"
         try:
-            ok = await self.limiter.acquire(call_sid, SLOT_TTL_S)
-        except StoreError as exc:
-            self.metrics.store_errors_total.inc()
-            log.warning("call limiter unavailable, admitting on this instance's bound: %s", exc)
+            async with asyncio.timeout(LIMITER_DEADLINE_S):
+                ok = await self.limiter.acquire(call_sid, self.settings.call_slot_ttl)
+            self.store_health.succeeded()
+        except (StoreError, TimeoutError) as exc:
+            self.store_health.failed(exc, "taking a call slot")
             ok = len(self.active) < self.settings.max_concurrent_calls
+            if ok:
+                self.metrics.calls_admitted_fail_open_total.inc()
+                log.info("admitted on this instance's own limit: the call limiter did not answer")
         return None if ok else "busy"
 
     def realtime_tools(self) -> list[dict[str, Any]]:
@@ -185,22 +195,59 @@ class CallManager:
         if self.preconnector is not None and not self.draining:
             self.preconnector.start(call_sid)
 
-    async def _keep_slot(self, call_sid: str) -> None:
-        """Refreshes the call's slot while it runs, so a crashed instance's slots expire."""
+    def start(self) -> None:
+        """Starts the record outbox's writer and the periodic sweep of expired slots (every third of
+        CALL_SLOT_TTL), so a crashed instance's calls are marked lost even when no new call comes."""
+        self.outbox.start()
+        if self._sweeper is None:
+            self._sweeper = asyncio.create_task(self._sweep_slots(), name="slot-sweeper")
+
+    async def _sweep_slots(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.call_slot_ttl / 3)
+            try:
+                await self.limiter.sweep()  # its marks reach _on_lost
+            except StoreError as exc:
+                self.store_health.failed(exc, "sweeping expired call slots")
+            else:
+                self.store_health.succeeded()
+
+    def _on_lost(self, call_sids: list[str]) -> None:
+        self.metrics.calls_lost_total.inc(len(call_sids))
+        for sid in call_sids:
+            with bind_call(sid):
+                log.warning(
+                    "call marked ended (outcome lost): its slot expired, so the instance serving it "
+                    "stopped refreshing it (crashed, or cut off from Redis for CALL_SLOT_TTL)"
+                )
+
+    async def _keep_slot(self, run: CallRun) -> None:
+        """Holds the call's slot while it runs (taken here when admission failed open or happened on
+        another instance), refreshing it so that a crashed instance's slots expire. A slot found
+        lapsed (Redis was away longer than CALL_SLOT_TTL) may have had the call marked lost: the
+        record is set back in progress."""
+        call_sid, ttl = run.start.call_sid, self.settings.call_slot_ttl
+        held = False
         while True:
             try:
-                await self.limiter.acquire(call_sid, SLOT_TTL_S)
+                if held and not await self.limiter.refresh(call_sid, ttl):
+                    log.warning("the call's slot had lapsed; taking it again")
+                    run.recorder.put("upsert", status="in-progress", outcome="", ended_at=None)
+                    held = False
+                if not held:
+                    held = await self.limiter.acquire(call_sid, ttl)
             except StoreError as exc:
-                self.metrics.store_errors_total.inc()
-                log.warning("could not refresh the call's limiter slot: %s", exc)
-            await asyncio.sleep(SLOT_TTL_S / 3)
+                self.store_health.failed(exc, "refreshing a call slot")
+            else:
+                self.store_health.succeeded()
+            await asyncio.sleep(ttl / 3)
 
     async def _release_slot(self, call_sid: str) -> None:
         try:
-            await self.limiter.release(call_sid)
-        except StoreError as exc:
-            self.metrics.store_errors_total.inc()
-            log.warning("could not release the call's limiter slot (it expires by itself): %s", exc)
+            async with asyncio.timeout(LIMITER_DEADLINE_S):
+                await self.limiter.release(call_sid)
+        except (StoreError, TimeoutError) as exc:  # the slot expires by itself
+            self.store_health.failed(exc, "releasing a call slot")
 
     async def hang_up(self, call_sid: str) -> None:
         if self.twilio_calls is None:
@@ -285,7 +332,7 @@ class CallManager:
     async def run_call(self, start: Start, channel: Any) -> str:
         run = CallRun(self, start, channel)
         self.active[start.call_sid] = run
-        keeper = asyncio.create_task(self._keep_slot(start.call_sid))
+        keeper = asyncio.create_task(self._keep_slot(run))
         try:
             return await run.run()
         finally:
@@ -296,10 +343,14 @@ class CallManager:
             self._idle.set()
 
     async def aclose(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         if self.preconnector is not None:
             await self.preconnector.aclose()
         if self._adapter is not None:
             await self._adapter.aclose()
+        await self.outbox.aclose(OUTBOX_CLOSE_S if self.store_health.up else OUTBOX_CLOSE_DOWN_S)
         await self.limiter.close()
 
 
@@ -311,7 +362,7 @@ class CallRun:
         self.settings = manager.settings
         self.start = start
         self.channel = channel
-        self.recorder = CallRecorder(manager.store, start.call_sid)
+        self.recorder = CallRecorder(manager.outbox, start.call_sid)
         self.control = CallControlImpl(manager, start.call_sid)
         self.session: RealtimeSession | CascadeSession | None = None
         self.mode = "cascade" if self.settings.relay_mode == "cascade" else "realtime"
@@ -374,15 +425,14 @@ class CallRun:
             for task in self._tool_tasks:
                 task.cancel()
             stats = [vars(st) for st in self.all_stats()]
-            self.recorder.put(
-                "upsert", ended_at=time.time(), status="ended", outcome=outcome, mode=self.mode, stats=stats
+            self.recorder.finish(
+                ended_at=time.time(), status="ended", outcome=outcome, mode=self.mode, stats=stats
             )
             await self.recorder.aclose()
             metrics = self.manager.metrics
             for stats_obj in self.all_stats():
                 metrics.observe_call_end(stats_obj, self.mode, outcome, provider=adapter.vendor, count=False)
             metrics.calls_total.labels(mode=self.mode, outcome=outcome).inc()
-            metrics.store_errors_total.inc(self.recorder.lost)
         log.info("call ended: %s", outcome)
         return outcome
 

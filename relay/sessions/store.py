@@ -3,6 +3,11 @@
 A record holds the call's SIDs, parties, provider and mode, start and end, outcome, fallbacks,
 the transcript turns of both sides (only what the caller heard) and the tool audit.
 
+The relay never awaits a store write on a call's path: its writes go through the process's outbox
+(relay/sessions/outbox.py) as `RecordWrite`s, which retries them while the store is away and hands
+them to `apply` in order. A write may therefore reach Redis twice (a timed-out attempt that Redis
+ran after all, then the retry): `apply` runs each (writer, seq) at most once.
+
 Redis layout (prefix `relay:` by default), every key of a call expiring together
 CALL_RECORD_TTL_DAYS after the call's last write:
 
@@ -11,24 +16,40 @@ CALL_RECORD_TTL_DAYS after the call's last write:
 | `relay:call:<sid>` | hash | the record's scalar fields; strings as they are, other values as JSON |
 | `relay:call:<sid>:transcript` | list | one JSON object per turn, in order |
 | `relay:call:<sid>:<kind>` | list | one JSON object per event, for each kind of `EVENT_KINDS` |
+| `relay:call:<sid>:applied` | hash | writer id (one per relay process) -> the highest write seq applied |
+| `relay:active_calls` | sorted set | call SID -> slot expiry (relay/sessions/limits.py) |
+
+Each write is one Lua script: skip it when its (writer, seq) was already applied, create the record
+when missing (`call_sid`, `started_at` = when the write was queued), apply the change, refresh the
+TTL of every key of the call. When a call's concurrency slot expires (its instance crashed or lost
+Redis for longer than CALL_SLOT_TTL), the limiter script that drops the slot also sets the record's
+`status` to `ended`, `outcome` to `lost` and `ended_at`, if the record exists and is not ended: the
+same script, so exactly once across every instance.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import orjson
 import redis.asyncio as aioredis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
-from redis.typing import EncodableT, FieldT
+from redis.typing import EncodableT
 
 from relay.errors import ConfigError, StoreError
 
@@ -43,6 +64,31 @@ LIST_FIELDS = ("transcript", *EVENT_KINDS)
 
 REDIS_TIMEOUT_S = 1.0
 """Connect and per-operation socket timeout: a dead Redis fails a write in about a second."""
+
+KEY_PREFIX = "relay:"
+"""The prefix of every Redis key the relay writes."""
+
+APPLIED = "applied"
+"""The suffix of the hash that makes writes idempotent: writer id -> highest seq applied."""
+
+WriteOp = Literal["upsert", "add_turn", "add_event"]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordWrite:
+    """One change to one call's record, as the outbox queues it: the store method `op` with `args`
+    and `kwargs` after the call SID. `at` is when it was queued (the record's `started_at` when it
+    creates the record, a turn's `ts`); `writer` (one per process) and `seq` (increasing) let a store
+    apply a retried write at most once. An empty `writer` skips that check.
+    """
+
+    call_sid: str
+    op: WriteOp
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    at: float = field(default_factory=time.time)
+    writer: str = ""
+    seq: int = 0
 
 
 def new_record(call_sid: str, **fields: Any) -> dict[str, Any]:
@@ -67,6 +113,9 @@ def new_record(call_sid: str, **fields: Any) -> dict[str, Any]:
 
 
 class CallStore(Protocol):
+    async def apply(self, write: RecordWrite) -> None:
+        """Runs `write` (the outbox's way in); a (writer, seq) already applied is skipped."""
+
     async def upsert(self, call_sid: str, **fields: Any) -> None:
         """Creates the record when missing, then sets the given fields."""
 
@@ -98,11 +147,21 @@ class MemoryStore:
             rec = self._records[call_sid] = new_record(call_sid)
         return rec
 
+    async def apply(self, write: RecordWrite) -> None:
+        # Nothing to deduplicate: a write to a dict cannot half-fail.
+        if write.op == "add_turn":
+            role, text = write.args
+            self._record(write.call_sid)["transcript"].append(
+                {"role": role, "text": text, "ts": write.at, **write.kwargs}
+            )
+        else:
+            await getattr(self, write.op)(write.call_sid, *write.args, **write.kwargs)
+
     async def upsert(self, call_sid: str, **fields: Any) -> None:
         self._record(call_sid).update(fields)
 
     async def add_turn(self, call_sid: str, role: str, text: str, **meta: Any) -> None:
-        self._record(call_sid)["transcript"].append({"role": role, "text": text, "ts": time.time(), **meta})
+        await self.apply(RecordWrite(call_sid, "add_turn", (role, text), meta))
 
     async def add_event(self, call_sid: str, kind: str, entry: dict[str, Any]) -> None:
         self._record(call_sid).setdefault(kind, []).append(entry)
@@ -165,12 +224,27 @@ def redis_client(url: str, *, timeout: float = REDIS_TIMEOUT_S) -> aioredis.Redi
         ) from None
 
 
+_RETRYABLE_REPLIES = (OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError, MasterDownError)
+"""Error replies of a Redis that is failing over or full: worth trying again later (as is BUSY, a
+script running too long, which redis-py leaves a plain ResponseError)."""
+
+
 def redis_error(url: str, action: str, exc: BaseException) -> StoreError:
-    """A StoreError naming REDIS_URL (redacted) and what failed; redis-py messages carry no password."""
+    """A StoreError naming REDIS_URL (redacted) and what failed; redis-py messages carry no password.
+
+    Retryable when Redis could not be reached or answered that it cannot serve now; not when it
+    refused the command itself (a wrong type at a key: trying again gives the same answer).
+    """
     reason = str(exc).rstrip(". ") or type(exc).__name__
+    retryable = (
+        not isinstance(exc, ResponseError)
+        or isinstance(exc, _RETRYABLE_REPLIES)
+        or str(exc).startswith("BUSY ")
+    )
     return StoreError(
         f"Redis at REDIS_URL={redact_url(url)} failed while {action}: {reason}. "
-        "Check that Redis is running and reachable from the relay."
+        "Check that Redis is running and reachable from the relay.",
+        retryable=retryable,
     )
 
 
@@ -208,19 +282,42 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
+# KEYS: the record hash, the applied hash, then every other key of the call (all get the TTL).
+# ARGV: writer, seq, ttl (s), call SID, started_at, then each command as its length and its words.
+_APPLY = """
+if ARGV[1] ~= '' then
+  local last = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+  if last >= tonumber(ARGV[2]) then return 0 end
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+end
+redis.call('HSETNX', KEYS[1], 'call_sid', ARGV[4])
+redis.call('HSETNX', KEYS[1], 'started_at', ARGV[5])
+local i = 6
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call(unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
+for k = 1, #KEYS do redis.call('EXPIRE', KEYS[k], ARGV[3]) end
+return 1
+"""
+
+Command = list[EncodableT]
+
+
 class RedisStore:
     """Call records in Redis, shared by every relay instance and kept across restarts.
 
-    Each write is one MULTI/EXEC: it creates the record when missing (`call_sid`, `started_at`),
+    Each write is one script (see the module docstring): it creates the record when missing,
     applies the change and refreshes the TTL of every key of the call, so a record expires as a
     whole `ttl_seconds` after its last write. Values come back as JSON restores them (tuples as lists,
     anything JSON cannot hold as its str(); datetimes as ISO strings). Every Redis failure
-    raises StoreError naming REDIS_URL (password redacted); the CallRecorder counts it as a lost
-    write and the call goes on.
+    raises StoreError naming REDIS_URL (password redacted), retryable unless Redis refused the
+    command itself.
     """
 
     def __init__(
-        self, url: str, *, ttl_seconds: float, prefix: str = "relay:", timeout: float = REDIS_TIMEOUT_S
+        self, url: str, *, ttl_seconds: float, prefix: str = KEY_PREFIX, timeout: float = REDIS_TIMEOUT_S
     ) -> None:
         if ttl_seconds <= 0:
             raise ValueError(f"ttl_seconds must be positive, not {ttl_seconds}")
@@ -228,6 +325,7 @@ class RedisStore:
         self.prefix = prefix
         self._url = url
         self._client = redis_client(url, timeout=timeout)
+        self._apply = self._client.register_script(_APPLY)  # loaded again by itself after a restart
 
     def key(self, call_sid: str, field: str | None = None) -> str:
         """`<prefix>call:<sid>` (the hash), or `<prefix>call:<sid>:<field>` for a list field."""
@@ -236,40 +334,58 @@ class RedisStore:
 
     def keys(self, call_sid: str) -> list[str]:
         """Every key a call may have."""
-        return [self.key(call_sid), *(self.key(call_sid, name) for name in LIST_FIELDS)]
+        return [self.key(call_sid), *(self.key(call_sid, name) for name in (*LIST_FIELDS, APPLIED))]
+
+    async def apply(self, write: RecordWrite) -> None:
+        """Runs `write` as one script; ValueError for an add_event kind outside EVENT_KINDS."""
+        action, commands = self._commands(write)
+        sid = write.call_sid
+        argv: list[EncodableT] = [write.writer, write.seq, self.ttl_seconds, sid, _encode(write.at)]
+        for command in commands:
+            argv += [len(command), *command]
+        keys = [self.key(sid), self.key(sid, APPLIED), *(self.key(sid, name) for name in LIST_FIELDS)]
+        try:
+            await self._apply(keys=keys, args=argv)
+        except (RedisError, OSError) as exc:
+            raise redis_error(self._url, action, exc) from exc
+
+    def _commands(self, write: RecordWrite) -> tuple[str, list[Command]]:
+        """What `write` does, as Redis commands, and its name for error messages."""
+        sid = write.call_sid
+        if write.op == "add_turn":
+            role, text = write.args
+            turn = _json({"role": role, "text": text, "ts": write.at, **write.kwargs})
+            return "appending a transcript turn", [["RPUSH", self.key(sid, "transcript"), turn]]
+        if write.op == "add_event":
+            kind, entry = write.args
+            if kind not in EVENT_KINDS:
+                raise ValueError(f"unknown event kind {kind!r}: RedisStore keeps {', '.join(EVENT_KINDS)}")
+            return f"appending to {kind}", [["RPUSH", self.key(sid, kind), _json(entry)]]
+        commands: list[Command] = []
+        scalars = [
+            word
+            for name, value in write.kwargs.items()
+            if name not in LIST_FIELDS
+            for word in (name, _encode(value))
+        ]
+        if scalars:
+            commands.append(["HSET", self.key(sid), *scalars])
+        for name, items in write.kwargs.items():
+            if name in LIST_FIELDS:  # setting a list field replaces the whole list
+                commands.append(["DEL", self.key(sid, name)])
+                if items:
+                    commands.append(["RPUSH", self.key(sid, name), *(_json(item) for item in items)])
+        return "writing the call record", commands
 
     async def upsert(self, call_sid: str, **fields: Any) -> None:
-        scalars: dict[FieldT, EncodableT] = {
-            name: _encode(v) for name, v in fields.items() if name not in LIST_FIELDS
-        }
-        lists = {name: [_json(item) for item in v] for name, v in fields.items() if name in LIST_FIELDS}
-
-        def change(pipe: Pipeline) -> None:
-            if scalars:
-                pipe.hset(self.key(call_sid), mapping=scalars)
-            for name, items in lists.items():  # setting a list field replaces the whole list
-                pipe.delete(self.key(call_sid, name))
-                if items:
-                    pipe.rpush(self.key(call_sid, name), *items)
-
-        await self._write(call_sid, "writing the call record", change)
+        await self.apply(RecordWrite(call_sid, "upsert", (), fields))
 
     async def add_turn(self, call_sid: str, role: str, text: str, **meta: Any) -> None:
-        turn = _json({"role": role, "text": text, "ts": time.time(), **meta})
-        await self._write(
-            call_sid,
-            "appending a transcript turn",
-            lambda pipe: pipe.rpush(self.key(call_sid, "transcript"), turn),
-        )
+        await self.apply(RecordWrite(call_sid, "add_turn", (role, text), meta))
 
     async def add_event(self, call_sid: str, kind: str, entry: dict[str, Any]) -> None:
         """Appends `entry` to the `kind` list; ValueError for a kind outside EVENT_KINDS."""
-        if kind not in EVENT_KINDS:
-            raise ValueError(f"unknown event kind {kind!r}: RedisStore keeps {', '.join(EVENT_KINDS)}")
-        event = _json(entry)
-        await self._write(
-            call_sid, f"appending to {kind}", lambda pipe: pipe.rpush(self.key(call_sid, kind), event)
-        )
+        await self.apply(RecordWrite(call_sid, "add_event", (kind, entry)))
 
     async def get(self, call_sid: str) -> dict[str, Any] | None:
         """The record in MemoryStore's shape, or None when there is none (or it expired)."""
@@ -299,22 +415,6 @@ class RedisStore:
 
     async def close(self) -> None:
         await self._client.aclose()
-
-    async def _write(self, call_sid: str, action: str, change: Callable[[Pipeline], object]) -> None:
-        record = self.key(call_sid)
-        try:
-            async with self._client.pipeline(transaction=True) as pipe:
-                pipe.hsetnx(record, "call_sid", call_sid)
-                pipe.hsetnx(record, "started_at", _encode(time.time()))
-                change(pipe)
-                self._expire(pipe, self.keys(call_sid))
-                await pipe.execute()
-        except (RedisError, OSError) as exc:
-            raise redis_error(self._url, action, exc) from exc
-
-    def _expire(self, pipe: Pipeline, keys: Iterable[str]) -> None:
-        for key in keys:
-            pipe.expire(key, self.ttl_seconds)  # a no-op for a list the call does not have yet
 
 
 def make_store(settings: Settings) -> CallStore:
