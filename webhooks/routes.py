@@ -1,7 +1,10 @@
 """`POST /incoming-call` and `POST /call-status`: Twilio's voice webhook and status callback.
 
-The voice webhook answers TwiML that connects the call to `wss://<public host>/media-stream`
-(no query string: Twilio drops it) with `<Parameter>`s for the caller, the call SID and a
+Both read their form through `webhooks.form` (a bounded body, 413/408/415/400 otherwise), then
+check the signature (403), then the SIDs' format (400). The voice webhook answers TwiML that
+connects the call to `wss://<public host>/media-stream` (`ws://` only for a relay reached over
+plain HTTP with no PUBLIC_URL and no trusted proxy: see `public_base`; no query string: Twilio
+drops it) with `<Parameter>`s for the caller, the call SID and a
 short-lived stream token. When the relay cannot serve the call it says so and hangs up: never a
 500. A bad signature gets 403.
 """
@@ -9,8 +12,8 @@ short-lived stream token. When the relay cannot serve the call it says so and ha
 from __future__ import annotations
 
 import logging
+import re
 import time
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -18,6 +21,8 @@ from starlette.routing import Route
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from relay.logs import bind_call
+from relay.sids import is_account_sid, is_call_sid
+from webhooks.form import FormRefused, read_form
 from webhooks.signature import public_base, request_signature_ok
 from webhooks.token import mint_stream_token
 
@@ -28,6 +33,9 @@ APOLOGY = "Sorry, our assistant is unavailable right now. Please call again late
 BUSY = "Sorry, all our lines are busy right now. Please call again in a few minutes."
 DRAINING = "Sorry, this service is restarting. Please call again in a moment."
 FINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
+CALL_STATUS = re.compile("[a-z-]{1,20}")  # queued, ringing, in-progress, completed, no-answer...
+DURATION = re.compile("[0-9]{1,9}")
+MAX_NUMBER_CHARS = 64  # From/To: E.164 is 16 characters; client: and sip: identities are longer
 
 
 def say_and_hang_up(text: str) -> Response:
@@ -50,16 +58,42 @@ def connect_twiml(stream_url: str, parameters: dict[str, str], fallback_text: st
     return str(vr)
 
 
+def _refusal(status: int, text: str) -> Response:
+    """A plain-text refusal after which the connection is closed (what is left of the body unread)."""
+    return PlainTextResponse(text, status_code=status, headers={"Connection": "close"})
+
+
+async def signed_form(request: Request, route: str) -> dict[str, str] | Response:
+    """The webhook's form once its body is bounded, its signature valid and its SIDs well-formed;
+    else the response that refuses it. Nothing from the request is logged before it is checked."""
+    state = request.app.state
+    try:
+        form = await read_form(request, within=state.settings.webhook_body_timeout)
+    except FormRefused as exc:
+        log.warning("refused %s: HTTP %d, %s", route, exc.status, exc.reason)
+        state.metrics.observe_rejection("malformed")
+        return _refusal(exc.status, exc.reason)
+    call_sid = form.get("CallSid", "")
+    with bind_call(call_sid if is_call_sid(call_sid) else "-"):
+        if not request_signature_ok(request, state.settings, form):
+            log.warning("rejected %s: invalid X-Twilio-Signature (is PUBLIC_URL right?)", route)
+            state.metrics.observe_rejection("signature")
+            return PlainTextResponse("invalid signature", status_code=403)
+        if not is_call_sid(call_sid) or not is_account_sid(form.get("AccountSid", "AC" + "0" * 32)):
+            log.warning("refused %s: CallSid or AccountSid is not a Twilio SID", route)
+            state.metrics.observe_rejection("malformed")
+            return _refusal(400, "CallSid must be 'CA' and AccountSid 'AC' followed by 32 hex digits")
+    return form
+
+
 async def incoming_call(request: Request) -> Response:
     state = request.app.state
     settings = state.settings
-    form = dict(await request.form())
-    call_sid = str(form.get("CallSid", ""))
-    with bind_call(call_sid or "-"):
-        if not request_signature_ok(request, settings, form):
-            log.warning("rejected /incoming-call: invalid X-Twilio-Signature (is PUBLIC_URL right?)")
-            state.metrics.observe_rejection("signature")
-            return PlainTextResponse("invalid signature", status_code=403)
+    form = await signed_form(request, "/incoming-call")
+    if isinstance(form, Response):
+        return form
+    call_sid = form["CallSid"]
+    with bind_call(call_sid):
         refusal = await state.manager.admit(call_sid)
         if refusal is not None:
             log.warning("refusing call: %s", refusal)
@@ -67,34 +101,37 @@ async def incoming_call(request: Request) -> Response:
             text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
             return say_and_hang_up(text)
         state.manager.preconnect(call_sid)  # the provider handshake overlaps Twilio's stream setup
-        host = urlsplit(public_base(request, settings)).netloc
+        stream_url = public_base(request, settings, websocket=True) + "/media-stream"
         params = {
             "callSid": call_sid,
-            "from": str(form.get("From", ""))[:64],
-            "to": str(form.get("To", ""))[:64],
+            "from": form.get("From", "")[:MAX_NUMBER_CHARS],
+            "to": form.get("To", "")[:MAX_NUMBER_CHARS],
             "token": mint_stream_token(call_sid, settings),
         }
         await state.store.upsert(call_sid, **{"from": params["from"], "to": params["to"]})
-        log.info("incoming call from %s, connecting stream to wss://%s/media-stream", params["from"], host)
-        return Response(connect_twiml(f"wss://{host}/media-stream", params, APOLOGY), media_type=TWIML)
+        log.info("incoming call from %s, connecting stream to %s", params["from"], stream_url)
+        return Response(connect_twiml(stream_url, params, APOLOGY), media_type=TWIML)
 
 
 async def call_status(request: Request) -> Response:
     state = request.app.state
-    form = dict(await request.form())
-    call_sid = str(form.get("CallSid", ""))
-    with bind_call(call_sid or "-"):
-        if not request_signature_ok(request, state.settings, form):
-            log.warning("rejected /call-status: invalid X-Twilio-Signature")
-            return PlainTextResponse("invalid signature", status_code=403)
-        status = str(form.get("CallStatus", ""))
+    form = await signed_form(request, "/call-status")
+    if isinstance(form, Response):
+        return form
+    call_sid = form["CallSid"]
+    with bind_call(call_sid):
+        status = form.get("CallStatus", "")
+        duration = form.get("CallDuration", "")
+        if not CALL_STATUS.fullmatch(status) or (duration and not DURATION.fullmatch(duration)):
+            log.warning("refused /call-status: malformed CallStatus or CallDuration")
+            state.metrics.observe_rejection("malformed")
+            return _refusal(400, "CallStatus must be a Twilio call status, CallDuration whole seconds")
         fields: dict[str, object] = {"twilio_status": status}
-        if form.get("CallDuration"):
-            fields["duration_s"] = str(form["CallDuration"])
+        if duration:
+            fields["duration_s"] = duration
         if status in FINAL_STATUSES:
             fields["ended_at"] = time.time()
-        if call_sid:
-            await state.store.upsert(call_sid, **fields)
+        await state.store.upsert(call_sid, **fields)
         log.info("call status %s", status)
         return Response(status_code=204)
 
