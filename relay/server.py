@@ -15,7 +15,7 @@ from typing import Any
 
 import uvicorn
 
-from relay.app import UVICORN_OPTIONS
+from relay.app import server_options
 
 log = logging.getLogger("relay.server")
 
@@ -53,6 +53,6 @@ class DrainingServer(uvicorn.Server):
 def serve(app: Any, *, host: str, port: int, log_level: str, grace: float) -> None:
     """Runs `app` until a signal, then drains (see the module docstring)."""
     config = uvicorn.Config(
-        app, host=host, port=port, log_config=None, log_level=log_level, **UVICORN_OPTIONS
+        app, host=host, port=port, log_config=None, log_level=log_level, **server_options(app)
     )
     DrainingServer(config, app.state.manager, grace).run()
