@@ -90,8 +90,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer: asyncio.TimerHandle | None = None
 
     # --- the head's bounds
-    def _begin_head(self) -> None:
-        self._head_bytes = 0
+    def _begin_head(self, received: int = 0) -> None:
+        self._head_bytes = received
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.header_timeout, self._head_too_slow)
 
@@ -151,8 +151,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        if self._head_bytes is None:  # a kept-alive connection's next request
-            self._begin_head()
+        if self._head_bytes is None:  # a kept-alive connection's next request: its first byte is here
+            self._begin_head(received=1)
 
     def on_headers_complete(self) -> None:
         self._end_head()
