@@ -15,8 +15,10 @@ import uvicorn
 from twilio.request_validator import RequestValidator
 
 from relay.app import create_app
+from relay.cli import main
 from relay.errors import ConfigError
 from relay.logs import TextFormatter
+from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import serve_app
 from relay.transport.http import HTTPTOOLS_CHECKED, UVICORN_CHECKED
 from tests.conftest import AUTH_TOKEN, make_settings
@@ -282,3 +284,24 @@ def test_the_text_format_escapes_control_characters_and_bounds_fields() -> None:
     assert "from +1555\\r\\n\\x1b[31mFAKE" in first and "caller=a\\nb" in first
     assert "…[4503 more chars]" in first and len(first) < 1000
     assert traceback and all(line.startswith("    ") for line in traceback)  # nothing looks like a line
+
+
+# --- the local flow without PUBLIC_URL -------------------------------------------------------
+
+
+async def test_relay_call_works_against_a_relay_without_public_url(monkeypatch, tmp_path, capsys) -> None:
+    """README's flow: `make run` with PUBLIC_URL empty and TWILIO_AUTH_TOKEN set, then `relay call`.
+    The relay advertises ws:// (it was reached over plain http, no proxy), the caller signs that, the
+    relay checks that: the call connects and the greeting is heard."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+    monkeypatch.delenv("PUBLIC_URL", raising=False)
+    async with FakeRealtimeServer(responses=[Say("Hello from the relay.", audio_ms=600)]) as rt:
+        settings = make_settings(public_url="", relay_mode="realtime", openai_base_url=rt.openai_base_url)
+        async with serve_app(create_app(settings)) as url:
+            code = await asyncio.to_thread(main, ["call", "--url", url, "--say", "Hi"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    host = url.removeprefix("http://")
+    assert f'<Connect><Stream url="ws://{host}/media-stream">' in printed, printed
+    assert "first audio (greeting)" in printed and "result           OK" in printed
