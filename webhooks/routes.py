@@ -59,8 +59,9 @@ def connect_twiml(stream_url: str, parameters: dict[str, str], fallback_text: st
 
 
 def _refusal(status: int, text: str) -> Response:
-    """A plain-text refusal after which the connection is closed (what is left of the body unread)."""
-    return PlainTextResponse(text, status_code=status, headers={"Connection": "close"})
+    """A plain-text refusal. When the body is not all read, the connection ends after it, the rest
+    unread (relay/transport/http.py)."""
+    return PlainTextResponse(text, status_code=status)
 
 
 async def signed_form(request: Request, route: str) -> dict[str, str] | Response:

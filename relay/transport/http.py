@@ -5,9 +5,10 @@ client sending one byte a second holds its connection forever) and, with httptoo
 their size (a header of any length is buffered). `GuardedHttpToolsProtocol` adds both: the head
 of each request must arrive within `header_timeout` (else 408, or a silent close when nothing
 came) and within `max_header_bytes` (else 431), counted while reading, so no more than that is
-ever buffered. A response sent before its request's body has fully arrived closes the connection
-(the rest would only be read to be thrown away; a slow body cannot pin the connection after its
-answer). After a WebSocket upgrade none of this runs: the audio path is the WebSocket protocol's.
+ever buffered. A response sent before its request's body has fully arrived ends the connection
+(the rest is dropped unparsed for a second at most, so that the client reads the answer rather
+than a reset; a slow body cannot pin the connection after its answer). After a WebSocket upgrade
+none of this runs: the audio path is the WebSocket protocol's.
 
 `ForwardedHeaders` decides once per connection scope whether the peer is a trusted proxy
 (FORWARDED_ALLOW_IPS) and records it in the scope for the signature check (X-Forwarded-Host), then
@@ -35,6 +36,8 @@ from relay.config import Settings
 UVICORN_CHECKED = "0.54.0"
 HTTPTOOLS_CHECKED = "0.9.0"
 KEEP_ALIVE_S = 5  # idle time between requests on a kept-alive connection (uvicorn's default)
+LINGER_S = 1.0  # after an answer sent before its request's body ended (see `_linger`)
+LINGER_BYTES = 1024 * 1024
 
 FORWARDED_TRUSTED = "relay.forwarded_trusted"  # scope key: the peer is in FORWARDED_ALLOW_IPS
 
@@ -88,6 +91,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes: int | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._lingering: int | None = None  # bytes dropped since an early answer (see `_linger`)
 
     # --- the head's bounds
     def _begin_head(self, received: int = 0) -> None:
@@ -130,6 +134,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._lingering is not None:  # after an early answer: dropped
+            self._lingering += len(data)
+            if self._lingering > LINGER_BYTES:
+                self.flow.pause_reading()  # the client's writes stall; the timer closes
+            return
         if self._head_bytes is None:  # reading a body, or between requests
             super().data_received(data)
             return
@@ -160,8 +169,21 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_response_complete(self) -> None:
         if self.cycle is not None and self.cycle.more_body and not self.transport.is_closing():
-            self.transport.close()  # answered before its body arrived: do not read the rest
+            self._linger()  # answered before its body arrived: the rest is not read
         super().on_response_complete()
+
+    def _linger(self) -> None:
+        """Ends the connection after an answer given before the request's body was all there:
+        our side is shut (the client reads the answer, then end of stream), what the client still
+        sends is dropped unparsed (LINGER_BYTES at most, then reading stops), and the socket is
+        closed after LINGER_S. Closing at once would reset the connection under a client still
+        writing, and the reset can destroy the answer before the client has read it."""
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self._lingering = 0
+        self.loop.call_later(LINGER_S, self.transport.close)
 
 
 def guarded_http_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
