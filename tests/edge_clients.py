@@ -20,11 +20,29 @@ async def open_raw(
     return await asyncio.open_connection(host, port, local_addr=(local_host, 0) if local_host else None)
 
 
-async def read_answer(reader: asyncio.StreamReader, timeout: float = 10.0) -> bytes:  # noqa: ASYNC109
-    """Everything the server sends until it closes (a reset counts as a close)."""
+def first_response_complete(data: bytes) -> bool:
+    """True once `data` holds a whole response with a Content-Length body."""
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return len(body) >= int(value)
+    return False
+
+
+async def read_answer(
+    reader: asyncio.StreamReader,
+    timeout: float = 10.0,  # noqa: ASYNC109
+    *,
+    first_response: bool = False,
+) -> bytes:
+    """Everything the server sends until it closes (a reset counts as a close), or, with
+    `first_response`, until its first response is complete (a kept-alive connection stays open)."""
     data = bytearray()
     async with asyncio.timeout(timeout):
-        while True:
+        while not (first_response and first_response_complete(data)):
             try:
                 chunk = await reader.read(65536)
             except ConnectionError:
@@ -61,33 +79,35 @@ async def stream_until_answered(
     chunk: bytes,
     total: int,
     timeout: float = 20.0,  # noqa: ASYNC109
+    *,
+    chunked: bool = True,
 ) -> tuple[bytes, int]:
-    """Sends `head`, then `total` bytes of chunked body (the same `chunk` again and again) while
-    reading: returns the answer and how many body bytes were written before the server closed."""
+    """Sends `head`, then `total` bytes (the same `chunk` again and again; in chunked framing unless
+    `chunked` is false) while reading: returns the answer and how many bytes were written before
+    the server closed."""
     reader, writer = await open_raw(url)
     sent = 0
 
     async def pump() -> None:
         nonlocal sent
-        framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+        framed = b"%x\r\n" % len(chunk) + chunk + b"\r\n" if chunked else chunk
         with contextlib.suppress(ConnectionError):
             while sent < total:
                 writer.write(framed)
                 await writer.drain()
                 sent += len(chunk)
-            writer.write(b"0\r\n\r\n")
-            await writer.drain()
+            if chunked:
+                writer.write(b"0\r\n\r\n")
+                await writer.drain()
 
     writer.write(head)
     pumping = asyncio.create_task(pump())
     try:
-        answer = await read_answer(reader, timeout)
+        answer = await read_answer(reader, timeout, first_response=True)
     finally:
         pumping.cancel()
         await asyncio.gather(pumping, return_exceptions=True)
-        writer.close()
-        with contextlib.suppress(ConnectionError):
-            await writer.wait_closed()
+        writer.transport.abort()  # what is still buffered will never be read: drop it
     return answer, sent
 
 

@@ -144,7 +144,7 @@ async def test_an_unsigned_40_mb_body_is_refused_413_without_the_memory_growing(
 def body_request(body: bytes, *, content_type: str = FORM_TYPE, extra: bytes = b"") -> bytes:
     return (
         head("/incoming-call", method=b"POST")
-        + f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\n".encode()
+        + f"Content-Type: {content_type}\r\nContent-Length: {len(body)}\r\nConnection: close\r\n".encode()
         + extra
         + b"\r\n"
         + body
@@ -305,3 +305,34 @@ async def test_relay_call_works_against_a_relay_without_public_url(monkeypatch, 
     host = url.removeprefix("http://")
     assert f'<Connect><Stream url="ws://{host}/media-stream">' in printed, printed
     assert "first audio (greeting)" in printed and "result           OK" in printed
+
+
+async def test_pipelined_requests_past_the_cap_in_one_write_are_all_served() -> None:
+    """The cap is per request head, not per read: 60 pipelined requests of 1 KB heads in one write."""
+    app = create_app(make_settings(http_max_header_bytes=4096))
+    request = head("/health", b"X-Pad: " + b"p" * 1000 + b"\r\n\r\n")
+    async with serve_app(app) as url:
+        reader, writer = await open_raw(url)
+        writer.write(request * 59 + head("/health", b"Connection: close\r\n\r\n"))
+        answer = await read_answer(reader)
+        writer.close()
+    assert answer.count(b"HTTP/1.1 200 OK") == 60 and b"HTTP/1.1 431" not in answer
+
+
+async def test_upgrades_with_8_mb_headers_are_refused_and_leave_no_memory_behind() -> None:
+    async with serve_app(create_app(make_settings())) as url:
+        upgrade = (
+            b"GET /media-stream HTTP/1.1\r\nHost: relay\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nX-Big: "
+        )
+        reset_peak_rss()
+        rss_before = proc_status_kb("VmRSS")
+        answers = []
+        for _ in range(20):
+            answer, _ = await stream_until_answered(
+                url, upgrade, b"b" * 65536, 8 * 1024 * 1024, chunked=False
+            )
+            answers.append(status_of(answer))
+        growth_mb = (proc_status_kb("VmHWM") - rss_before) / 1024
+    assert answers == [431] * 20
+    assert growth_mb < 8, f"peak RSS grew by {growth_mb:.1f} MB"

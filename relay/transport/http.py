@@ -6,9 +6,11 @@ their size (a header of any length is buffered). `GuardedHttpToolsProtocol` adds
 of each request must arrive within `header_timeout` (else 408, or a silent close when nothing
 came) and within `max_header_bytes` (else 431), counted while reading, so no more than that is
 ever buffered. A response sent before its request's body has fully arrived ends the connection
-(the rest is dropped unparsed for a second at most, so that the client reads the answer rather
-than a reset; a slow body cannot pin the connection after its answer). After a WebSocket upgrade
-none of this runs: the audio path is the WebSocket protocol's.
+too, the rest of the body unparsed. Ending a connection: our side is shut at once, nothing more
+is read (past 1 MB dropped, for an early response), and the socket is closed a second later;
+closing at once would reset it under a client still writing, and the reset can destroy the
+answer before the client reads it. After a WebSocket upgrade none of this runs: the audio path
+is the WebSocket protocol's.
 
 `ForwardedHeaders` decides once per connection scope whether the peer is a trusted proxy
 (FORWARDED_ALLOW_IPS) and records it in the scope for the signature check (X-Forwarded-Host), then
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -80,8 +82,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     `_head_bytes` counts the bytes received since the current request's head began (None once
     the head is complete); `_head_timer` is its deadline. The first request's head begins at
     connection, the next ones at their first byte (before it, uvicorn's keep-alive timeout runs).
-    Bytes of a pipelined request that arrived in the same read as the previous body are not
-    counted: at most one read (256 KB) more than the cap.
+    The bytes of a kept-alive connection's next head that arrived in the same read as the
+    previous request are not counted: at most one read (256 KB) more than the cap for that head.
     """
 
     header_timeout: float = 5.0
@@ -92,9 +94,11 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes: int | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._lingering: int | None = None  # bytes dropped since an early answer (see `_linger`)
+        self._heads = 0  # request heads begun on this connection
 
     # --- the head's bounds
     def _begin_head(self, received: int = 0) -> None:
+        self._heads += 1
         self._head_bytes = received
         if self._head_timer is None:
             self._head_timer = self.loop.call_later(self.header_timeout, self._head_too_slow)
@@ -110,19 +114,31 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(408 if self._head_bytes else None)
 
     def _refuse(self, status: int | None) -> None:
-        """Answers `status` (none: a silent close) and closes; the app never sees the request."""
+        """Answers `status` (none: a silent close) and ends the connection; the app never sees the
+        request. Nothing more is read; the socket is closed LINGER_S later, so that a client still
+        writing reads the answer rather than a reset."""
         self._end_head()
         if self.transport.is_closing():
             return
-        if status is not None:
-            refusals.add(status)
-        if status is not None and (self.cycle is None or self.cycle.response_complete):
-            reason = _REASONS[status]
-            self.transport.write(
-                b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(reason), reason)
-            )
-        self.transport.close()
+        if status is None or not (self.cycle is None or self.cycle.response_complete):
+            self.transport.close()  # nothing to say, or a pipelined response is being written
+            return
+        refusals.add(status)
+        reason = _REASONS[status]
+        self.transport.write(
+            b"HTTP/1.1 %d %s\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (status, reason, len(reason), reason)
+        )
+        self.flow.pause_reading()
+        self._end_connection()
+
+    def _end_connection(self) -> None:
+        """Shuts our side now (when the transport can) and closes the socket LINGER_S later."""
+        if not self.transport.can_write_eof():
+            self.transport.close()
+            return
+        self.transport.write_eof()
+        self.loop.call_later(LINGER_S, self.transport.close)
 
     # --- uvicorn's protocol, extended
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -147,14 +163,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._head_bytes += len(data)
             super().data_received(data)
             return
+        heads = self._heads
         self._head_bytes = self.max_header_bytes
         super().data_received(data[:room])
-        if self._head_bytes is not None:  # the head is not complete within the cap
+        if self._head_bytes is not None and self._heads == heads:  # not complete within the cap
             self._refuse(431)
             return
         upgraded = self.transport.get_protocol()
         if upgraded is not self:  # a WebSocket upgrade took the connection: the rest is its
-            upgraded.data_received(data[room:])
+            cast(asyncio.Protocol, upgraded).data_received(data[room:])
         elif not self.transport.is_closing():
             self.data_received(data[room:])
 
@@ -178,12 +195,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         sends is dropped unparsed (LINGER_BYTES at most, then reading stops), and the socket is
         closed after LINGER_S. Closing at once would reset the connection under a client still
         writing, and the reset can destroy the answer before the client has read it."""
-        if not self.transport.can_write_eof():
-            self.transport.close()
-            return
-        self.transport.write_eof()
         self._lingering = 0
-        self.loop.call_later(LINGER_S, self.transport.close)
+        self._end_connection()
 
 
 def guarded_http_protocol(settings: Settings) -> type[GuardedHttpToolsProtocol]:
