@@ -93,7 +93,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._head_bytes: int | None = None
         self._head_timer: asyncio.TimerHandle | None = None
-        self._lingering: int | None = None  # bytes dropped since an early answer (see `_linger`)
+        self._lingering: int | None = None  # bytes dropped since the connection was ended
         self._heads = 0  # request heads begun on this connection
 
     # --- the head's bounds
@@ -133,7 +133,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._end_connection()
 
     def _end_connection(self) -> None:
-        """Shuts our side now (when the transport can) and closes the socket LINGER_S later."""
+        """Shuts our side now (when the transport can) and closes the socket LINGER_S later; what
+        arrives meanwhile is dropped unparsed."""
+        self._lingering = 0
         if not self.transport.can_write_eof():
             self.transport.close()
             return
@@ -150,7 +152,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._lingering is not None:  # after an early answer: dropped
+        if self._lingering is not None:  # the connection is ending: dropped
             self._lingering += len(data)
             if self._lingering > LINGER_BYTES:
                 self.flow.pause_reading()  # the client's writes stall; the timer closes
@@ -195,7 +197,6 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         sends is dropped unparsed (LINGER_BYTES at most, then reading stops), and the socket is
         closed after LINGER_S. Closing at once would reset the connection under a client still
         writing, and the reset can destroy the answer before the client has read it."""
-        self._lingering = 0
         self._end_connection()
 
 
