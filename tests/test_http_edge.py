@@ -10,6 +10,7 @@ import time
 
 import httptools
 import httpx
+import orjson
 import pytest
 import uvicorn
 from twilio.request_validator import RequestValidator
@@ -17,7 +18,7 @@ from twilio.request_validator import RequestValidator
 from relay.app import create_app
 from relay.cli import main
 from relay.errors import ConfigError
-from relay.logs import TextFormatter
+from relay.logs import JsonFormatter, TextFormatter
 from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import serve_app
 from relay.transport.http import HTTPTOOLS_CHECKED, UVICORN_CHECKED
@@ -284,6 +285,8 @@ def test_the_text_format_escapes_control_characters_and_bounds_fields() -> None:
     assert "from +1555\\r\\n\\x1b[31mFAKE" in first and "caller=a\\nb" in first
     assert "…[4503 more chars]" in first and len(first) < 1000
     assert traceback and all(line.startswith("    ") for line in traceback)  # nothing looks like a line
+    doc = orjson.loads(JsonFormatter().format(record))  # JSON escapes by itself; it is bounded too
+    assert doc["msg"] == "from +1555\r\n\x1b[31mFAKE" and len(doc["caller"]) < 600
 
 
 # --- the local flow without PUBLIC_URL -------------------------------------------------------

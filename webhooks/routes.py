@@ -80,7 +80,8 @@ async def signed_form(request: Request, route: str) -> dict[str, str] | Response
             log.warning("rejected %s: invalid X-Twilio-Signature (is PUBLIC_URL right?)", route)
             state.metrics.observe_rejection("signature")
             return PlainTextResponse("invalid signature", status_code=403)
-        if not is_call_sid(call_sid) or not is_account_sid(form.get("AccountSid", "AC" + "0" * 32)):
+        account_sid = form.get("AccountSid")  # Twilio always sends it; checked when present
+        if not is_call_sid(call_sid) or (account_sid is not None and not is_account_sid(account_sid)):
             log.warning("refused %s: CallSid or AccountSid is not a Twilio SID", route)
             state.metrics.observe_rejection("malformed")
             return _refusal(400, "CallSid must be 'CA' and AccountSid 'AC' followed by 32 hex digits")
