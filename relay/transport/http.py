@@ -64,11 +64,11 @@ class _Refusals:
         now = time.monotonic()
         if now - self._logged_at >= self.every:
             log.warning(
-                "refused %d request head(s) (latest: HTTP %d) in the last %.0f s: headers too slow "
-                "(HTTP_HEADER_TIMEOUT) or too large (HTTP_MAX_HEADER_BYTES)",
+                "refused %d request head(s) since the last such line (latest: HTTP %d): headers too "
+                "slow (HTTP_HEADER_TIMEOUT) or too large (HTTP_MAX_HEADER_BYTES); at most one line per %.0f s",
                 self._since_log,
                 status,
-                min(now - self._logged_at, self.every),
+                self.every,
             )
             self._since_log, self._logged_at = 0, now
 
