@@ -64,8 +64,8 @@ class _Refusals:
         now = time.monotonic()
         if now - self._logged_at >= self.every:
             log.warning(
-                "refused %d request head(s) since the last such line (latest: HTTP %d): headers too "
-                "slow (HTTP_HEADER_TIMEOUT) or too large (HTTP_MAX_HEADER_BYTES); at most one line per %.0f s",
+                "refused %d request head(s) since the last such line (latest: HTTP %d): headers "
+                "too slow (HTTP_HEADER_TIMEOUT) or too large (HTTP_MAX_HEADER_BYTES); one line per %.0f s",
                 self._since_log,
                 status,
                 self.every,
