@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/cascade_latency.py
 	$(BIN)/python bench/realtime_load.py
 	$(BIN)/python bench/load.py
+	$(BIN)/python bench/http_edge.py
 
 demo: $(STAMP)
 	@scripts/sysdeps.sh espeak-ng:espeak-ng

@@ -18,6 +18,7 @@ from starlette.routing import Route
 
 from relay.config import Settings
 from relay.logs import bind_call
+from relay.sids import is_call_sid
 
 log = logging.getLogger("relay.admin")
 
@@ -43,18 +44,24 @@ def _bearer_ok(request: Request, settings: Settings) -> bool:
 
 
 async def call_record_endpoint(request: Request) -> Response:
-    """`GET /calls/{call_sid}`: the call's record as JSON; 401 without the admin bearer, 404 unknown."""
+    """`GET /calls/{call_sid}`: the call's record as JSON; 401 without the admin bearer, 400 for what
+    is not a call SID (never logged as such), 404 unknown."""
     state = request.app.state
     call_sid = request.path_params["call_sid"]
     if state.settings.relay_admin_token is None:  # the route is not mounted then; never serve it anyway
         return JSONResponse({"error": "not found"}, status_code=404)
     if not _bearer_ok(request, state.settings):
         client = request.client.host if request.client else "-"
-        log.warning("refused GET /calls/%s from %s: missing or wrong admin bearer token", call_sid, client)
+        shown = call_sid if is_call_sid(call_sid) else "<not a call SID>"
+        log.warning("refused GET /calls/%s from %s: missing or wrong admin bearer token", shown, client)
         return JSONResponse(
             {"error": "unauthorized: send Authorization: Bearer <RELAY_ADMIN_TOKEN>"},
             status_code=401,
             headers={"WWW-Authenticate": 'Bearer realm="relay-admin"'},
+        )
+    if not is_call_sid(call_sid):
+        return JSONResponse(
+            {"error": "call_sid must be 'CA' followed by 32 hex digits"}, status_code=400, headers=_NO_STORE
         )
     record = await state.store.get(call_sid)
     if record is None:

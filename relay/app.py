@@ -26,6 +26,7 @@ from relay.sessions.manager import CallManager
 from relay.sessions.outbox import StoreHealth
 from relay.sessions.providers import AsyncTokenCredential, make_adapter
 from relay.sessions.store import CallStore, make_store
+from relay.transport.http import ForwardedHeaders, uvicorn_options
 from webhooks.replay import make_stream_gate
 from webhooks.routes import routes as webhook_routes
 
@@ -33,7 +34,8 @@ log = logging.getLogger("relay.app")
 
 READY_PING_TIMEOUT_S = 0.5
 
-# One place for how uvicorn serves the app (the CLI and the test server both use it).
+# One place for how uvicorn serves the app (the CLI and the test server both use it, through
+# `server_options`, which adds the HTTP edge's limits from the app's settings).
 UVICORN_OPTIONS: dict[str, Any] = {
     "ws": "websockets-sansio",
     "ws_max_size": 1024 * 1024,  # our own 64 KB check logs oversize frames; this bounds memory
@@ -41,6 +43,15 @@ UVICORN_OPTIONS: dict[str, Any] = {
     "lifespan": "on",
     "timeout_graceful_shutdown": 5,  # after the relay's own drain (relay/server.py)
 }
+
+
+def server_options(app: Any) -> dict[str, Any]:
+    """uvicorn's options for `app`: UVICORN_OPTIONS, plus, for a relay app (one with settings),
+    the header deadline and cap, the connection limit and the proxy trust (relay/transport/http.py)."""
+    settings = getattr(getattr(app, "state", None), "settings", None)
+    if not isinstance(settings, Settings):
+        return dict(UVICORN_OPTIONS)
+    return {**UVICORN_OPTIONS, **uvicorn_options(settings)}
 
 
 async def health(request: Request) -> Response:
@@ -155,7 +166,10 @@ def create_app(
             WebSocketRoute("/media-stream", MediaStreamApp()),
             WebSocketRoute("/media-stream/", MediaStreamApp()),
         ],
-        middleware=[Middleware(ServerChannel)],
+        middleware=[
+            Middleware(ForwardedHeaders, allow_ips=settings.forwarded_allow_ips),
+            Middleware(ServerChannel),
+        ],
         lifespan=lifespan,
     )
     app.state.settings = settings

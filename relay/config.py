@@ -6,6 +6,7 @@ code base reads `os.environ`. Secrets are `SecretStr` so they never appear in lo
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import cached_property
 from typing import Any, Literal, get_args, get_origin
@@ -164,6 +165,14 @@ class Settings(BaseSettings):
     host: str = Field("0.0.0.0", min_length=1)
     port: int = Field(8000, ge=1, le=65535)
 
+    # --- the HTTP edge (relay/transport/http.py, webhooks/form.py) ----------------------------
+    # Peers whose X-Forwarded-Proto/-Host/-For are believed: IPs, CIDRs, comma-separated, or "*".
+    forwarded_allow_ips: str = "127.0.0.1"
+    http_header_timeout: float = Field(5.0, gt=0, le=120)  # seconds for a request's line and headers
+    http_max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line + headers; 431 past it
+    http_max_connections: int = Field(0, ge=0)  # open connections served; 0: 2 x MAX_CONCURRENT_CALLS + 500
+    webhook_body_timeout: float = Field(5.0, gt=0, le=120)  # seconds to receive a webhook's whole body
+
     # ---------------------------------------------------------------------------------------
     @field_validator("azure_openai_endpoint", mode="after")
     @classmethod
@@ -310,6 +319,23 @@ class Settings(BaseSettings):
     def _empty_secret_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
         return v if v is not None and v.get_secret_value().strip() else None
 
+    @field_validator("forwarded_allow_ips", mode="after")
+    @classmethod
+    def _check_forwarded_allow_ips(cls, v: str) -> str:
+        entries = [e.strip() for e in v.split(",") if e.strip()]
+        for entry in entries:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False) if "/" in entry else ipaddress.ip_address(entry)
+            except ValueError:
+                raise ConfigError(
+                    f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network: use e.g. "
+                    "'127.0.0.1', '10.0.0.0/8,192.168.1.7' or '*' (any peer: only behind a proxy "
+                    "that overwrites X-Forwarded-* itself)."
+                ) from None
+        return "*" if "*" in entries else ",".join(entries)
+
     @field_validator("log_level", mode="after")
     @classmethod
     def _check_level(cls, v: str) -> str:
@@ -368,6 +394,13 @@ class Settings(BaseSettings):
     @property
     def tool_modules(self) -> list[str]:
         return [m.strip() for m in self.relay_tools.split(",") if m.strip()]
+
+    @property
+    def connection_limit(self) -> int:
+        """Open connections uvicorn serves (HTTP_MAX_CONNECTIONS, or sized from MAX_CONCURRENT_CALLS:
+        each call holds its stream and, for a moment, a webhook request; 500 more for probes, admin
+        and clients that are being timed out)."""
+        return self.http_max_connections or 2 * self.max_concurrent_calls + 500
 
     def describe_provider(self) -> str:
         return "Azure OpenAI" if self.use_azure_openai else "OpenAI"

@@ -2,12 +2,17 @@
 
 Every line logged while a call is active carries its call SID and stream SID, taken from context
 variables that the Media Stream endpoint sets once per call (`bind_call`).
+
+A log line is one line whatever a client sent: the text format escapes control characters
+(newline, CR, ESC...) in the message and the extras, and indents tracebacks, so no request can
+forge a line; both formats cut the message at MAX_MESSAGE_CHARS and each extra at MAX_EXTRA_CHARS.
 """
 
 from __future__ import annotations
 
 import contextvars
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -21,6 +26,36 @@ stream_sid_var: contextvars.ContextVar[str] = contextvars.ContextVar("stream_sid
 
 # Standard record attributes, plus uvicorn's duplicate of its message with terminal colours.
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
+
+
+MAX_MESSAGE_CHARS = 4000
+MAX_EXTRA_CHARS = 500
+
+# C0 and C1 controls, DEL, and the Unicode line and paragraph separators some viewers break lines at
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BUT_NEWLINE = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    char = match.group()
+    return _NAMED.get(char) or (f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}")
+
+
+def bound(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, saying how many were left out."""
+    return text if len(text) <= limit else f"{text[:limit]}…[{len(text) - limit} more chars]"
+
+
+def escape(text: str, limit: int = MAX_MESSAGE_CHARS) -> str:
+    """`text` bounded, its control characters written as escapes (`\\n`, `\\x1b`): one line."""
+    text = bound(text, limit)
+    return _CONTROL.sub(_escape_char, text) if _CONTROL.search(text) else text
+
+
+def _indent_traceback(text: str) -> str:
+    """A traceback's lines indented (its last line quotes the exception, whatever it holds)."""
+    return "\n".join("    " + _CONTROL_BUT_NEWLINE.sub(_escape_char, line) for line in text.split("\n"))
 
 
 @contextmanager
@@ -60,11 +95,13 @@ class JsonFormatter(logging.Formatter):
             "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": bound(record.getMessage(), MAX_MESSAGE_CHARS),
             "call_sid": getattr(record, "call_sid", "-"),
             "stream_sid": getattr(record, "stream_sid", "-"),
         }
-        doc.update(_extras(record))
+        doc.update(
+            (k, bound(v, MAX_EXTRA_CHARS) if isinstance(v, str) else v) for k, v in _extras(record).items()
+        )
         if record.exc_info:
             doc["exc"] = self.formatException(record.exc_info)
         return orjson.dumps(doc, default=str).decode()
@@ -74,13 +111,15 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         base = (
             f"{self.formatTime(record, '%H:%M:%S')}.{int(record.msecs):03d} {record.levelname:<7} "
-            f"[{getattr(record, 'call_sid', '-')}] {record.name}: {record.getMessage()}"
+            f"[{escape(str(getattr(record, 'call_sid', '-')), 40)}] {record.name}: "
+            f"{escape(record.getMessage())}"
         )
         extras = _extras(record)
         if extras:
-            base += " " + " ".join(f"{k}={v}" for k, v in extras.items())
+            pairs = (f"{escape(k, 64)}={escape(str(v), MAX_EXTRA_CHARS)}" for k, v in extras.items())
+            base += " " + " ".join(pairs)
         if record.exc_info:
-            base += "\n" + self.formatException(record.exc_info)
+            base += "\n" + _indent_traceback(self.formatException(record.exc_info))
         return base
 
 

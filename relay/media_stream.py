@@ -21,6 +21,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from relay.errors import ProtocolError, StreamAuthError
 from relay.logs import bind_call
+from relay.sids import is_call_sid, is_stream_sid
 from relay.twilio_messages import MAX_MESSAGE_BYTES, Connected, Start, TwilioEvent, Unknown, parse_message
 from webhooks.replay import StreamRefusal
 from webhooks.signature import websocket_signature_ok
@@ -245,6 +246,11 @@ async def media_stream_endpoint(websocket: WebSocket, *, receive: Receive, send:
         log.warning("no 'start' within %.0f s; closing", START_TIMEOUT_S)
     if start is None:
         await channel.close(WS_1008_POLICY_VIOLATION, "no start")
+        return
+    if not (is_call_sid(start.call_sid) and is_stream_sid(start.stream_sid)):
+        log.warning("rejected Media Stream: the start's callSid or streamSid is not a Twilio SID")
+        app.state.metrics.observe_rejection("malformed")
+        await channel.close(WS_1008_POLICY_VIOLATION, "malformed start")
         return
     channel.stream_sid = start.stream_sid
     with bind_call(start.call_sid, start.stream_sid):

@@ -15,7 +15,9 @@ from typing import Any
 
 import uvicorn
 
-from relay.app import UVICORN_OPTIONS
+from relay.app import UVICORN_OPTIONS, server_options
+from relay.config import Settings
+from relay.transport.http import uvicorn_options
 
 log = logging.getLogger("relay.server")
 
@@ -50,8 +52,13 @@ class DrainingServer(uvicorn.Server):
             self.should_exit = True
 
 
-def _config(app: Any, host: str, port: int, log_level: str) -> uvicorn.Config:
-    return uvicorn.Config(app, host=host, port=port, log_config=None, log_level=log_level, **UVICORN_OPTIONS)
+def _config(
+    app: Any, host: str, port: int, log_level: str, settings: Settings | None = None
+) -> uvicorn.Config:
+    """uvicorn's configuration: the relay's options (`server_options`), the HTTP edge's limits from
+    `settings` when given, else from the app's own."""
+    options = {**UVICORN_OPTIONS, **uvicorn_options(settings)} if settings else server_options(app)
+    return uvicorn.Config(app, host=host, port=port, log_config=None, log_level=log_level, **options)
 
 
 def serve(app: Any, *, host: str, port: int, log_level: str, grace: float) -> None:
@@ -61,5 +68,7 @@ def serve(app: Any, *, host: str, port: int, log_level: str, grace: float) -> No
 
 async def serve_async(app: Any, *, manager: Any, host: str, port: int, log_level: str, grace: float) -> None:
     """`serve` on the running event loop (where other servers may run too: `relay serve --fakes`);
-    `manager` is the relay's CallManager, drained on the first signal."""
-    await DrainingServer(_config(app, host, port, log_level), manager, grace).serve()
+    `manager` is the relay's CallManager, drained on the first signal, whose settings give the
+    HTTP edge's limits (`app` may wrap the relay app)."""
+    config = _config(app, host, port, log_level, settings=manager.settings)
+    await DrainingServer(config, manager, grace).serve()

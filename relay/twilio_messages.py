@@ -77,8 +77,8 @@ TwilioEvent = Connected | Start | Media | Mark | Dtmf | Stop | Unknown
 def _int(value: Any, name: str) -> int:
     try:
         return int(value)
-    except (TypeError, ValueError):
-        raise ProtocolError(f"field {name!r} is not a number: {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ProtocolError(f"field {name!r} is not a number: {str(value)[:40]!r}") from None
 
 
 def _obj(msg: dict[str, Any], key: str) -> dict[str, Any]:
@@ -134,17 +134,22 @@ def parse_message(text: str | bytes) -> TwilioEvent:
         start = _obj(msg, "start")
         fmt = start.get("mediaFormat") or {}
         params = start.get("customParameters") or {}
+        tracks = start.get("tracks") or ["inbound"]
         stream_sid = start.get("streamSid") or msg.get("streamSid")
         call_sid = start.get("callSid")
         if not isinstance(stream_sid, str) or not isinstance(call_sid, str):
             raise ProtocolError("start message lacks streamSid or callSid")
         if not isinstance(params, dict):
             raise ProtocolError("start.customParameters is not an object")
+        if not isinstance(fmt, dict):
+            raise ProtocolError("start.mediaFormat is not an object")
+        if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks):
+            raise ProtocolError("start.tracks is not a list of track names")
         return Start(
             stream_sid=stream_sid,
             call_sid=call_sid,
             account_sid=str(start.get("accountSid", "")),
-            tracks=tuple(start.get("tracks") or ("inbound",)),
+            tracks=tuple(tracks),
             custom_parameters={str(k): str(v) for k, v in params.items()},
             encoding=str(fmt.get("encoding", "audio/x-mulaw")),
             sample_rate=_int(fmt.get("sampleRate", 8000), "sampleRate"),

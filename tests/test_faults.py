@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from twilio.request_validator import RequestValidator
 
 from relay.app import create_app
+from relay.sids import is_account_sid, is_call_sid
 from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import serve_app
 from tests.conftest import AUTH_TOKEN, make_settings
@@ -123,7 +124,12 @@ async def test_incoming_call_random_signed_input_never_500(fuzz_app, form) -> No
     transport = httpx.ASGITransport(app=fuzz_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://relay.example.com") as client:
         r = await client.post("/incoming-call", data=form, headers={"X-Twilio-Signature": sig})
-    assert r.status_code == 200 and r.text.startswith("<?xml")
+    if not form:  # httpx sends no body and no Content-Type: not a form
+        assert r.status_code == 415
+    elif is_call_sid(form.get("CallSid")) and is_account_sid(form.get("AccountSid", "AC" + "0" * 32)):
+        assert r.status_code == 200 and r.text.startswith("<?xml")
+    else:  # signed, but not Twilio's SIDs: refused, and said why
+        assert r.status_code == 400 and "32 hex digits" in r.text
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -135,4 +141,4 @@ async def test_incoming_call_random_bytes_never_500(fuzz_app, body, ctype) -> No
     transport = httpx.ASGITransport(app=fuzz_app)
     async with httpx.AsyncClient(transport=transport, base_url="http://relay.example.com") as client:
         r = await client.post("/incoming-call", content=body, headers={"Content-Type": ctype})
-    assert r.status_code in (400, 403)
+    assert r.status_code == (403 if ctype.startswith("application/x-www") else 415) or r.status_code == 400

@@ -24,6 +24,7 @@ from tests.conftest import AUTH_TOKEN, make_settings
 from webhooks.token import mint_stream_token
 
 WSS_URL = "wss://relay.example.com/media-stream"
+CALL = "CA" + "1" * 32
 
 
 def start_msg(call_sid: str, token: str | None) -> str:
@@ -32,10 +33,10 @@ def start_msg(call_sid: str, token: str | None) -> str:
         {
             "event": "start",
             "sequenceNumber": "1",
-            "streamSid": "MZ1",
+            "streamSid": "MZ" + "1" * 32,
             "start": {
-                "accountSid": "AC1",
-                "streamSid": "MZ1",
+                "accountSid": "AC" + "1" * 32,
+                "streamSid": "MZ" + "1" * 32,
                 "callSid": call_sid,
                 "tracks": ["inbound"],
                 "customParameters": params,
@@ -75,7 +76,7 @@ async def test_unsigned_upgrade_closed_1008(relay_dead_provider, caplog) -> None
 async def test_trailing_slash_signature_variant_accepted(relay_dead_provider) -> None:
     url, _ = relay_dead_provider
     ws = await open_stream(url, path_url=WSS_URL + "/")
-    await ws.send(start_msg("CA1", "bad"))
+    await ws.send(start_msg(CALL, "bad"))
     await ws.wait_closed()
     assert ws.close_code == 1008 and ws.close_reason == "invalid stream token"
 
@@ -84,10 +85,10 @@ async def test_trailing_slash_signature_variant_accepted(relay_dead_provider) ->
 async def test_tokenless_or_bad_token_closed_1008_before_provider(relay_dead_provider, caplog, token) -> None:
     url, _ = relay_dead_provider
     if token == "other-call":
-        token = mint_stream_token("CAother", make_settings())
+        token = mint_stream_token("CA" + "e" * 32, make_settings())
     ws = await open_stream(url)
     await ws.send('{"event":"connected","protocol":"Call","version":"1.0.0"}')
-    await ws.send(start_msg("CA1", token))
+    await ws.send(start_msg(CALL, token))
     await ws.wait_closed()
     assert ws.close_code == 1008
     assert "rejected Media Stream" in caplog.text and "Connecting to" not in caplog.text
@@ -103,7 +104,7 @@ async def test_bad_input_before_start_is_logged_and_dropped(relay_dead_provider,
     await ws.send('{"event":"media","media":{"payload":"' + "A" * 70000 + '"}}')
     await ws.send('{"event":"media","media":{"timestamp":"0","payload":"' + frame + '"}}')  # before start
     await ws.send('{"event":"brand-new"}')
-    await ws.send(start_msg("CA1", None))
+    await ws.send(start_msg(CALL, None))
     await ws.wait_closed()
     text = caplog.text
     for needle in (

@@ -1,7 +1,10 @@
 """`POST /incoming-call` and `POST /call-status`: Twilio's voice webhook and status callback.
 
-The voice webhook answers TwiML that connects the call to `wss://<public host>/media-stream`
-(no query string: Twilio drops it) with `<Parameter>`s for the caller, the call SID and a
+Both read their form through `webhooks.form` (a bounded body, 413/408/415/400 otherwise), then
+check the signature (403), then the SIDs' format (400). The voice webhook answers TwiML that
+connects the call to `wss://<public host>/media-stream` (`ws://` only for a relay reached over
+plain HTTP with no PUBLIC_URL and no trusted proxy: see `public_base`; no query string: Twilio
+drops it) with `<Parameter>`s for the caller, the call SID and a
 short-lived stream token. When the relay cannot serve the call it says so and hangs up: never a
 500. A bad signature gets 403. A signed webhook replayed for a call whose stream already started
 (running or ended) gets the apology and a hang-up too, and no new token (`webhooks.replay`).
@@ -11,8 +14,8 @@ Record writes are queued (the manager's outbox), never awaited: a Redis outage c
 from __future__ import annotations
 
 import logging
+import re
 import time
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -20,6 +23,8 @@ from starlette.routing import Route
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from relay.logs import bind_call
+from relay.sids import is_account_sid, is_call_sid
+from webhooks.form import FormRefused, read_form
 from webhooks.signature import public_base, request_signature_ok
 from webhooks.token import mint_stream_token
 
@@ -30,6 +35,9 @@ APOLOGY = "Sorry, our assistant is unavailable right now. Please call again late
 BUSY = "Sorry, all our lines are busy right now. Please call again in a few minutes."
 DRAINING = "Sorry, this service is restarting. Please call again in a moment."
 FINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
+CALL_STATUS = re.compile("[a-z-]{1,20}")  # queued, ringing, in-progress, completed, no-answer...
+DURATION = re.compile("[0-9]{1,9}")
+MAX_NUMBER_CHARS = 64  # From/To: E.164 is 16 characters; client: and sip: identities are longer
 
 
 def say_and_hang_up(text: str) -> Response:
@@ -52,16 +60,44 @@ def connect_twiml(stream_url: str, parameters: dict[str, str], fallback_text: st
     return str(vr)
 
 
+def _refusal(status: int, text: str) -> Response:
+    """A plain-text refusal. When the body is not all read, the connection ends after it, the rest
+    unread (relay/transport/http.py)."""
+    return PlainTextResponse(text, status_code=status)
+
+
+async def signed_form(request: Request, route: str) -> dict[str, str] | Response:
+    """The webhook's form once its body is bounded, its signature valid and its SIDs well-formed;
+    else the response that refuses it. Nothing from the request is logged before it is checked."""
+    state = request.app.state
+    try:
+        form = await read_form(request, within=state.settings.webhook_body_timeout)
+    except FormRefused as exc:
+        log.warning("refused %s: HTTP %d, %s", route, exc.status, exc.reason)
+        state.metrics.observe_rejection("malformed")
+        return _refusal(exc.status, exc.reason)
+    call_sid = form.get("CallSid", "")
+    with bind_call(call_sid if is_call_sid(call_sid) else "-"):
+        if not request_signature_ok(request, state.settings, form):
+            log.warning("rejected %s: invalid X-Twilio-Signature (is PUBLIC_URL right?)", route)
+            state.metrics.observe_rejection("signature")
+            return PlainTextResponse("invalid signature", status_code=403)
+        account_sid = form.get("AccountSid")  # Twilio always sends it; checked when present
+        if not is_call_sid(call_sid) or (account_sid is not None and not is_account_sid(account_sid)):
+            log.warning("refused %s: CallSid or AccountSid is not a Twilio SID", route)
+            state.metrics.observe_rejection("malformed")
+            return _refusal(400, "CallSid must be 'CA' and AccountSid 'AC' followed by 32 hex digits")
+    return form
+
+
 async def incoming_call(request: Request) -> Response:
     state = request.app.state
     settings = state.settings
-    form = dict(await request.form())
-    call_sid = str(form.get("CallSid", ""))
-    with bind_call(call_sid or "-"):
-        if not request_signature_ok(request, settings, form):
-            log.warning("rejected /incoming-call: invalid X-Twilio-Signature (is PUBLIC_URL right?)")
-            state.metrics.observe_rejection("signature")
-            return PlainTextResponse("invalid signature", status_code=403)
+    form = await signed_form(request, "/incoming-call")
+    if isinstance(form, Response):
+        return form
+    call_sid = form["CallSid"]
+    with bind_call(call_sid):
         if await state.stream_gate.had_stream(call_sid):  # a replay: no fresh token for this call
             log.warning(
                 "refusing a replayed /incoming-call: call %s already had its Media Stream; "
@@ -77,34 +113,37 @@ async def incoming_call(request: Request) -> Response:
             text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
             return say_and_hang_up(text)
         state.manager.preconnect(call_sid)  # the provider handshake overlaps Twilio's stream setup
-        host = urlsplit(public_base(request, settings)).netloc
+        stream_url = public_base(request, settings, websocket=True) + "/media-stream"
         params = {
             "callSid": call_sid,
-            "from": str(form.get("From", ""))[:64],
-            "to": str(form.get("To", ""))[:64],
+            "from": form.get("From", "")[:MAX_NUMBER_CHARS],
+            "to": form.get("To", "")[:MAX_NUMBER_CHARS],
             "token": mint_stream_token(call_sid, settings),
         }
         state.manager.outbox.put(call_sid, "upsert", **{"from": params["from"], "to": params["to"]})
-        log.info("incoming call from %s, connecting stream to wss://%s/media-stream", params["from"], host)
-        return Response(connect_twiml(f"wss://{host}/media-stream", params, APOLOGY), media_type=TWIML)
+        log.info("incoming call from %s, connecting stream to %s", params["from"], stream_url)
+        return Response(connect_twiml(stream_url, params, APOLOGY), media_type=TWIML)
 
 
 async def call_status(request: Request) -> Response:
     state = request.app.state
-    form = dict(await request.form())
-    call_sid = str(form.get("CallSid", ""))
-    with bind_call(call_sid or "-"):
-        if not request_signature_ok(request, state.settings, form):
-            log.warning("rejected /call-status: invalid X-Twilio-Signature")
-            return PlainTextResponse("invalid signature", status_code=403)
-        status = str(form.get("CallStatus", ""))
+    form = await signed_form(request, "/call-status")
+    if isinstance(form, Response):
+        return form
+    call_sid = form["CallSid"]
+    with bind_call(call_sid):
+        status = form.get("CallStatus", "")
+        duration = form.get("CallDuration", "")
+        if not CALL_STATUS.fullmatch(status) or (duration and not DURATION.fullmatch(duration)):
+            log.warning("refused /call-status: malformed CallStatus or CallDuration")
+            state.metrics.observe_rejection("malformed")
+            return _refusal(400, "CallStatus must be a Twilio call status, CallDuration whole seconds")
         fields: dict[str, object] = {"twilio_status": status}
-        if form.get("CallDuration"):
-            fields["duration_s"] = str(form["CallDuration"])
+        if duration:
+            fields["duration_s"] = duration
         if status in FINAL_STATUSES:
             fields["ended_at"] = time.time()
-        if call_sid:
-            state.manager.outbox.put(call_sid, "upsert", **fields)
+        state.manager.outbox.put(call_sid, "upsert", **fields)
         log.info("call status %s", status)
         return Response(status_code=204)
 

@@ -1,8 +1,10 @@
 """`X-Twilio-Signature` checks, against the URL Twilio actually requested.
 
 Behind a proxy (ngrok, a load balancer) the app sees `http://localhost:8000/...`, but Twilio signed
-the public URL. The URL is rebuilt from PUBLIC_URL + path when set, else from `X-Forwarded-Proto`
-/ `X-Forwarded-Host` (first value), else from `Host`. Without TWILIO_AUTH_TOKEN validation is off
+the public URL. The URL is rebuilt from PUBLIC_URL + path when set (and then from it alone), else
+from `X-Forwarded-Proto` / `X-Forwarded-Host` (first value) when the peer is a trusted proxy
+(FORWARDED_ALLOW_IPS; relay/transport/http.py applies the proto to the scope's scheme), else from
+the connection's own scheme and `Host`. Without TWILIO_AUTH_TOKEN validation is off
 (local development only; a warning is logged at startup).
 """
 
@@ -16,6 +18,7 @@ from starlette.requests import HTTPConnection
 from twilio.request_validator import RequestValidator
 
 from relay.config import Settings
+from relay.transport.http import forwarded_trusted
 
 
 def _first(value: str | None) -> str:
@@ -28,8 +31,9 @@ def public_base(conn: HTTPConnection, settings: Settings, *, websocket: bool = F
         parts = urlsplit(settings.public_url)
         scheme, host = parts.scheme, parts.netloc
     else:
-        scheme = _first(conn.headers.get("x-forwarded-proto")) or conn.url.scheme
-        host = _first(conn.headers.get("x-forwarded-host")) or conn.headers.get("host", "")
+        scheme = conn.url.scheme  # X-Forwarded-Proto already applied when the peer is trusted
+        forwarded_host = _first(conn.headers.get("x-forwarded-host")) if forwarded_trusted(conn.scope) else ""
+        host = forwarded_host or conn.headers.get("host", "")
     if websocket:
         scheme = {"https": "wss", "http": "ws"}.get(scheme, scheme)
     else:

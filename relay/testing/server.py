@@ -10,7 +10,7 @@ from typing import Any
 
 import uvicorn
 
-from relay.app import UVICORN_OPTIONS
+from relay.app import server_options
 
 
 def bind_free_port(host: str = "127.0.0.1") -> socket.socket:
@@ -34,7 +34,7 @@ async def serve_app(
     """
     sock = sock or bind_free_port(host)
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", log_config=None, **UVICORN_OPTIONS)
+    config = uvicorn.Config(app, log_level="warning", log_config=None, **server_options(app))
     config.load()
     server = uvicorn.Server(config)
     server.lifespan = config.lifespan_class(config)
