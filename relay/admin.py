@@ -8,6 +8,7 @@ The endpoints read what the app factory put on `app.state`: `metrics` (relay.met
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 
@@ -17,12 +18,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from relay.config import Settings
+from relay.errors import StoreError
 from relay.logs import bind_call
 from relay.sids import is_call_sid
 
 log = logging.getLogger("relay.admin")
 
 _NO_STORE = {"Cache-Control": "no-store"}
+STORE_READ_TIMEOUT_S = 2.0  # a hung Redis answers the operator in this long, not never
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -45,7 +48,7 @@ def _bearer_ok(request: Request, settings: Settings) -> bool:
 
 async def call_record_endpoint(request: Request) -> Response:
     """`GET /calls/{call_sid}`: the call's record as JSON; 401 without the admin bearer, 400 for what
-    is not a call SID (never logged as such), 404 unknown."""
+    is not a call SID (never logged as such), 404 unknown, 503 while the store cannot be read."""
     state = request.app.state
     call_sid = request.path_params["call_sid"]
     if state.settings.relay_admin_token is None:  # the route is not mounted then; never serve it anyway
@@ -63,7 +66,20 @@ async def call_record_endpoint(request: Request) -> Response:
         return JSONResponse(
             {"error": "call_sid must be 'CA' followed by 32 hex digits"}, status_code=400, headers=_NO_STORE
         )
-    record = await state.store.get(call_sid)
+    try:
+        async with asyncio.timeout(STORE_READ_TIMEOUT_S):
+            record = await state.store.get(call_sid)
+    except (StoreError, TimeoutError) as exc:
+        log.warning("could not read the record of call %s: %s", call_sid, exc or "timed out")
+        pending = state.manager.outbox.pending
+        return JSONResponse(
+            {
+                "error": "the call store (REDIS_URL) is unreachable: try again once it is back; "
+                f"{pending} record writes are queued for it meanwhile",
+            },
+            status_code=503,
+            headers={**_NO_STORE, "Retry-After": "5"},
+        )
     if record is None:
         return JSONResponse({"error": f"no record for call {call_sid}"}, status_code=404, headers=_NO_STORE)
     with bind_call(call_sid):

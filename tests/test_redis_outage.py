@@ -279,3 +279,24 @@ async def test_a_live_call_marked_lost_while_redis_was_hung_is_set_back_in_progr
             record = await wait_for_record(redis_server, call.call_sid, ended, timeout=CATCH_UP_BUDGET_S)
     assert back is not None and back["outcome"] == "" and back["ended_at"] is None
     assert_whole_record(record)
+
+
+@pytest.mark.parametrize("fault", ["killed", "hung"])
+async def test_an_admin_read_of_a_record_during_an_outage_is_a_clear_503(
+    fault: str,
+    redis_server: RedisServer,  # noqa: F811
+) -> None:
+    call_sid = "CA" + "ab" * 16
+    app = create_app(make_settings(redis_url=redis_server.url, relay_admin_token="admin-secret"))
+    auth = {"Authorization": "Bearer admin-secret"}
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url, headers=auth) as client:
+        assert (await client.get(f"/calls/{call_sid}")).status_code == 404
+        await break_redis(redis_server, fault)
+        started = time.monotonic()
+        refused = await client.get(f"/calls/{call_sid}")
+        refused_s = time.monotonic() - started
+        await mend_redis(redis_server, fault)
+        again = await client.get(f"/calls/{call_sid}")
+    assert refused.status_code == 503 and refused.headers["retry-after"] == "5"
+    assert "REDIS_URL" in refused.json()["error"] and refused_s < 3.0
+    assert again.status_code == 404  # served again once Redis is back
