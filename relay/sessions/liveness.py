@@ -25,7 +25,7 @@ from collections import deque
 import orjson
 
 from relay.sessions.dialects import Dialect
-from relay.twilio_messages import Media
+from relay.twilio_messages import Media, b64_len
 
 FRAME_S = 0.02  # one Twilio media frame
 
@@ -49,30 +49,47 @@ def ring_frames(first_event_timeout: float, heartbeat_after: float, heartbeat_ti
 
 
 class CallerRing:
-    """The caller's most recent frames, as Twilio sent them: the parsed `media` messages themselves
-    (base64 payload and timestamp, never decoded here). The audio path appends each one (`append`,
-    a bound deque method: the reference is kept, nothing is copied); the shell records `frames_in`
-    at each valid provider event. `since(frames_in, alive_at)` is what the provider may not have
-    heard: the frames after its last sign of life, at most `maxlen`; `trim` (every half second,
-    off the audio path) drops the rest, so a healthy call keeps a fraction of a second."""
+    """The caller's most recent frames, as Twilio sent them: each frame's base64 payload and
+    timestamp (never decoded here), in two deques of strings and ints. Not the parsed `Media`
+    objects themselves: those the garbage collector tracks, and half a second of them per call,
+    kept past their frame, is work for every collection of the process; strings and ints it
+    never traverses. The audio path appends to both (`keep_payload`, `keep_timestamp`: bound deque
+    methods); the shell records `frames_in` at each valid provider event. `since(frames_in,
+    alive_at)` is what the provider may not have heard: the frames after its last sign of life, at
+    most `maxlen`, rebuilt as `Media`; `trim` (every half second, off the audio path) drops the
+    rest, so a healthy call keeps a fraction of a second."""
 
     def __init__(self, maxlen: int) -> None:
-        self.frames: deque[Media] = deque(maxlen=maxlen)
-        self.append = self.frames.append
+        self.payloads: deque[str] = deque(maxlen=maxlen)
+        self.timestamps: deque[int] = deque(maxlen=maxlen)
+        self.keep_payload = self.payloads.append
+        self.keep_timestamp = self.timestamps.append
+
+    def append(self, media: Media) -> None:
+        """One frame (the audio path inlines the two appends)."""
+        self.keep_payload(media.payload)
+        self.keep_timestamp(media.timestamp)
+
+    def __len__(self) -> int:
+        return len(self.payloads)
 
     def trim(self, frames_in: int, alive_at: int) -> None:
         """Forgets the frames the provider has shown it heard (those before `alive_at`), so that a
         live call holds only what came since the last sign of life, not the whole bound."""
-        frames, keep = self.frames, max(frames_in - alive_at, 0)
-        while len(frames) > keep:
-            frames.popleft()
+        payloads, timestamps, keep = self.payloads, self.timestamps, max(frames_in - alive_at, 0)
+        while len(payloads) > keep:
+            payloads.popleft()
+            timestamps.popleft()
 
     def since(self, frames_in: int, alive_at: int) -> list[Media]:
-        n = min(frames_in - alive_at, len(self.frames))
+        n = min(frames_in - alive_at, len(self.payloads))
         if n <= 0:
             return []
-        frames = self.frames
-        return [frames[i] for i in range(len(frames) - n, len(frames))]
+        first = len(self.payloads) - n
+        return [
+            Media(self.payloads[i], self.timestamps[i], size=b64_len(self.payloads[i]))
+            for i in range(first, first + n)
+        ]
 
 
 class Throttle:

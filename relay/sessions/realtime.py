@@ -250,11 +250,13 @@ class RealtimeSession:
 
     # --- tasks ----------------------------------------------------------------------------------
     async def _read_twilio(self) -> str:
-        receive, core, stats, keep = self.twilio.receive, self.core, self.stats, self.ring.append
+        receive, core, stats = self.twilio.receive, self.core, self.stats
+        keep_payload, keep_timestamp = self.ring.keep_payload, self.ring.keep_timestamp
         while (event := await receive()) is not None:
             if type(event) is Media:
                 stats.frames_in += 1
-                keep(event)  # until the provider shows it heard it (liveness.CallerRing)
+                keep_payload(event.payload)  # until the provider shows it heard it (CallerRing)
+                keep_timestamp(event.timestamp)
                 core.on_media(event)
             elif isinstance(event, Mark):
                 core.on_mark(event.name, self.clock())
