@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.errors import ConfigError
+from relay.sids import is_account_sid
 
 RelayMode = Literal["realtime", "cascade", "auto"]
 TurnDetection = Literal["server_vad", "semantic_vad"]
@@ -31,7 +32,6 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Spellings other tools use, accepted and normalized: `warn` (Go, Node, log4j), `fatal`.
 LOG_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 _API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
-_ACCOUNT_SID_RE = re.compile(r"^AC[0-9a-fA-F]{32}$")
 _E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
 _DIALABLE_RE = re.compile(r"^\+?\d{3,15}$")
 _NUMBER_PUNCTUATION_RE = re.compile(r"[\s().\-]")
@@ -250,7 +250,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_account_sid(cls, v: str) -> str:
         v = v.strip()
-        if v and not _ACCOUNT_SID_RE.match(v):
+        if v and not is_account_sid(v):
             raise ConfigError(
                 f"TWILIO_ACCOUNT_SID={v!r} is not an account SID: it is 'AC' and 32 hex digits, "
                 "shown under Account info in the Twilio console."

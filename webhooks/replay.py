@@ -25,12 +25,12 @@ import hashlib
 import logging
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from redis.exceptions import RedisError
 
+from relay.expiring import ExpiringKeys
 from relay.sessions.store import redact_url, redis_client
 
 if TYPE_CHECKING:
@@ -81,15 +81,6 @@ def token_digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
 
 
-def _prune(table: OrderedDict[Any, float], now: float) -> None:
-    """Drops expired entries from the front (entries are kept roughly in expiry order)."""
-    while table:
-        key, until = next(iter(table.items()))
-        if until > now:
-            return
-        del table[key]
-
-
 class MemoryLedger:
     """This instance's ledger: two bounded tables, pruned as they are used. `clock`: epoch seconds."""
 
@@ -100,9 +91,8 @@ class MemoryLedger:
         remember_calls_s: float = REMEMBER_CALLS_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self._tokens: OrderedDict[bytes, float] = OrderedDict()  # digest -> the token's expiry
-        self._calls: OrderedDict[str, float] = OrderedDict()  # call SID -> remembered until
-        self._max = max_entries
+        self._tokens: ExpiringKeys[bytes] = ExpiringKeys(max_entries)  # digests, until the token expires
+        self._calls: ExpiringKeys[str] = ExpiringKeys(max_entries)  # call SIDs that had their stream
         self.remember_calls_s = remember_calls_s
         self._clock = clock
 
@@ -112,27 +102,19 @@ class MemoryLedger:
     def consume_now(self, token: str, call_sid: str, expires_at: float) -> StreamRefusal | None:
         """`consume` without awaiting (the Redis ledger's first check and fallback)."""
         now = self._clock()
-        _prune(self._tokens, now)
         digest = token_digest(token)
-        if digest in self._tokens:
+        if self._tokens.contains(digest, now):
             return StreamRefusal.REPLAYED_TOKEN
-        self._tokens[digest] = expires_at
-        if len(self._tokens) > self._max:
-            self._tokens.popitem(last=False)
+        self._tokens.add(digest, expires_at, now)
         had_stream = self.knows_call(call_sid)
         self.note_call(call_sid, now)
         return StreamRefusal.CALL_HAD_STREAM if had_stream else None
 
     def note_call(self, call_sid: str, now: float) -> None:
-        _prune(self._calls, now)
-        self._calls[call_sid] = now + self.remember_calls_s
-        self._calls.move_to_end(call_sid)
-        if len(self._calls) > self._max:
-            self._calls.popitem(last=False)
+        self._calls.add(call_sid, now + self.remember_calls_s, now)
 
     def knows_call(self, call_sid: str) -> bool:
-        until = self._calls.get(call_sid)
-        return until is not None and until > self._clock()
+        return self._calls.contains(call_sid, self._clock())
 
     async def consume(self, token: str, call_sid: str, expires_at: float) -> StreamRefusal | None:
         return self.consume_now(token, call_sid, expires_at)

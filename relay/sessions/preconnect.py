@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -29,6 +28,7 @@ from websockets.asyncio.client import ClientConnection
 from websockets.protocol import State
 
 from relay.errors import ProviderConnectError
+from relay.expiring import ExpiringKeys
 
 log = logging.getLogger("relay.preconnect")
 
@@ -50,7 +50,7 @@ class Preconnector:
         self.ttl = ttl
         self.remember = ttl if remember is None else max(ttl, remember)
         self._waiting: dict[str, tuple[asyncio.Task[ClientConnection], asyncio.TimerHandle]] = {}
-        self._started: OrderedDict[str, float] = OrderedDict()  # call SID -> remembered until (monotonic)
+        self._started: ExpiringKeys[str] = ExpiringKeys(MAX_REMEMBERED)  # call SIDs (monotonic clock)
         self._closing: set[asyncio.Task[None]] = set()
         self.on_outcome: Outcome = lambda outcome: None  # used, expired, failed, full, repeated
 
@@ -63,7 +63,7 @@ class Preconnector:
         if not call_sid:
             return False
         now = time.monotonic()
-        if self._had_one(call_sid, now):
+        if self._started.contains(call_sid, now) or call_sid in self._waiting:
             log.info("early provider connection for %s already opened once: not opening another", call_sid)
             self.on_outcome("repeated")
             return False
@@ -75,18 +75,8 @@ class Preconnector:
         task.add_done_callback(self._log_failure)
         timer = loop.call_later(self.ttl, self._expire, call_sid)
         self._waiting[call_sid] = (task, timer)
-        self._started[call_sid] = now + self.remember
-        if len(self._started) > MAX_REMEMBERED:
-            self._started.popitem(last=False)
+        self._started.add(call_sid, now + self.remember, now)
         return True
-
-    def _had_one(self, call_sid: str, now: float) -> bool:
-        while self._started:  # forget the expired, oldest first (all are remembered equally long)
-            oldest, until = next(iter(self._started.items()))
-            if until > now:
-                break
-            del self._started[oldest]
-        return call_sid in self._started or call_sid in self._waiting
 
     def take(self, call_sid: str) -> asyncio.Task[ClientConnection] | None:
         """The connection started for `call_sid` (done or still connecting), now the caller's to close."""
