@@ -42,9 +42,13 @@ if TYPE_CHECKING:
 # ARGV[1] the record key prefix, ARGV[2] its TTL in seconds) ended/lost, when it exists and is not
 # ended; it returns the SIDs it marked. The record keys are not declared in KEYS: Redis Cluster would
 # need them in one hash slot, which the store's keys do not promise either.
-_PURGE = """
+_NOW_MS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+_PURGE = (
+    _NOW_MS
+    + """
 local function purge()
   local marked = {}
   local expired = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -63,6 +67,7 @@ local function purge()
   return marked
 end
 """.replace("__RECORD_SUFFIXES__", "{" + ", ".join(f"':{name}'" for name in (*LIST_FIELDS, APPLIED)) + "}")
+)
 
 # Each script below returns {its answer, the SIDs its purge marked lost...}.
 # ARGV[3] sid, ARGV[4] ttl in ms, ARGV[5] max slots. Answer: 1 when the sid holds a slot afterwards.
@@ -106,11 +111,12 @@ return marked
 )
 
 # Slots whose expiry is still ahead (read-only: nothing is purged, nothing marked).
-_COUNT = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+_COUNT = (
+    _NOW_MS
+    + """
 return redis.call('ZCOUNT', KEYS[1], '(' .. now, '+inf')
 """
+)
 
 
 class CallLimiter(Protocol):
