@@ -11,7 +11,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -29,7 +28,7 @@ from relay.testing.server import serve_app
 from relay.testing.twilio import FakeTwilioCall
 from tests.conftest import make_settings
 from tests.rig import all_audio, rig, speak, twilio_caller
-from tests.test_cascade_e2e import say
+from tests.test_cascade_e2e import FallbackRig, say
 from tests.test_cli import relay_serve
 
 CLI_PUBLIC_URL = "https://relay.example.com"  # what tests.test_cli.relay_serve sets
@@ -112,14 +111,6 @@ async def test_wrong_type_events_are_logged_counted_dropped_and_the_call_goes_on
     assert 1 <= len(lines) <= 5 + 2  # the first five one by one, then summaries
     assert all(getattr(rec, "call_sid", None) == call.call_sid for rec in lines)
     assert "1011" not in caplog.text
-
-
-@dataclass
-class FallbackRig:
-    realtime: FakeRealtimeServer
-    http: FakeOpenAIHTTP
-    url: str
-    app: Any
 
 
 @contextlib.asynccontextmanager
