@@ -1,9 +1,9 @@
 """The cascaded path for one call: VAD → STT → streaming chat (with tools) → sentence TTS → Twilio.
 
-It has the same shape as the realtime session (`run()`, `turns`, `stats`, `playing`, `hold()`), so
-the manager can start a call here (RELAY_MODE=cascade) or move a call here mid-way, carrying the
-conversation. It takes its HTTP client and model/deployment names from the provider adapter: with
-Azure, every byte stays in the Azure resource.
+It is a `CallSession` (relay.sessions.call), like the realtime session, so the call can start
+here (RELAY_MODE=cascade) or move here mid-way, carrying the conversation. It takes its HTTP
+client and model/deployment names from the provider adapter: with Azure, every byte stays in the
+Azure resource.
 
 Pipelining: the chat stream is split into sentences as it arrives; each sentence goes to TTS while
 the model keeps writing, and TTS audio is resampled and framed as it streams, so the caller hears
@@ -17,7 +17,7 @@ import asyncio
 import base64
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from cascade.llm import ToolCallsDone, assistant_tool_calls_message, stream_chat, tool_result_message
@@ -28,17 +28,17 @@ from cascade.vad import SpeechStarted, TurnDetector, Utterance
 from relay.config import Settings
 from relay.errors import ProviderError
 from relay.sessions import events as ev
-from relay.sessions.bridge import MS_PER_CHAR, Effect, Notice, SaveTurn, cut_text
+from relay.sessions.call import CallStats, EffectSink, Turn, TwilioSink
+from relay.sessions.effects import BargeIn, PlaybackIdle, ResponseDone, Role, RunTool, SaveTurn
+from relay.sessions.heard import SpokenItems
 from relay.sessions.hold import HoldTone
 from relay.sessions.playback import PlaybackTracker
 from relay.sessions.providers import ProviderAdapter
-from relay.sessions.realtime import CallStats
 from relay.twilio_messages import Mark, Media, Start, Stop, clear_message, mark_message, media_message
 
 log = logging.getLogger("relay.cascade")
 
 MAX_TOOL_ROUNDS = 5
-RunTool = Callable[[ev.ToolCall], Awaitable[str]]
 
 
 class CascadeSession:
@@ -50,11 +50,10 @@ class CascadeSession:
         settings: Settings,
         adapter: ProviderAdapter,
         start: Start,
-        twilio: Any,  # relay.media_stream.TwilioChannel
+        twilio: TwilioSink,
         tools: list[dict[str, Any]],
-        run_tool: RunTool,
-        on_effect: Callable[[Effect], None],
-        history: list[tuple[str, str]] | None = None,
+        on_effect: EffectSink,
+        history: Sequence[Turn] = (),
         greet: bool = True,
         unheard: Sequence[Media] = (),
         clock: Callable[[], float] = time.monotonic,
@@ -68,7 +67,6 @@ class CascadeSession:
         self.client = adapter.cascade_client()
         self.models = adapter.cascade_models()
         self.tools = tools
-        self.run_tool = run_tool
         self.on_effect = on_effect
         self.clock = clock
         self.greet = greet
@@ -79,38 +77,44 @@ class CascadeSession:
             aggressiveness=settings.cascade_vad_aggressiveness,
         )
         self.playback = PlaybackTracker(prefix="c")
-        self.turns: list[tuple[str, str]] = list(history or [])
         self.messages: list[dict[str, Any]] = [{"role": "system", "content": settings.instructions}]
-        self.messages += [{"role": role, "content": text} for role, text in self.turns]
+        self.messages += [{"role": role, "content": text} for role, text in history]
         self.stats = CallStats()
         self.timings = self.stats.turn_timings  # per turn: vad_end, stt_sent, … first_frame
         self._t0 = clock()
         self._reply: asyncio.Task[None] | None = None
-        self._reply_items: list[str] = []
-        self._item_text: dict[str, str] = {}
-        self._item_done: set[str] = set()
+        self._reply_items: list[str] = []  # this reply's sentences, as spoken items
+        self._spoken = SpokenItems()
+        self._tool_waits: dict[str, asyncio.Future[str]] = {}  # call_id -> its output, from the call
         self._reply_text: str | None = None  # a finished reply, saved once its audio has played
         self._turn = 0
         self.hold_tone = HoldTone(self.playback, start.stream_sid)
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
 
-    # --- the interface the manager uses -------------------------------------------------------
+    # --- what the call sees (CallSession) -------------------------------------------------------
     @property
     def playing(self) -> bool:
         """True while the agent is speaking or about to."""
         return self.playback.outstanding or (self._reply is not None and not self._reply.done())
 
-    def hold(self) -> None:
+    async def hold(self) -> None:
         """A tool is slow: play the soft hold tone (kept topped up) until the answer starts."""
         if self.playback.outstanding or self.hold_tone.active:
             return
-        for text in self.hold_tone.start(f"hold:{self._turn}", self.clock()):
-            self.twilio.send(text)
+        await self._send_all(self.hold_tone.start(f"hold:{self._turn}", self.clock()))
 
-    def _stop_hold(self) -> None:
-        for text in self.hold_tone.stop(self.clock()):
-            self.twilio.send(text)
+    async def tool_finished(self, call_id: str, output: str) -> None:
+        waiter = self._tool_waits.get(call_id)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(output)
+
+    def unheard_audio(self) -> list[Media]:
+        return []  # the cascade hears every frame it is given
+
+    async def _send_all(self, texts: list[str]) -> None:
+        for text in texts:
+            await self.twilio.send(text)
 
     async def run(self) -> str:
         """Runs until Twilio ends the call; raises ProviderError if the cascade itself fails."""
@@ -119,7 +123,7 @@ class CascadeSession:
         if self.greet:
             self._start_reply(None)
         for media in self._unheard:  # before the reader takes the next live frame
-            self._hear(base64.b64decode(media.payload), media.timestamp + media.size // 8)
+            await self._hear(base64.b64decode(media.payload), media.timestamp + media.size // 8)
         self._unheard = ()
         try:
             done, _ = await asyncio.wait({reader, failed}, return_when=asyncio.FIRST_COMPLETED)
@@ -141,32 +145,28 @@ class CascadeSession:
             if isinstance(event, Media):
                 self.stats.frames_in += 1
                 # the detector's clock is the time of a chunk's last sample: Twilio stamps its start
-                self._hear(base64.b64decode(event.payload), event.timestamp + event.size // 8)
+                await self._hear(base64.b64decode(event.payload), event.timestamp + event.size // 8)
             elif isinstance(event, Mark):
                 now = self.clock()
                 if not self.playback.on_mark(event.name, now):
                     continue
-                for text in self.hold_tone.feed(now):  # a slow tool's hold tone stays topped up
-                    self.twilio.send(text)
+                await self._send_all(self.hold_tone.feed(now))  # a slow tool's hold tone stays topped up
                 if not self.playback.outstanding:
                     self._settle_reply(now)
-                    self.on_effect(Notice("playback_idle"))
+                    self.on_effect(PlaybackIdle())
             elif isinstance(event, Stop):
                 return "twilio_stop"
         return "twilio_closed"
 
-    def _hear(self, ulaw: bytes, end_ms: int) -> None:
+    async def _hear(self, ulaw: bytes, end_ms: int) -> None:
         for turn_event in self.detector.feed(ulaw, end_ms):
             if isinstance(turn_event, SpeechStarted):
                 if self.playing:
-                    self._barge_in()
+                    await self._barge_in()
             elif isinstance(turn_event, Utterance):
-                self._on_utterance(turn_event)
-
-    def _on_utterance(self, utterance: Utterance) -> None:
-        if self.playing:
-            self._barge_in()
-        self._start_reply(utterance)
+                if self.playing:
+                    await self._barge_in()
+                self._start_reply(turn_event)
 
     # --- one reply ------------------------------------------------------------------------------
     def _start_reply(self, utterance: Utterance | None) -> None:
@@ -236,20 +236,30 @@ class CascadeSession:
                 timing.setdefault("first_sentence", self.clock())
                 spoken.append(rest)
                 sentences.put_nowait(rest)
-            self.on_effect(Notice("response_done", {"response_id": response_id}))
+            self.on_effect(ResponseDone(response_id))
             if calls is None or not calls.calls:
                 return spoken
             self.messages.append(assistant_tool_calls_message(calls.calls))
-            outputs = await asyncio.gather(
-                *(
-                    self.run_tool(ev.ToolCall(c.id, c.name, c.arguments, response_id=response_id))
-                    for c in calls.calls
-                )
+            outputs = await self._run_tools(
+                [ev.ToolCall(c.id, c.name, c.arguments, response_id=response_id) for c in calls.calls]
             )
             for call, output in zip(calls.calls, outputs, strict=True):
                 self.messages.append(tool_result_message(call.id, output))
         log.warning("the model kept calling tools for %d rounds; stopping", MAX_TOOL_ROUNDS)
         return spoken
+
+    async def _run_tools(self, calls: list[ev.ToolCall]) -> list[str]:
+        """Asks the call to run `calls` (`RunTool`) and waits for their outputs (`tool_finished`)."""
+        loop = asyncio.get_running_loop()
+        waits = {call.call_id: loop.create_future() for call in calls}
+        self._tool_waits.update(waits)
+        try:
+            for call in calls:
+                self.on_effect(RunTool(call))
+            return [await waits[call.call_id] for call in calls]
+        finally:
+            for call_id in waits:
+                self._tool_waits.pop(call_id, None)
 
     async def _speak(self, sentences: asyncio.Queue[str | None], timing: dict[str, float]) -> None:
         """Synthesizes sentences in order, streaming their audio to Twilio as it arrives. One
@@ -258,26 +268,26 @@ class CascadeSession:
         item = ""
         while (text := await sentences.get()) is not None:
             item = f"t{self._turn}:{len(self._reply_items)}"
-            self._item_text[item] = text
+            spoken = self._spoken.add(item, text)
             self._reply_items.append(item)
             timing.setdefault("tts_sent", self.clock())
             async for pcm in synthesize(self.client, self.models["tts"], self.settings.openai_voice, text):
                 timing.setdefault("tts_first_bytes", self.clock())
-                self._send_audio(item, converter.push(pcm), timing)
-            self._item_done.add(item)
+                await self._send_audio(item, converter.push(pcm), timing)
+            spoken.audio_done = True
         if item:
-            self._send_audio(item, converter.flush(), timing)
+            await self._send_audio(item, converter.flush(), timing)
 
-    def _send_audio(self, item: str, frames: list[bytes], timing: dict[str, float]) -> None:
+    async def _send_audio(self, item: str, frames: list[bytes], timing: dict[str, float]) -> None:
         if not frames:
             return
-        self._stop_hold()
+        await self._send_all(self.hold_tone.stop(self.clock()))
         ulaw = b"".join(frames)
         now = self.clock()
         mark = self.playback.on_audio_sent(item, len(ulaw), now)
         sid = self.start.stream_sid
-        self.twilio.send(media_message(sid, base64.b64encode(ulaw).decode()))
-        self.twilio.send(mark_message(sid, mark or ""))
+        await self.twilio.send(media_message(sid, base64.b64encode(ulaw).decode()))
+        await self.twilio.send(mark_message(sid, mark or ""))
         self.stats.frames_out += len(frames)
         if "first_frame" not in timing and "stt_sent" in timing:
             self.stats.response_latencies_ms.append((now - timing["vad_end"]) * 1000)
@@ -286,36 +296,36 @@ class CascadeSession:
             self.stats.first_audio_ms = (now - self._t0) * 1000
 
     # --- barge-in and history -------------------------------------------------------------------
-    def _barge_in(self) -> None:
+    async def _barge_in(self) -> None:
         """The caller speaks over the agent: stop everything, keep only what was heard."""
         now = self.clock()
-        self.stats.barge_ins += 1
-        self.on_effect(Notice("barge_in"))
+        self.on_effect(BargeIn())
         heard = self._heard_text(now)
         self.hold_tone.drop()
         self.playback.interrupt(now)
-        self.twilio.send(clear_message(self.start.stream_sid))
         if self._reply is not None and not self._reply.done():
-            self._reply.cancel()
+            self._reply.cancel()  # before the clear is sent: no more of its audio after the clear
         self._reply_text = None
         if heard:
             self._save("assistant", heard, {"interrupted": True})
+        await self.twilio.send(clear_message(self.start.stream_sid))
 
     def _heard_text(self, now: float) -> str:
+        """What the caller heard of this reply: its sentences played out, then the heard words of
+        the one playing (relay.sessions.heard)."""
         parts: list[str] = []
-        for item in self._reply_items:
-            sent = self.playback.sent_ms(item)
-            heard = self.playback.heard_ms(item, now)
-            if sent == 0:
+        for item_id in self._reply_items:
+            item = self._spoken.get(item_id)
+            sent = self.playback.sent_ms(item_id)
+            if item is None or sent == 0:
                 break
-            text = self._item_text[item]
-            total = sent if item in self._item_done else max(sent, len(text) * MS_PER_CHAR)
-            if heard < total:
-                part = cut_text(text, heard, total)
+            heard = self.playback.heard_ms(item_id, now)
+            if not item.audio_done or heard < sent:
+                part = item.heard(heard, sent)
                 if part:
                     parts.append(part)
                 break
-            parts.append(text)
+            parts.append(item.transcript)
         return " ".join(parts)
 
     def _settle_reply(self, now: float) -> None:
@@ -327,7 +337,6 @@ class CascadeSession:
         if text:
             self._save("assistant", text, {})
 
-    def _save(self, role: str, text: str, meta: dict[str, Any]) -> None:
+    def _save(self, role: Role, text: str, meta: dict[str, Any]) -> None:
         self.messages.append({"role": role, "content": text})
-        self.turns.append((role, text))
-        self.on_effect(SaveTurn(role, text, meta))  # type: ignore[arg-type]
+        self.on_effect(SaveTurn(role, text, meta))

@@ -13,13 +13,17 @@ from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Route
 
+# The cascade (and the openai SDK under it) is imported with the relay, not at a call's first
+# fallback: that import takes a few hundred milliseconds, a stall in every live call's audio.
+from cascade.session import CascadeSession
 from relay.admin import admin_routes
 from relay.config import Settings, load_settings
 from relay.errors import StoreError
 from relay.loop_lag import watch_event_loop
-from relay.media_stream import MediaStreamApp, ServerChannel
+from relay.media_stream import PATHS as MEDIA_STREAM_PATHS
+from relay.media_stream import serve_media_stream
 from relay.metrics import Metrics
 from relay.sessions.limits import make_limiter
 from relay.sessions.manager import CallManager
@@ -27,6 +31,7 @@ from relay.sessions.outbox import StoreHealth
 from relay.sessions.providers import AsyncTokenCredential, make_adapter
 from relay.sessions.store import CallStore, make_store
 from relay.transport.http import ForwardedHeaders, uvicorn_options
+from relay.transport.twilio import MediaStreamEntry
 from webhooks.replay import make_stream_gate
 from webhooks.routes import routes as webhook_routes
 
@@ -117,6 +122,7 @@ def create_app(
         settings,
         store=store,
         adapter_factory=lambda: make_adapter(settings, azure_credential=azure_credential),
+        cascade_factory=CascadeSession,
         registry=registry,
         twilio_calls=twilio_calls,
         metrics=metrics,
@@ -163,12 +169,11 @@ def create_app(
             Route("/ready", ready),
             *admin_routes(settings),
             *webhook_routes,
-            WebSocketRoute("/media-stream", MediaStreamApp()),
-            WebSocketRoute("/media-stream/", MediaStreamApp()),
         ],
         middleware=[
             Middleware(ForwardedHeaders, allow_ips=settings.forwarded_allow_ips),
-            Middleware(ServerChannel),
+            # WS /media-stream, served with the server's own receive/send (relay/transport/twilio.py)
+            Middleware(MediaStreamEntry, paths=MEDIA_STREAM_PATHS, handler=serve_media_stream),
         ],
         lifespan=lifespan,
     )

@@ -408,7 +408,9 @@ async def _realtime(adapter: ProviderAdapter, settings: Settings, limit: float) 
     try:
         try:
             async with asyncio.timeout(limit):
-                first = await ws.recv()
+                first = await ws.receive()
+                if first is None:
+                    raise ConnectionError(f"the provider closed it (code {ws.close_code})")
         except TimeoutError:
             return [
                 *checks,

@@ -44,7 +44,10 @@ class StreamAuthError(RelayError):
 
 
 class ProviderError(RelayError):
-    """The speech provider failed: connect refused, auth, missing deployment, dropped socket."""
+    """The speech provider failed: connect refused, auth, missing deployment, dropped socket.
+
+    `cause` is the short label a fallback is counted and recorded under; each subclass says its
+    own, and an HTTP status, when the provider answered one, says the rest."""
 
     def __init__(
         self,
@@ -60,13 +63,39 @@ class ProviderError(RelayError):
         self.status = status
         self.code = code
 
+    @property
+    def cause(self) -> str:
+        """auth, not_found, rate_limited, server_error, or this type's own label."""
+        status = self.status
+        if status in (401, 403):
+            return "auth"
+        if status == 404:
+            return "not_found"
+        if status == 429:
+            return "rate_limited"
+        if status is not None and status >= 500:
+            return "server_error"
+        return self.default_cause
+
+    default_cause = "failed"
+
 
 class ProviderConnectError(ProviderError):
     """The realtime connection could not be opened."""
 
+    default_cause = "unreachable"
+
+
+class ProviderTimeoutError(ProviderConnectError):
+    """The realtime connection was not open within PROVIDER_CONNECT_TIMEOUT."""
+
+    default_cause = "timeout"
+
 
 class ProviderClosedError(ProviderError):
     """The realtime connection closed during the call."""
+
+    default_cause = "dropped"
 
 
 class ToolError(RelayError):
@@ -88,6 +117,10 @@ class ProviderUnresponsiveError(ProviderError):
     """The realtime connection is open but the provider stopped answering: no first event after
     connecting (PROVIDER_FIRST_EVENT_TIMEOUT), or no answer to a heartbeat (PROVIDER_HEARTBEAT_*)."""
 
+    default_cause = "unresponsive"
+
 
 class ProviderMalformedError(ProviderError):
     """The provider sent a run of events that do not parse, with no valid one between them."""
+
+    default_cause = "malformed"

@@ -5,15 +5,8 @@ import base64
 import orjson
 
 from relay.sessions import events as ev
-from relay.sessions.bridge import (
-    MARK_EVERY_MS,
-    BridgeCore,
-    Notice,
-    RunTool,
-    SaveTurn,
-    cut_text,
-    opening_events,
-)
+from relay.sessions.bridge import MARK_EVERY_MS, BridgeCore, opening_events
+from relay.sessions.effects import BargeIn, PrebufferDropped, RunTool, SaveTurn
 from relay.sessions.hold import HOLD_CHUNK_MS, HoldTone
 from relay.sessions.playback import PlaybackTracker
 from relay.twilio_messages import Media, b64_len
@@ -56,11 +49,10 @@ def test_a_socket_primed_with_the_opening_events_is_not_sent_them_again() -> Non
     c = core()
     early = sent(opening_events({"type": "session.update", "session": {}}, "Say hi"))
     c.on_media(Media(payload=PAYLOAD, timestamp=0, size=160))
-    c.provider_opened(0.0, configured=True)
+    c.provider_opened(0.0, early=True)
     assert [e["type"] for e in sent(c.drain()[1])] == ["input_audio_buffer.append"]
     assert [e["type"] for e in early] == ["session.update", "response.create"]
     assert early[1]["response"]["instructions"] == "Say hi"
-    assert c.greeting_sent  # a replacement socket later does not greet again
     c.on_backend(ev.ResponseStarted("r1"), 0.1)  # the primed greeting's response, read from the socket
     c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.1)
     assert [m["event"] for m in sent(c.drain()[0])] == ["media"]
@@ -74,8 +66,9 @@ def test_prebuffer_is_bounded() -> None:
     for i in range(150):
         c.on_media(Media(payload=PAYLOAD, timestamp=i * 20, size=160))
     c.provider_opened(0.0)
-    assert len(c.drain()[1]) == 1 + 100
-    assert c.prebuffer_dropped == 50
+    _, to_provider, effects = c.drain()
+    assert len(to_provider) == 1 + 100
+    assert effects == [PrebufferDropped(50)]
 
 
 def test_audio_out_goes_to_twilio_marks_every_mark_interval_and_at_item_end() -> None:
@@ -118,9 +111,11 @@ def test_barge_in_clears_truncates_and_drops_late_audio() -> None:
         "content_index": 0,
         "audio_end_ms": heard,
     }
-    assert any(isinstance(e, Notice) and e.kind == "barge_in" for e in fx)
+    assert BargeIn() in fx
     saved = [e for e in fx if isinstance(e, SaveTurn)]
     assert saved and saved[0].meta["interrupted"] and saved[0].meta["heard_ms"] == heard
+    # 530 of the 1000 ms sent, the text's spoken length (5 syllables) about the same: 2.65 syllables
+    assert saved[0].text == "Hello there"
     # audio of the interrupted response still in flight is not forwarded
     c.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), first_mark_s + 0.04)
     assert c.drain()[0] == []
@@ -195,12 +190,6 @@ def test_user_transcript_saved() -> None:
     c = core(None)
     c.on_backend(ev.Transcript("user", "what time is it", "u1"), 0.0)
     assert c.drain()[2] == [SaveTurn("user", "what time is it", {"item_id": "u1"})]
-
-
-def test_cut_text_word_boundary() -> None:
-    assert cut_text("hello there friend", 500, 1000) == "hello"
-    assert cut_text("hello", 0, 1000) == ""
-    assert cut_text("hello", 2000, 1000) == "hello"
 
 
 def test_known_events_without_action_are_not_logged_unknown_ones_once(caplog) -> None:

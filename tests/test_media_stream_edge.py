@@ -18,7 +18,7 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection
 
 from relay.app import create_app
-from relay.media_stream import SERVER_CHANNEL, ServerChannel
+from relay.transport.twilio import MediaStreamEntry, TwilioSocket
 from relay.testing.server import bind_free_port, serve_app
 from tests.conftest import AUTH_TOKEN, make_settings
 from webhooks.token import mint_stream_token
@@ -128,32 +128,41 @@ async def test_garbage_flood_closes_stream(relay_dead_provider, caplog) -> None:
     assert "more than 50 bad messages" in caplog.text
 
 
-async def test_server_channel_keeps_the_servers_own_send(relay_dead_provider) -> None:
-    """Over a real uvicorn socket: `ServerChannel` keeps the server's own `send` in the scope, where
-    a route gets Starlette's per-message wrapper; the relay's app has it, so the audio path writes
-    through the server's `send` directly."""
+async def test_media_stream_entry_serves_with_the_servers_own_send(relay_dead_provider) -> None:
+    """Over a real uvicorn socket: `MediaStreamEntry` hands its handler the server's own `send`,
+    where a route of the same app gets Starlette's per-message wrapper; the relay's app serves
+    /media-stream through it, so the audio path writes through the server's `send` directly."""
     seen: dict[str, object] = {}
 
-    class Endpoint:  # a plain ASGI app, as MediaStreamApp (a function would get a WebSocket)
-        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-            seen["route"], seen["kept"] = send, scope[SERVER_CHANNEL][1]
-            websocket = WebSocket(scope, receive, send)
-            await websocket.accept()
-            await websocket.close()
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        seen["entry"] = send
+        socket = TwilioSocket(receive, send)
+        await socket.accept()
+        await socket.close()
 
-    inner = Starlette(routes=[WebSocketRoute("/ws", Endpoint())], middleware=[Middleware(ServerChannel)])
+    async def route(websocket: WebSocket) -> None:
+        seen["route"] = websocket._send
+        await websocket.accept()
+        await websocket.close()
+
+    inner = Starlette(
+        routes=[WebSocketRoute("/route", route)],
+        middleware=[Middleware(MediaStreamEntry, paths=["/entry"], handler=handler)],
+    )
+    server: list[object] = []
 
     async def server_side(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "websocket":
-            seen["server"] = send
+            server.append(send)
         await inner(scope, receive, send)
 
     async with serve_app(server_side) as url:
-        ws_url = url.replace("http://", "ws://") + "/ws"
-        async with websockets.connect(ws_url) as client:
-            with pytest.raises(websockets.ConnectionClosedOK):
-                await client.recv()
-    assert seen["kept"] is seen["server"]
-    assert seen["route"] is not seen["server"]
+        for path in ("/entry", "/route"):
+            async with websockets.connect(url.replace("http://", "ws://") + path) as client:
+                with pytest.raises(websockets.ConnectionClosedOK):
+                    await client.recv()
+    assert seen["entry"] is server[0]
+    assert seen["route"] is not server[1]
     _, relay_app = relay_dead_provider
-    assert any(m.cls is ServerChannel for m in relay_app.user_middleware)
+    entries = [m for m in relay_app.user_middleware if m.cls is MediaStreamEntry]
+    assert len(entries) == 1 and set(entries[0].kwargs["paths"]) == {"/media-stream", "/media-stream/"}

@@ -11,7 +11,9 @@ import pytest
 import websockets
 
 from relay.app import create_app
-from relay.sessions.preconnect import Preconnector, usable
+from relay.sessions.preconnect import EarlyConnections
+from relay.transport.provider import ProviderSocket
+from relay.transport.provider import connect as connect_provider
 from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import serve_app
 from tests.conftest import make_settings
@@ -74,7 +76,7 @@ async def test_off_connects_at_stream_start() -> None:
         app = create_app(settings_for(rt, realtime_preconnect=False))
         async with serve_app(app) as url, twilio_caller(url) as call:
             twiml = await call.fetch_twiml()
-            assert app.state.manager.preconnector is None
+            assert app.state.manager.early_connections is None
             assert await call.connect(twiml)
             conn = await rt.wait_connection()
             await conn.wait_for("response.create")
@@ -104,7 +106,7 @@ async def test_unused_connection_is_closed_when_no_stream_comes() -> None:
                 # for in vain
                 assert len(early.events("response.create")) == 1
                 assert preconnects(here, "expired") == 1 and preconnects(there, "used") == 0
-                assert len(here.state.manager.preconnector) == 0
+                assert len(here.state.manager.early_connections) == 0
                 await used.wait_for("response.done")
                 (greeting,) = used.audio_sent.values()
                 await call.wait_for_media(min_bytes=len(greeting))
@@ -147,19 +149,20 @@ async def test_shutdown_closes_waiting_connections() -> None:
         async with serve_app(app) as url:
             await twilio_caller(url).fetch_twiml()
             early = await rt.wait_connection()
-            assert len(app.state.manager.preconnector) == 1
+            assert len(app.state.manager.early_connections) == 1
         async with asyncio.timeout(5):
             await early.closed.wait()
 
 
-# --- the Preconnector on its own, against the fake over a real socket ------------------------------
+# --- the early connections on their own, against the fake over a real socket ------------------------------
 
 
 def connector(rt: FakeRealtimeServer):
     url = f"{rt.url}/v1/realtime?model=gpt-realtime"
 
-    async def connect() -> websockets.ClientConnection:
-        return await websockets.connect(url, additional_headers={"Authorization": "Bearer sk-test"})
+    async def connect() -> ProviderSocket:
+        headers = {"Authorization": "Bearer sk-test"}
+        return await connect_provider(url, headers=headers, open_timeout=5, user_agent="test")
 
     return connect
 
@@ -167,7 +170,7 @@ def connector(rt: FakeRealtimeServer):
 async def test_bounded_one_per_call_and_expiring() -> None:
     async with FakeRealtimeServer() as rt:
         outcomes: list[str] = []
-        pre = Preconnector(connector(rt), limit=2, ttl=0.3, remember=60)
+        pre = EarlyConnections(connector(rt), limit=2, ttl=0.3, remember=60)
         pre.on_outcome = outcomes.append
         assert pre.start("CA1") and pre.start("CA2")
         assert not pre.start("CA1") and outcomes == ["repeated"]  # one per call
@@ -176,7 +179,7 @@ async def test_bounded_one_per_call_and_expiring() -> None:
         assert task is not None and pre.take("CA1") is None
         assert not pre.start("CA1")  # taken: still one per call (a replayed webhook)
         conn = await task
-        assert usable(conn)
+        assert conn.open
         expired = await rt.wait_connection(n=2)
         async with asyncio.timeout(5):
             await expired.closed.wait()  # CA2's stream never came
@@ -184,14 +187,14 @@ async def test_bounded_one_per_call_and_expiring() -> None:
         assert outcomes == ["repeated", "full", "used", "repeated", "expired", "repeated"] and len(pre) == 0
         assert len(rt.connections) == 2
         await conn.close()
-        assert not usable(conn)
+        assert not conn.open
         await pre.aclose()
 
 
 async def test_a_failed_early_connect_is_counted_and_raises_when_taken() -> None:
     async with FakeRealtimeServer(api_key="sk-other") as rt:
         outcomes: list[str] = []
-        pre = Preconnector(connector(rt), limit=5)
+        pre = EarlyConnections(connector(rt), limit=5)
         pre.on_outcome = outcomes.append
         pre.start("CA1")
         task = pre.take("CA1")

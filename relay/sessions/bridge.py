@@ -1,8 +1,9 @@
 """The realtime bridge core: sans-I/O. Twilio events and neutral backend events in; text to send out.
 
 Inputs are methods (`on_media`, `on_mark`, `on_backend`, `on_tool_output`, `provider_opened`);
-outputs accumulate in three outboxes the I/O shell drains after every input: `to_twilio` and
-`to_provider` (ready-to-send JSON text) and `effects` (tool runs, transcript turns, notices).
+outputs accumulate in three outboxes that leave through one exit, `drain()`, which the I/O shell
+calls after every input: text for Twilio, text for the provider (ready-to-send JSON), and typed
+effects for the call (`relay.sessions.effects`: tool runs, transcript turns, barge-ins...).
 The audio path never decodes: Twilio's base64 μ-law goes to the provider as it came, and the
 provider's base64 μ-law goes to Twilio as it came.
 
@@ -18,13 +19,26 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import orjson
 
 from relay.sessions import events as ev
 from relay.sessions.dialects import QUIET_EVENTS
+from relay.sessions.effects import (
+    BargeIn,
+    Effect,
+    Fault,
+    HoldStarted,
+    PlaybackIdle,
+    PrebufferDropped,
+    ResponseDone,
+    RunTool,
+    SaveTurn,
+    SessionExpired,
+    Truncated,
+)
+from relay.sessions.heard import SpokenItems
 from relay.sessions.hold import HoldTone
 from relay.sessions.playback import PlaybackTracker
 from relay.twilio_messages import Media, b64_len, clear_message, mark_message, media_message
@@ -33,55 +47,9 @@ log = logging.getLogger("relay.bridge")
 
 PREBUFFER_FRAMES = 100  # about 2 s of 20 ms frames held until the provider is ready
 EXPECT_RESPONSE_S = 3.0  # how long server VAD gets to create its response after speech stopped
-MS_PER_CHAR = 60.0  # speaking-rate estimate, for cutting a transcript whose audio is still arriving
 MARK_EVERY_MS = 500  # a mark covers at least this much audio (and every item's end): fewer messages
 
-
-# --- effects the shell carries out ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class RunTool:
-    call: ev.ToolCall
-
-
-@dataclass(frozen=True, slots=True)
-class SaveTurn:
-    role: Literal["user", "assistant"]
-    text: str
-    meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass(frozen=True, slots=True)
-class Notice:
-    """Something worth counting or reacting to: barge_in, truncate, fault, session_expired, ..."""
-
-    kind: str
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-Effect = RunTool | SaveTurn | Notice
-
-
-def cut_text(text: str, heard_ms: int, total_ms: float) -> str:
-    """The part of `text` spoken in the first `heard_ms` of `total_ms` of audio, at a word boundary."""
-    if total_ms <= 0 or heard_ms <= 0:
-        return ""
-    if heard_ms >= total_ms:
-        return text
-    keep = int(len(text) * heard_ms / total_ms)
-    head = text[:keep]
-    if keep < len(text) and not text[keep].isspace() and " " in head:
-        head = head[: head.rindex(" ")]
-    return head.rstrip()
-
-
-@dataclass(slots=True)
-class _Item:
-    text: str = ""
-    final: str | None = None
-    audio_done: bool = False
-    closed: bool = False  # its turn was saved (played out or cut)
+Output = tuple[list[str], list[str], list[Effect]]  # to Twilio, to the provider, effects
 
 
 class BridgeCore:
@@ -99,13 +67,13 @@ class BridgeCore:
         self._session_update = session_update
         self._greeting = greeting
         self._auto_response = auto_response
-        self.to_twilio: list[str] = []
-        self.to_provider: list[str] = []
-        self.effects: list[Effect] = []
+        self._to_twilio: list[str] = []
+        self._to_provider: list[str] = []
+        self._effects: list[Effect] = []
         self.playback = PlaybackTracker()
-        self.provider_ready = False
+        self._provider_ready = False
         self._prebuffer: deque[str] = deque(maxlen=PREBUFFER_FRAMES)
-        self.prebuffer_dropped = 0
+        self._prebuffer_dropped = 0
         self._active: str | None = None  # response id
         self._expect_since: float | None = None  # a response.create or server-VAD response is coming
         self._want_response = False
@@ -113,44 +81,69 @@ class BridgeCore:
         self._tool_responses: set[str] = set()  # responses that called tools and are not finished
         self._cut_responses: set[str] = set()
         self._cut_items: set[str] = set()
-        self._items: dict[str, _Item] = {}
-        self._item_order: list[str] = []
+        self._spoken = SpokenItems()
         self._current_item = ""
         self._logged_other: set[str] = set()
-        self.greeting_sent = False
-        self.audio_chunks_out = 0
+        self._greeting_sent = False
         self.hold = HoldTone(self.playback, stream_sid)
         self._holds = 0
 
+    # --- the one exit -----------------------------------------------------------------------------
+    def drain(self) -> Output:
+        """Takes everything the last inputs queued: text for Twilio, text for the provider, effects."""
+        out = (self._to_twilio, self._to_provider, self._effects)
+        if out[0]:
+            self._to_twilio = []
+        if out[1]:
+            self._to_provider = []
+        if out[2]:
+            self._effects = []
+        return out
+
+    @property
+    def playing(self) -> bool:
+        """True while agent audio is queued at Twilio."""
+        return self.playback.outstanding
+
+    @property
+    def quiet(self) -> bool:
+        """No response is being generated and nothing is queued at Twilio: a moment a new provider
+        session can take over unnoticed."""
+        return self._active is None and not self.playback.outstanding
+
     # --- provider lifecycle ---------------------------------------------------------------------
     def provider_opened(
-        self, now: float, *, greet: bool = True, carried: Sequence[str] = (), configured: bool = False
+        self, now: float, *, greet: bool = True, carried: Sequence[str] = (), early: bool = False
     ) -> None:
         """The provider socket is open: configure it, greet, and flush audio buffered meanwhile.
 
         `carried`: events for the new socket that come before the buffered audio (on a replacement,
         the conversation so far and the audio the old socket never sent, which is older).
-        `configured`: the socket was sent `opening_events` already (an early connection primed
-        during /incoming-call); the greeting it asked for counts as requested now."""
-        self.provider_ready = True
-        greeting = self._greeting if greet and not self.greeting_sent else None
-        if not configured:
-            self.to_provider += opening_events(self._session_update, greeting)
+        `early`: the socket is an early connection that was sent `opening_events` during
+        /incoming-call; the greeting it asked for counts as requested now."""
+        self._provider_ready = True
+        greeting = self._greeting if greet and not self._greeting_sent else None
+        if not early:
+            self._to_provider += opening_events(self._session_update, greeting)
         if greeting:
-            self.greeting_sent = True
+            self._greeting_sent = True
             self._expect_since = now
-        self.to_provider += carried
+        self._to_provider += carried
         while self._prebuffer:
-            self.to_provider.append(append_event(self._prebuffer.popleft()))
+            self._to_provider.append(append_event(self._prebuffer.popleft()))
+        if self._prebuffer_dropped:
+            self._effects.append(PrebufferDropped(self._prebuffer_dropped))
+            self._prebuffer_dropped = 0
 
     def drop_buffered_audio(self) -> None:
         """The shell hands a replacement socket the caller audio since the old provider's last sign
         of life (a superset of what was buffered since it was lost): the buffer is not sent twice."""
         self._prebuffer.clear()
+        self._prebuffer_dropped = 0
 
     def provider_lost(self) -> None:
         """The provider socket is gone: forget response state; audio buffers until reopened."""
-        self.provider_ready = False
+        self._provider_ready = False
         self._active = None
         self._expect_since = None
         self._pending_tools.clear()
@@ -159,20 +152,20 @@ class BridgeCore:
 
     # --- Twilio side ----------------------------------------------------------------------------
     def on_media(self, media: Media) -> None:
-        if self.provider_ready:
-            self.to_provider.append(append_event(media.payload))
+        if self._provider_ready:
+            self._to_provider.append(append_event(media.payload))
         else:
             if len(self._prebuffer) == PREBUFFER_FRAMES:
-                self.prebuffer_dropped += 1
+                self._prebuffer_dropped += 1
             self._prebuffer.append(media.payload)
 
     def on_mark(self, name: str, now: float) -> None:
         if not self.playback.on_mark(name, now):
             return
-        self.to_twilio += self.hold.feed(now)  # a slow tool's hold tone stays topped up
+        self._to_twilio += self.hold.feed(now)  # a slow tool's hold tone stays topped up
         if not self.playback.outstanding:
             self._close_played_items()
-            self.effects.append(Notice("playback_idle"))
+            self._effects.append(PlaybackIdle())
 
     # --- backend side ---------------------------------------------------------------------------
     def on_backend(self, event: ev.BackendEvent, now: float) -> None:
@@ -207,32 +200,26 @@ class BridgeCore:
             return  # audio of an interrupted response still in flight
         if self.hold.active:
             self.stop_hold(now)
-        if event.item_id not in self._items:
-            self._items[event.item_id] = _Item()
-            self._item_order.append(event.item_id)
         if event.item_id != self._current_item:
+            self._spoken.add(event.item_id)
             self._send_mark(now)  # the previous item ends here
-        self._current_item = event.item_id
-        self.audio_chunks_out += 1
+            self._current_item = event.item_id
         self.playback.on_audio_sent(event.item_id, b64_len(event.payload), now, mark=False)
-        self.to_twilio.append(media_message(self.stream_sid, event.payload))
+        self._to_twilio.append(media_message(self.stream_sid, event.payload))
         if self.playback.unmarked_ms() >= MARK_EVERY_MS:
             self._send_mark(now)
 
     def _send_mark(self, now: float) -> None:
         name = self.playback.mark(now)
         if name is not None:
-            self.to_twilio.append(mark_message(self.stream_sid, name))
+            self._to_twilio.append(mark_message(self.stream_sid, name))
 
     def _on_transcript(self, event: ev.Transcript) -> None:
         if event.role == "user":
             if event.text:
-                self.effects.append(SaveTurn("user", event.text, {"item_id": event.item_id}))
+                self._effects.append(SaveTurn("user", event.text, {"item_id": event.item_id}))
             return
-        item = self._items.get(event.item_id)
-        if item is None:
-            item = self._items[event.item_id] = _Item()
-            self._item_order.append(event.item_id)
+        item = self._spoken.add(event.item_id)
         if event.final:
             item.final = event.text or item.text
             if not self.playback.outstanding or event.item_id not in self.playback.pending_items():
@@ -244,28 +231,23 @@ class BridgeCore:
         self.stop_hold(now)
         if self._active is None and not self.playback.outstanding:
             return
-        self.effects.append(Notice("barge_in"))
+        self._effects.append(BargeIn())
         if self._active is not None:
             self._cut_responses.add(self._active)
         cut = self.playback.interrupt(now, self._current_item or None)
-        self.to_twilio.append(clear_message(self.stream_sid))
+        self._to_twilio.append(clear_message(self.stream_sid))
         if cut is None:
             return
         self._cut_items.add(cut.item_id)
         if cut.audio_end_ms > 0:
-            self.to_provider.append(
-                orjson.dumps(
-                    {
-                        "type": "conversation.item.truncate",
-                        "item_id": cut.item_id,
-                        "content_index": 0,
-                        "audio_end_ms": cut.audio_end_ms,
-                    }
-                ).decode()
-            )
-            self.effects.append(
-                Notice("truncate", {"item_id": cut.item_id, "audio_end_ms": cut.audio_end_ms})
-            )
+            truncate = {
+                "type": "conversation.item.truncate",
+                "item_id": cut.item_id,
+                "content_index": 0,
+                "audio_end_ms": cut.audio_end_ms,
+            }
+            self._to_provider.append(orjson.dumps(truncate).decode())
+            self._effects.append(Truncated(cut.item_id, cut.audio_end_ms))
         else:
             self._delete_item(cut.item_id)
         for item_id in cut.unheard:
@@ -275,49 +257,41 @@ class BridgeCore:
 
     def _delete_item(self, item_id: str) -> None:
         """Nothing of it was heard: remove it from the model's context (no invalid truncate)."""
-        self.to_provider.append(
+        self._to_provider.append(
             orjson.dumps({"type": "conversation.item.delete", "item_id": item_id}).decode()
         )
-        item = self._items.get(item_id)
+        item = self._spoken.get(item_id)
         if item is not None:
             item.closed = True
 
     def _save_cut(self, item_id: str, heard_ms: int, sent_ms: int) -> None:
-        item = self._items.get(item_id)
+        item = self._spoken.get(item_id)
         if item is None or item.closed:
             return
         item.closed = True
-        text = item.final if item.final is not None else item.text
-        total = sent_ms if item.audio_done or item.final is None else max(sent_ms, len(text) * MS_PER_CHAR)
-        heard_text = cut_text(text, heard_ms, total)
+        heard_text = item.heard(heard_ms, sent_ms)
         if heard_text:
             meta = {"item_id": item_id, "interrupted": True, "heard_ms": heard_ms}
-            self.effects.append(SaveTurn("assistant", heard_text, meta))
+            self._effects.append(SaveTurn("assistant", heard_text, meta))
 
     def _close_played_items(self) -> None:
         """Saves the assistant turns whose transcript is final and whose audio has fully played."""
         playing = self.playback.pending_items()
-        for item_id in self._item_order:
-            item = self._items[item_id]
-            if item.closed or item.final is None or item_id in playing:
+        for item_id, item in self._spoken.open_items():
+            if item.final is None or item_id in playing:
                 continue
             item.closed = True
             if item.final:
-                self.effects.append(SaveTurn("assistant", item.final, {"item_id": item_id}))
-        self._item_order = [i for i in self._item_order if not self._items[i].closed]
+                self._effects.append(SaveTurn("assistant", item.final, {"item_id": item_id}))
 
     def _on_response_done(self, event: ev.ResponseDone, now: float) -> None:
         self._send_mark(now)  # the response's last audio is covered by a mark
         if event.response_id == self._active:
             self._active = None
-        self.effects.append(
-            Notice("response_done", {"response_id": event.response_id, "status": event.status})
-        )
-        for item_id in self._item_order:
-            if item_id == self._current_item:
-                self._items[item_id].audio_done = True
-        if event.status == "failed":
-            self.effects.append(Notice("response_failed", {"error": event.error or {}}))
+        self._effects.append(ResponseDone(event.response_id, event.status, event.error))
+        current = self._spoken.get(self._current_item)
+        if current is not None:
+            current.audio_done = True
         if event.response_id in self._tool_responses:
             self._tool_responses.discard(event.response_id)
             if event.response_id not in self._cut_responses:
@@ -330,14 +304,14 @@ class BridgeCore:
             return
         self._pending_tools[call.call_id] = call.response_id
         self._tool_responses.add(call.response_id)
-        self.effects.append(RunTool(call))
+        self._effects.append(RunTool(call))
 
     def on_tool_output(self, call_id: str, output: str, now: float) -> None:
         """A tool finished: send its output; continue the conversation when all are in."""
-        if self._pending_tools.pop(call_id, None) is None and not self.provider_ready:
+        if self._pending_tools.pop(call_id, None) is None and not self._provider_ready:
             return
         item = {"type": "function_call_output", "call_id": call_id, "output": output}
-        self.to_provider.append(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
+        self._to_provider.append(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
         self._maybe_continue(now)
 
     def _maybe_continue(self, now: float) -> None:
@@ -348,19 +322,17 @@ class BridgeCore:
         if self._expect_since is not None and now - self._expect_since < EXPECT_RESPONSE_S:
             return
         self._want_response = False
-        self._request_response(now, None)
-
-    def _request_response(self, now: float, response: dict[str, Any] | None) -> None:
         self._expect_since = now
-        event: dict[str, Any] = {"type": "response.create"}
-        if response:
-            event["response"] = response
-        self.to_provider.append(orjson.dumps(event).decode())
+        self._to_provider.append('{"type":"response.create"}')
 
     def tick(self, now: float) -> None:
         """Called periodically by the shell: retries a held-back response.create, feeds the hold tone."""
         self._maybe_continue(now)
-        self.to_twilio += self.hold.feed(now)
+        self._to_twilio += self.hold.feed(now)
+
+    def heartbeat(self, event: str) -> None:
+        """Queues the shell's liveness probe for the provider (`relay.sessions.liveness`)."""
+        self._to_provider.append(event)
 
     # --- hold tone while a slow tool runs ---------------------------------------------------------
     def start_hold(self, now: float) -> None:
@@ -368,43 +340,30 @@ class BridgeCore:
         if self.hold.active or not self._pending_tools or self.playback.outstanding:
             return
         self._holds += 1
-        self.effects.append(Notice("hold_started"))
-        self.to_twilio += self.hold.start(f"hold:{self._holds}", now)
+        self._effects.append(HoldStarted())
+        self._to_twilio += self.hold.start(f"hold:{self._holds}", now)
 
     def stop_hold(self, now: float) -> None:
-        self.to_twilio += self.hold.stop(now)
+        self._to_twilio += self.hold.stop(now)
 
     def _on_fault(self, fault: ev.ProviderFault) -> None:
         level = logging.ERROR if fault.code == "conversation_already_has_active_response" else logging.WARNING
         log.log(level, "provider error %s: %s", fault.code, fault.message)
-        self.effects.append(Notice("fault", {"code": fault.code, "message": fault.message}))
+        self._effects.append(Fault(fault.code, fault.message))
         if fault.code == "session_expired":
-            self.effects.append(Notice("session_expired"))
+            self._effects.append(SessionExpired())
 
     # --- end of call ----------------------------------------------------------------------------
     def finish(self, now: float) -> None:
         """The call is ending: save what the caller heard of agent turns still open."""
         playing = self.playback.pending_items()
-        for item_id in list(self._item_order):
-            item = self._items[item_id]
-            if item.closed:
-                continue
+        for item_id, item in self._spoken.open_items():
             if item_id in playing or item.final is None:
                 self._save_cut(item_id, self.playback.heard_ms(item_id, now), self.playback.sent_ms(item_id))
             else:
                 item.closed = True
                 if item.final:
-                    self.effects.append(SaveTurn("assistant", item.final, {"item_id": item_id}))
-
-    @property
-    def response_active(self) -> bool:
-        return self._active is not None
-
-    def drain(self) -> tuple[list[str], list[str], list[Effect]]:
-        """Takes everything queued by the last inputs."""
-        out = (self.to_twilio, self.to_provider, self.effects)
-        self.to_twilio, self.to_provider, self.effects = [], [], []
-        return out
+                    self._effects.append(SaveTurn("assistant", item.final, {"item_id": item_id}))
 
 
 def append_event(payload: str) -> str:

@@ -20,12 +20,20 @@ session that takes over: the reconnected one, or the cascade.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 from collections import deque
+from collections.abc import Awaitable, Callable
 
 import orjson
 
+from relay.config import Settings
+from relay.errors import ProviderMalformedError, ProviderUnresponsiveError
 from relay.sessions.dialects import Dialect
 from relay.twilio_messages import Media, b64_len
+
+log = logging.getLogger("relay.realtime")
 
 FRAME_S = 0.02  # one Twilio media frame
 
@@ -122,4 +130,94 @@ class Throttle:
         return n
 
 
-__all__ = ["FRAME_S", "CallerRing", "Throttle", "heartbeat_event", "ring_frames"]
+class Liveness:
+    """One call's watch on its provider connection. The provider reader sets `heard_at` (the clock
+    at the last valid event) and `alive_frames` (the caller frames counted then) on every valid
+    event: two attribute writes, the only per-event cost. `watch` runs beside it and raises
+    ProviderUnresponsiveError; `malformed` raises ProviderMalformedError on a flood."""
+
+    def __init__(self, settings: Settings, name: str, clock: Callable[[], float]) -> None:
+        self.settings = settings
+        self.name = name
+        self.clock = clock
+        s = settings
+        frames = ring_frames(
+            s.provider_first_event_timeout, s.provider_heartbeat_after, s.provider_heartbeat_timeout
+        )
+        self.ring = CallerRing(frames)
+        self.heard_at = -math.inf  # this connection's last valid event
+        self.alive_frames = 0  # caller frames counted at the provider's last valid event (any connection)
+        self._pinged_at = -math.inf
+        self._bad_streak = 0
+        self._bad_ref = -math.inf
+        self.bad_log = Throttle()
+
+    def new_connection(self) -> None:
+        """A new provider connection: its first event is awaited from now."""
+        self.heard_at = self._pinged_at = self._bad_ref = -math.inf
+        self._bad_streak = 0
+
+    def malformed(self, exc: ValueError, data: bytes | str) -> None:
+        """A provider event that does not parse: logged (rate-limited) and dropped. More than
+        PROVIDER_MALFORMED_LIMIT in a row, with no valid event between them, is a fault."""
+        if self._bad_ref != self.heard_at:  # a valid event came since the last malformed one
+            self._bad_streak, self._bad_ref = 0, self.heard_at
+        self._bad_streak += 1
+        n = self.bad_log.hit(self.clock())
+        if n == 1:
+            log.warning("dropped a malformed provider event (%s): %.80r", exc, data)
+        elif n > 1:
+            log.warning(
+                "dropped %d more malformed provider events in the last %.0f s (latest: %s)",
+                n,
+                self.bad_log.every,
+                exc,
+            )
+        limit = self.settings.provider_malformed_limit
+        if self._bad_streak > limit:
+            raise ProviderMalformedError(
+                f"{self.name} sent {self._bad_streak} malformed events in a row "
+                f"(PROVIDER_MALFORMED_LIMIT={limit}); last: {exc}"
+            )
+
+    async def watch(self, started: float, ping: Callable[[], Awaitable[None]]) -> None:
+        """The connection's liveness, from `started` (when the session began reading it): a first
+        valid event within PROVIDER_FIRST_EVENT_TIMEOUT; then, after PROVIDER_HEARTBEAT_AFTER of
+        quiet, a heartbeat (`ping`) that any valid event within PROVIDER_HEARTBEAT_TIMEOUT answers.
+        Sleeps until the next deadline: one wake-up per quiet period, nothing per frame. Raises
+        ProviderUnresponsiveError."""
+        s, clock, name = self.settings, self.clock, self.name
+        while True:
+            now, heard = clock(), self.heard_at
+            if heard < started:  # nothing valid from this connection yet
+                due = started + s.provider_first_event_timeout
+                if now >= due:
+                    raise ProviderUnresponsiveError(
+                        f"{name} sent no event within {s.provider_first_event_timeout:g} s of the "
+                        "session start (PROVIDER_FIRST_EVENT_TIMEOUT)"
+                    )
+            elif self._pinged_at > heard:  # a heartbeat is out, unanswered so far
+                due = self._pinged_at + s.provider_heartbeat_timeout
+                if now >= due:
+                    raise ProviderUnresponsiveError(
+                        f"{name} stopped answering: nothing for {now - heard:.1f} s, and no answer to a "
+                        f"heartbeat within {s.provider_heartbeat_timeout:g} s (PROVIDER_HEARTBEAT_TIMEOUT)"
+                    )
+            else:
+                due = heard + s.provider_heartbeat_after
+                if now >= due:
+                    self._pinged_at = now
+                    await ping()
+                    continue
+            await asyncio.sleep(due - now)
+
+    def unheard(self, frames_in: int) -> list[Media]:
+        """The caller's frames since the provider's last valid event, at most the ring's bound: what
+        a provider that turned out dead may never have heard."""
+        return self.ring.since(frames_in, self.alive_frames)
+
+    def trim(self, frames_in: int) -> None:
+        self.ring.trim(frames_in, self.alive_frames)
+
+
+__all__ = ["FRAME_S", "CallerRing", "Liveness", "Throttle", "heartbeat_event", "ring_frames"]

@@ -1,5 +1,6 @@
-"""Which provider and which mode serve a call, admission, and everything around one call's session:
-its record, its tools, its limits.
+"""The process's calls: admission (the shared call limit), the slots that hold it, the early
+connections, which provider serves a call and which serves its fallback, and the drain at
+shutdown. One call's own life is `relay.sessions.call_run.CallRun`.
 """
 
 from __future__ import annotations
@@ -8,112 +9,30 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from twilio.twiml.voice_response import VoiceResponse
-
-# The cascade (and the openai SDK under it) is imported with the relay, not at a call's first
-# fallback: that import took 290-330 ms on the event loop, a stall in every live call's audio.
-from cascade.session import CascadeSession
 from relay.config import Settings
-from relay.errors import (
-    ProviderClosedError,
-    ProviderError,
-    ProviderMalformedError,
-    ProviderUnresponsiveError,
-    StoreError,
-)
+from relay.errors import StoreError
 from relay.logs import bind_call
 from relay.metrics import Metrics
-from relay.sessions import events as ev
-from relay.sessions.bridge import Effect, Notice, RunTool, SaveTurn
+from relay.sessions.call import TwilioSink
+from relay.sessions.call_run import CallRun, CascadeFactory
 from relay.sessions.limits import CallLimiter, MemoryLimiter
 from relay.sessions.outbox import Outbox, StoreHealth
-from relay.sessions.preconnect import PRECONNECT_TTL_S, Preconnector
+from relay.sessions.preconnect import PRECONNECT_TTL_S, EarlyConnections
 from relay.sessions.providers import ProviderAdapter
-from relay.sessions.realtime import RealtimeSession, connect_primed
-from relay.sessions.store import CallStore, WriteOp
-from relay.twilio_messages import Media, Start
+from relay.sessions.realtime_setup import open_early
+from relay.sessions.store import CallStore
+from relay.twilio_messages import Start
 
 log = logging.getLogger("relay.manager")
 
-HANGUP_GRACE_S = 15.0  # longest wait for the goodbye to play before hanging up anyway
 LIMITER_DEADLINE_S = 0.5  # admission (and a slot's release) never waits longer for the shared limiter
-RECORD_WAIT_S = 2.0  # an ended call waits this long at most for its record (not at all if the store is down)
 OUTBOX_CLOSE_S = 3.0  # at shutdown, how long queued record writes get to reach the store...
 OUTBOX_CLOSE_DOWN_S = 1.0  # ...and while it is known to be down: two more tries, not a long wait
-GOODBYE_DURATION = "We have reached the time limit for this call. Thank you for calling, goodbye."
 GOODBYE_SHUTDOWN = "Sorry, this service is restarting. Please call again in a moment. Goodbye."
 END_CALLS_MARGIN_S = 2.0  # the drain's bound on ending the remaining calls: one REST timeout plus this
-
-
-class CallRecorder:
-    """A call's record writes, queued in the process's outbox: the call never waits for the store."""
-
-    def __init__(self, outbox: Outbox, call_sid: str) -> None:
-        self.outbox = outbox
-        self.call_sid = call_sid
-        self._last = 0
-        self._finished = False
-
-    def put(self, method: WriteOp, *args: Any, **kwargs: Any) -> None:
-        """Queues `store.<method>(call_sid, *args, **kwargs)`; ignored once `finish` was called."""
-        if not self._finished:
-            self._last = self.outbox.put(self.call_sid, method, *args, **kwargs)
-
-    def finish(self, **fields: Any) -> None:
-        """Queues the record's last upsert; later writes (a slot keeper's) are ignored."""
-        self.put("upsert", **fields)
-        self._finished = True
-
-    async def aclose(self) -> None:
-        """Waits a little for this call's writes to be stored: not at all while the store is down."""
-        await self.outbox.wait_written(self._last, timeout=RECORD_WAIT_S)
-
-
-class CallControlImpl:
-    """What tools may do to the call (relay.tools.CallControl): hang up after the goodbye, transfer."""
-
-    def __init__(self, manager: CallManager, call_sid: str) -> None:
-        self.manager = manager
-        self.call_sid = call_sid
-        self.session: RealtimeSession | CascadeSession | None = None
-        self.tool_response_id = ""  # the response whose tool call is running
-        self._goodbye_done = False
-        self._armed_for: str | None = None
-        self._changed = asyncio.Event()
-        self.hung_up = asyncio.Event()
-
-    async def hang_up_after_playback(self, reason: str) -> None:
-        """Hangs up once a response after the tool's own has finished and its audio has played."""
-        self._armed_for = self.tool_response_id
-        log.info("hang-up requested (%s); waiting for the goodbye to play", reason or "end_call")
-        asyncio.get_running_loop().create_task(self._hang_up_when_played())
-
-    def _goodbye_played(self) -> bool:
-        playing = self.session is not None and self.session.playing
-        return self._goodbye_done and not playing
-
-    async def _hang_up_when_played(self) -> None:
-        try:
-            async with asyncio.timeout(HANGUP_GRACE_S):
-                while not self._goodbye_played():
-                    self._changed.clear()
-                    await self._changed.wait()
-        except TimeoutError:
-            log.warning("the goodbye did not finish within %.0f s; hanging up anyway", HANGUP_GRACE_S)
-        await self.manager.hang_up(self.call_sid)
-        self.hung_up.set()
-
-    async def transfer(self, twiml: str) -> None:
-        await self.manager.redirect(self.call_sid, twiml)
-
-    def on_notice(self, notice: Notice) -> None:
-        armed = self._armed_for is not None
-        if armed and notice.kind == "response_done" and notice.detail.get("response_id") != self._armed_for:
-            self._goodbye_done = True
-        self._changed.set()
 
 
 class CallManager:
@@ -125,6 +44,7 @@ class CallManager:
         *,
         store: CallStore,
         adapter_factory: Callable[[], ProviderAdapter],
+        cascade_factory: CascadeFactory,
         registry: Any = None,
         twilio_calls: Any = None,
         alternate_adapter_factory: Callable[[], ProviderAdapter | None] | None = None,
@@ -134,6 +54,7 @@ class CallManager:
         self.settings = settings
         self.store = store
         self.adapter_factory = adapter_factory
+        self.cascade_factory = cascade_factory
         self.registry = registry
         self.twilio_calls = twilio_calls
         self.alternate_adapter_factory = alternate_adapter_factory
@@ -148,16 +69,16 @@ class CallManager:
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False
         self._adapter: ProviderAdapter | None = None
-        self.preconnector: Preconnector | None = None
+        self.early_connections: EarlyConnections | None = None
         if settings.realtime_preconnect and settings.relay_mode != "cascade":
-            self.preconnector = Preconnector(
-                lambda: connect_primed(self.adapter, settings, self.realtime_tools()),
+            self.early_connections = EarlyConnections(
+                lambda: open_early(self.adapter, settings, self.realtime_tools()),
                 limit=settings.max_concurrent_calls,
                 ttl=min(PRECONNECT_TTL_S, settings.stream_token_ttl),  # a token lives < 1 s longer at most
                 remember=settings.stream_token_ttl + 1,  # one per call SID while its token can be valid
             )
             counter = self.metrics.preconnects_total
-            self.preconnector.on_outcome = lambda outcome: counter.labels(outcome=outcome).inc()
+            self.early_connections.on_outcome = lambda outcome: counter.labels(outcome=outcome).inc()
 
     @property
     def adapter(self) -> ProviderAdapter:
@@ -192,8 +113,8 @@ class CallManager:
 
     def preconnect(self, call_sid: str) -> None:
         """An admitted call: open its realtime connection now, while Twilio sets up the stream."""
-        if self.preconnector is not None and not self.draining:
-            self.preconnector.start(call_sid)
+        if self.early_connections is not None and not self.draining:
+            self.early_connections.start(call_sid)
 
     def start(self) -> None:
         """Starts the record outbox's writer and the periodic sweep of expired slots (every third of
@@ -319,7 +240,7 @@ class CallManager:
         for run in cut:
             run.ending = "shutdown"
             with contextlib.suppress(Exception):
-                await run.channel.close()
+                await run.stream.close()
         return len(cut)
 
     async def wait_idle(self, timeout: float) -> None:  # noqa: ASYNC109 - a bound, not a deadline API
@@ -329,8 +250,8 @@ class CallManager:
                 self._idle.clear()
                 await self._idle.wait()
 
-    async def run_call(self, start: Start, channel: Any) -> str:
-        run = CallRun(self, start, channel)
+    async def run_call(self, start: Start, stream: TwilioSink) -> str:
+        run = CallRun(self, start, stream)
         self.active[start.call_sid] = run
         keeper = asyncio.create_task(self._keep_slot(run))
         try:
@@ -346,213 +267,9 @@ class CallManager:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        if self.preconnector is not None:
-            await self.preconnector.aclose()
+        if self.early_connections is not None:
+            await self.early_connections.aclose()
         if self._adapter is not None:
             await self._adapter.aclose()
         await self.outbox.aclose(OUTBOX_CLOSE_S if self.store_health.up else OUTBOX_CLOSE_DOWN_S)
         await self.limiter.close()
-
-
-class CallRun:
-    """One call: its record, its tools, and the session serving it (realtime, then maybe cascade)."""
-
-    def __init__(self, manager: CallManager, start: Start, channel: Any) -> None:
-        self.manager = manager
-        self.settings = manager.settings
-        self.start = start
-        self.channel = channel
-        self.recorder = CallRecorder(manager.outbox, start.call_sid)
-        self.control = CallControlImpl(manager, start.call_sid)
-        self.session: RealtimeSession | CascadeSession | None = None
-        self.mode = "cascade" if self.settings.relay_mode == "cascade" else "realtime"
-        self._tool_tasks: set[asyncio.Task[None]] = set()
-        self.earlier_stats: list[Any] = []  # the realtime phase's figures, after a fallback
-        self.ending = ""
-
-    async def end_politely(self, text: str, reason: str) -> None:
-        """Ends the call with a spoken goodbye: a TwiML redirect when Twilio credentials are set,
-        otherwise by closing the stream (Twilio then speaks the `<Say>` after `<Connect>`)."""
-        if self.manager.twilio_calls is not None:
-            vr = VoiceResponse()
-            vr.say(text)
-            vr.hangup()
-            try:
-                await self.manager.twilio_calls.redirect(self.start.call_sid, str(vr))
-            except Exception as exc:  # the stream close below still ends the call
-                log.warning("could not redirect the call to its goodbye (%s): %s", reason, exc)
-        self.ending = reason
-        await self.channel.close()
-
-    def all_stats(self) -> list[Any]:
-        return [*self.earlier_stats, *([self.session.stats] if self.session is not None else [])]
-
-    def on_effect(self, effect: Effect) -> None:
-        if isinstance(effect, SaveTurn):
-            self.recorder.put("add_turn", effect.role, effect.text, **effect.meta)
-        elif isinstance(effect, RunTool):
-            task = asyncio.create_task(self._realtime_tool(effect.call))
-            self._tool_tasks.add(task)
-            task.add_done_callback(self._tool_tasks.discard)
-        elif isinstance(effect, Notice):
-            self.control.on_notice(effect)
-
-    async def run(self) -> str:
-        adapter = self.manager.adapter
-        self.recorder.put(
-            "upsert",
-            stream_sid=self.start.stream_sid,
-            provider=adapter.vendor,
-            mode=self.mode,
-            started_at=time.time(),
-            status="in-progress",
-        )
-        outcome = "error"
-        try:
-            async with asyncio.timeout(self.settings.max_call_duration):
-                outcome = await self._serve(adapter)
-        except TimeoutError:
-            outcome = "max_duration"
-            log.info("call reached MAX_CALL_DURATION (%.0f s)", self.settings.max_call_duration)
-            await self.end_politely(GOODBYE_DURATION, outcome)
-        except ProviderError as exc:
-            outcome = "provider_error"
-            log.error("%s provider failed: %s", self.mode, exc, extra={"cause": type(exc).__name__})
-            self.recorder.put(
-                "add_event", "errors", {"cause": str(exc), "status": getattr(exc, "status", None)}
-            )
-        finally:
-            for task in self._tool_tasks:
-                task.cancel()
-            stats = [vars(st) for st in self.all_stats()]
-            self.recorder.finish(
-                ended_at=time.time(), status="ended", outcome=outcome, mode=self.mode, stats=stats
-            )
-            await self.recorder.aclose()
-            metrics = self.manager.metrics
-            for stats_obj in self.all_stats():
-                metrics.observe_call_end(stats_obj, self.mode, outcome, provider=adapter.vendor, count=False)
-            metrics.calls_total.labels(mode=self.mode, outcome=outcome).inc()
-        log.info("call ended: %s", outcome)
-        return outcome
-
-    async def _serve(self, adapter: ProviderAdapter) -> str:
-        if self.mode == "cascade":
-            return await self._cascade(adapter, history=[], greet=self.settings.greeting_enabled)
-        realtime = RealtimeSession(
-            settings=self.settings,
-            adapter=adapter,
-            start=self.start,
-            twilio=self.channel,
-            tools=self.manager.realtime_tools(),
-            on_effect=self.on_effect,
-            early=self.manager.preconnector.take(self.start.call_sid) if self.manager.preconnector else None,
-        )
-        self.session = self.control.session = realtime
-        try:
-            return await realtime.run()
-        except ProviderError as exc:
-            if self.settings.relay_mode != "auto":
-                raise
-            fallback = self.manager.cascade_adapter()
-            if fallback is None:
-                log.error(
-                    "cannot fall back to the cascade: no STT/chat/TTS models configured for %s%s",
-                    adapter.display_name,
-                    ""
-                    if self.settings.allow_cross_provider_fallback
-                    else " (cross-provider fallback is off)",
-                )
-                raise
-            cause = fallback_cause(exc)
-            self.manager.metrics.fallbacks_total.labels(cause=cause).inc()
-            self.earlier_stats.append(realtime.stats)
-            log.warning("falling back to the cascade (%s): %s", cause, exc)
-            self.recorder.put(
-                "add_event", "fallbacks", {"cause": cause, "error": str(exc), "at": time.time()}
-            )
-            self.mode = "cascade"
-            self.recorder.put("upsert", mode="cascade")
-            greeted = realtime.stats.first_audio_ms is not None
-            for task in self._tool_tasks:
-                task.cancel()
-            greet = self.settings.greeting_enabled and not greeted
-            unheard = realtime.unheard_audio()  # what the caller said since the provider's last sign of life
-            return await self._cascade(fallback, history=realtime.turns, greet=greet, unheard=unheard)
-
-    async def _cascade(
-        self,
-        adapter: ProviderAdapter,
-        *,
-        history: list[tuple[str, str]],
-        greet: bool,
-        unheard: Sequence[Media] = (),
-    ) -> str:
-        registry = self.manager.registry
-        cascade = CascadeSession(
-            settings=self.settings,
-            adapter=adapter,
-            start=self.start,
-            twilio=self.channel,
-            tools=registry.chat_tools() if registry is not None else [],
-            run_tool=self._dispatch,
-            on_effect=self.on_effect,
-            history=history,
-            greet=greet,
-            unheard=unheard,
-        )
-        self.session = self.control.session = cascade
-        return await cascade.run()
-
-    async def _dispatch(self, call: ev.ToolCall) -> str:
-        """Runs a tool for either path: context, hold tone when slow, audit on the record."""
-        from relay.tools import ToolCallRequest, ToolContext
-
-        assert self.session is not None and self.manager.registry is not None
-        self.control.tool_response_id = call.response_id
-        ctx = ToolContext(
-            call_sid=self.start.call_sid,
-            stream_sid=self.start.stream_sid,
-            settings=self.settings,
-            control=self.control,
-            twilio=self.manager.twilio_calls,
-        )
-        timer = None
-        if self.settings.slow_tool_feedback == "tone":
-            timer = asyncio.get_running_loop().call_later(self.settings.slow_tool_after, self.session.hold)
-        try:
-            request = ToolCallRequest(call.call_id, call.name, call.arguments)
-            result = await self.manager.registry.dispatch(request, ctx)
-        finally:
-            if timer is not None:
-                timer.cancel()
-        audit = result.audit()
-        self.recorder.put("add_event", "tools", audit)
-        self.manager.metrics.observe_tool(audit)
-        return str(result.output)
-
-    async def _realtime_tool(self, call: ev.ToolCall) -> None:
-        output = await self._dispatch(call)
-        if isinstance(self.session, RealtimeSession):
-            self.session.tool_finished(call.call_id, output)
-
-
-def fallback_cause(exc: ProviderError) -> str:
-    """A short label for metrics and the record: auth, not_found, rate_limited, server_error, timeout,
-    unresponsive (open but silent or frozen), malformed (a flood of events that do not parse)…"""
-    if isinstance(exc, ProviderUnresponsiveError):
-        return "unresponsive"
-    if isinstance(exc, ProviderMalformedError):
-        return "malformed"
-    status = exc.status
-    if status in (401, 403):
-        return "auth"
-    if status == 404:
-        return "not_found"
-    if status == 429:
-        return "rate_limited"
-    if status is not None and status >= 500:
-        return "server_error"
-    if "did not answer" in str(exc):
-        return "timeout"
-    return "dropped" if isinstance(exc, ProviderClosedError) else "unreachable"

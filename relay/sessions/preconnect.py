@@ -1,11 +1,13 @@
-"""Provider connections opened while Twilio is still setting up the call, keyed by call SID.
+"""Early connections: provider connections opened while Twilio is still setting up the call,
+keyed by call SID.
 
 `POST /incoming-call` starts the realtime connection (TCP, TLS, the WebSocket upgrade, and an
 Entra token on Azure) the moment the call is admitted, so it runs in parallel with Twilio fetching
 the TwiML and opening the Media Stream, typically a few hundred milliseconds. With
-REALTIME_EARLY_GREETING the connect step also configures the session and asks for the greeting
-(`relay.sessions.realtime.connect_primed`), so when `start` arrives the session takes a socket
-whose greeting is ready or on its way; without it, the session configures and greets at `start`.
+REALTIME_EARLY_GREETING the connect step also sends the session's opening events, its
+configuration and the greeting's request (`relay.sessions.realtime_setup.open_early`), so when
+`start` arrives the session takes a socket whose greeting is ready or on its way; without it, the
+session configures and greets at `start`.
 
 Safe: only a signed, admitted webhook starts one, and only the stream whose token verifies for
 that call SID can take it. One per call SID, however often its webhook is replayed: a call SID
@@ -24,23 +26,21 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from websockets.asyncio.client import ClientConnection
-from websockets.protocol import State
-
 from relay.errors import ProviderConnectError
 from relay.expiring import ExpiringKeys
+from relay.transport.provider import ProviderSocket
 
 log = logging.getLogger("relay.preconnect")
 
 PRECONNECT_TTL_S = 15.0  # Twilio opens the stream well within this after the TwiML answer
 MAX_REMEMBERED = 100_000  # call SIDs remembered at most (the oldest is forgotten first)
 
-Connect = Callable[[], Coroutine[Any, Any, ClientConnection]]
+Connect = Callable[[], Coroutine[Any, Any, ProviderSocket]]
 Outcome = Callable[[str], None]
 
 
-class Preconnector:
-    """Early realtime connections waiting for their call's stream."""
+class EarlyConnections:
+    """Early connections waiting for their call's stream."""
 
     def __init__(
         self, connect: Connect, *, limit: int, ttl: float = PRECONNECT_TTL_S, remember: float | None = None
@@ -49,7 +49,7 @@ class Preconnector:
         self.limit = limit
         self.ttl = ttl
         self.remember = ttl if remember is None else max(ttl, remember)
-        self._waiting: dict[str, tuple[asyncio.Task[ClientConnection], asyncio.TimerHandle]] = {}
+        self._waiting: dict[str, tuple[asyncio.Task[ProviderSocket], asyncio.TimerHandle]] = {}
         self._started: ExpiringKeys[str] = ExpiringKeys(MAX_REMEMBERED)  # call SIDs (monotonic clock)
         self._closing: set[asyncio.Task[None]] = set()
         self.on_outcome: Outcome = lambda outcome: None  # used, expired, failed, full, repeated
@@ -78,7 +78,7 @@ class Preconnector:
         self._started.add(call_sid, now + self.remember, now)
         return True
 
-    def take(self, call_sid: str) -> asyncio.Task[ClientConnection] | None:
+    def take(self, call_sid: str) -> asyncio.Task[ProviderSocket] | None:
         """The connection started for `call_sid` (done or still connecting), now the caller's to close."""
         entry = self._waiting.pop(call_sid, None)
         if entry is None:
@@ -88,7 +88,7 @@ class Preconnector:
         self.on_outcome("used")
         return task
 
-    def _log_failure(self, task: asyncio.Task[ClientConnection]) -> None:
+    def _log_failure(self, task: asyncio.Task[ProviderSocket]) -> None:
         if task.cancelled():
             return
         exc = task.exception()
@@ -109,7 +109,7 @@ class Preconnector:
         self.on_outcome("expired")
         self._discard(entry[0])
 
-    def _discard(self, task: asyncio.Task[ClientConnection]) -> None:
+    def _discard(self, task: asyncio.Task[ProviderSocket]) -> None:
         closer = asyncio.get_running_loop().create_task(discard(task))
         self._closing.add(closer)
         closer.add_done_callback(self._closing.discard)
@@ -125,7 +125,7 @@ class Preconnector:
             await asyncio.gather(*self._closing, return_exceptions=True)
 
 
-async def discard(task: asyncio.Task[ClientConnection]) -> None:
+async def discard(task: asyncio.Task[ProviderSocket]) -> None:
     """Cancels a connect still in progress, or closes the connection it made."""
     if not task.done():
         task.cancel()
@@ -134,9 +134,4 @@ async def discard(task: asyncio.Task[ClientConnection]) -> None:
         await task.result().close()
 
 
-def usable(conn: ClientConnection) -> bool:
-    """True while the early connection is still open (the provider may have dropped it meanwhile)."""
-    return conn.state is State.OPEN
-
-
-__all__ = ["PRECONNECT_TTL_S", "Preconnector", "discard", "usable"]
+__all__ = ["PRECONNECT_TTL_S", "EarlyConnections", "discard"]

@@ -18,13 +18,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
 
-import websockets
-from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 
 from relay.config import Settings
-from relay.errors import ConfigError, ProviderConnectError
+from relay.errors import ConfigError, ProviderConnectError, ProviderTimeoutError
 from relay.sessions.dialects import Dialect
+from relay.transport.provider import ProviderSocket, connect
 
 log = logging.getLogger("relay.providers")
 
@@ -79,28 +78,23 @@ class ProviderAdapter:
         raise NotImplementedError
 
     # --- shared -------------------------------------------------------------------------------
-    async def connect_realtime(self) -> ClientConnection:
+    async def connect_realtime(self) -> ProviderSocket:
         """Opens the realtime WebSocket; raises ProviderConnectError saying what to fix."""
         url = self.realtime_url
         log.info("Connecting to %s: %s", self.display_name, url)
         headers = await self.auth_headers()
         try:
-            return await websockets.connect(
+            return await connect(
                 url,
-                additional_headers=headers,
+                headers=headers,
                 open_timeout=self.settings.provider_connect_timeout,
-                close_timeout=1.0,
-                compression=None,  # base64 audio does not compress; deflate would only cost CPU
-                max_size=16 * 1024 * 1024,
-                ping_interval=20,
-                ping_timeout=20,
-                user_agent_header="twilio-realtime-relay",
+                user_agent="twilio-realtime-relay",
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
             raise ProviderConnectError(self._explain_status(status), status=status) from None
         except TimeoutError:
-            raise ProviderConnectError(
+            raise ProviderTimeoutError(
                 f"{self.display_name} did not answer within {self.settings.provider_connect_timeout:g} s "
                 f"({url}); check the network or raise PROVIDER_CONNECT_TIMEOUT.",
                 retryable=True,

@@ -1,0 +1,84 @@
+"""What a call's session is, seen from the call around it: the `CallSession` protocol both the
+realtime and the cascade sessions implement, the `TwilioSink` they talk to the caller through,
+and the figures they keep (`CallStats`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from relay.sessions.effects import Effect, Role
+from relay.twilio_messages import Media, TwilioEvent
+
+Turn = tuple[Role, str]  # (role, text) the caller heard: the history a new session is given
+EffectSink = Callable[[Effect], None]
+
+
+class TwilioSink(Protocol):
+    """The caller's side of a call, as a session uses it (`relay.media_stream.TwilioStream`):
+    valid Twilio events in, ready-made JSON messages out, in the order `send` was called."""
+
+    async def receive(self) -> TwilioEvent | None:
+        """The next valid event; None once the stream has ended."""
+        ...
+
+    async def send(self, text: str) -> None:
+        """Sends one message to Twilio; later calls never overtake it."""
+        ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Lets queued messages go out, then ends the stream (the call's, not a session's, to call)."""
+        ...
+
+
+@dataclass
+class CallStats:
+    """Per-call figures the manager turns into metrics and the record."""
+
+    connect_ms: float | None = None
+    first_audio_ms: float | None = None
+    frames_in: int = 0
+    frames_out: int = 0
+    barge_ins: int = 0
+    truncates: int = 0
+    reconnects: int = 0
+    prebuffer_dropped: int = 0
+    bad_events: int = 0  # provider events that did not parse or had wrong types (dropped)
+    heartbeats: int = 0  # heartbeats sent to a quiet provider
+    faults: list[str] = field(default_factory=list)
+    response_latencies_ms: list[float] = field(default_factory=list)  # caller's end of speech → agent audio
+    turn_timings: list[dict[str, float]] = field(default_factory=list)  # cascade hops, per turn
+
+
+class CallSession(Protocol):
+    """One way of serving a call (realtime or cascade). It reads the caller through its
+    `TwilioSink`, reports what happens as effects (`relay.sessions.effects`), and is told the
+    outcome of the tools it asked for."""
+
+    stats: CallStats
+
+    @property
+    def playing(self) -> bool:
+        """True while agent audio is queued at Twilio or about to be."""
+        ...
+
+    async def run(self) -> str:
+        """Serves the call until Twilio ends it; returns how ('twilio_stop', 'twilio_closed').
+        Raises ProviderError when the provider fails and cannot be reopened."""
+        ...
+
+    async def hold(self) -> None:
+        """A tool is taking a while: let the caller hear the hold tone."""
+        ...
+
+    async def tool_finished(self, call_id: str, output: str) -> None:
+        """The output of a tool the session asked for (`RunTool`)."""
+        ...
+
+    def unheard_audio(self) -> list[Media]:
+        """The caller's latest frames its provider may never have heard (for a fallback)."""
+        ...
+
+
+__all__ = ["CallSession", "CallStats", "EffectSink", "TwilioSink", "Turn"]

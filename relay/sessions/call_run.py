@@ -1,0 +1,338 @@
+"""One call, from its stream's start to its record's last write: the session serving it (realtime,
+then maybe the cascade), its tools, its record, and every effect its sessions and tools ask for,
+handled here in one place (`CallRun.apply`, `CallRun.perform`)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from twilio.twiml.voice_response import VoiceResponse
+
+from relay.config import Settings
+from relay.errors import ProviderError
+from relay.sessions import events as ev
+from relay.sessions.call import CallSession, CallStats, EffectSink, Turn, TwilioSink
+from relay.sessions.effects import (
+    BargeIn,
+    Effect,
+    Fault,
+    HangUp,
+    PlaybackIdle,
+    ResponseDone,
+    RunTool,
+    SaveTurn,
+    Transfer,
+    Truncated,
+)
+from relay.sessions.outbox import Outbox
+from relay.sessions.providers import ProviderAdapter
+from relay.sessions.realtime import RealtimeSession
+from relay.sessions.store import WriteOp
+from relay.twilio_messages import Media, Start
+
+if TYPE_CHECKING:
+    from relay.sessions.manager import CallManager
+
+log = logging.getLogger("relay.manager")
+
+HANGUP_GRACE_S = 15.0  # longest wait for the goodbye to play before hanging up anyway
+RECORD_WAIT_S = 2.0  # an ended call waits this long at most for its record (not at all if the store is down)
+GOODBYE_DURATION = "We have reached the time limit for this call. Thank you for calling, goodbye."
+
+
+class CascadeFactory(Protocol):
+    """Makes the cascade session of a call (`cascade.session.CascadeSession`, given by the app)."""
+
+    def __call__(
+        self,
+        *,
+        settings: Settings,
+        adapter: ProviderAdapter,
+        start: Start,
+        twilio: TwilioSink,
+        tools: list[dict[str, Any]],
+        on_effect: EffectSink,
+        history: Sequence[Turn],
+        greet: bool,
+        unheard: Sequence[Media],
+    ) -> CallSession: ...
+
+
+class CallRecorder:
+    """A call's record writes, queued in the process's outbox: the call never waits for the store."""
+
+    def __init__(self, outbox: Outbox, call_sid: str) -> None:
+        self.outbox = outbox
+        self.call_sid = call_sid
+        self._last = 0
+        self._finished = False
+
+    def put(self, method: WriteOp, *args: Any, **kwargs: Any) -> None:
+        """Queues `store.<method>(call_sid, *args, **kwargs)`; ignored once `finish` was called."""
+        if not self._finished:
+            self._last = self.outbox.put(self.call_sid, method, *args, **kwargs)
+
+    def finish(self, **fields: Any) -> None:
+        """Queues the record's last upsert; later writes (a slot keeper's) are ignored."""
+        self.put("upsert", **fields)
+        self._finished = True
+
+    async def aclose(self) -> None:
+        """Waits a little for this call's writes to be stored: not at all while the store is down."""
+        await self.outbox.wait_written(self._last, timeout=RECORD_WAIT_S)
+
+
+class ToolControl:
+    """What one tool call may do to the call (relay.tools.CallControl), as effects for the call."""
+
+    def __init__(self, run: CallRun, response_id: str) -> None:
+        self._run = run
+        self._response_id = response_id  # the response that called the tool
+
+    async def hang_up_after_playback(self, reason: str) -> None:
+        await self._run.perform(HangUp(reason, self._response_id))
+
+    async def transfer(self, twiml: str) -> None:
+        await self._run.perform(Transfer(twiml))
+
+
+class Goodbye:
+    """When a requested hang-up may happen: once a response after the tool's own (the goodbye) has
+    finished and Twilio has played all of it."""
+
+    def __init__(self, after_response: str) -> None:
+        self.after_response = after_response
+        self.said = False
+        self.changed = asyncio.Event()
+
+    def on_response_done(self, response_id: str) -> None:
+        if response_id != self.after_response:
+            self.said = True
+        self.changed.set()
+
+    async def played(self, playing: Callable[[], bool]) -> None:
+        while not (self.said and not playing()):
+            self.changed.clear()
+            await self.changed.wait()
+
+
+class CallRun:
+    """One call: its record, its tools, and the session serving it (realtime, then maybe cascade)."""
+
+    def __init__(self, manager: CallManager, start: Start, stream: TwilioSink) -> None:
+        self.manager = manager
+        self.settings = manager.settings
+        self.start = start
+        self.stream = stream
+        self.recorder = CallRecorder(manager.outbox, start.call_sid)
+        self.session: CallSession | None = None
+        self.mode = "cascade" if self.settings.relay_mode == "cascade" else "realtime"
+        self.turns: list[Turn] = []  # what the caller heard, both paths, in order
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._goodbye: Goodbye | None = None
+        self.earlier_stats: list[CallStats] = []  # the realtime phase's figures, after a fallback
+        self.ending = ""
+
+    # --- effects, in one place ------------------------------------------------------------------
+    def apply(self, effect: Effect) -> None:
+        """What a session reports: turns to record, tools to run, figures, the goodbye's progress."""
+        stats = self.session.stats if self.session is not None else None
+        if isinstance(effect, SaveTurn):
+            self.turns.append((effect.role, effect.text))
+            self.recorder.put("add_turn", effect.role, effect.text, **effect.meta)
+        elif isinstance(effect, RunTool):
+            self._spawn(self._run_tool(effect.call), f"tool-{effect.call.name}")
+        elif isinstance(effect, BargeIn) and stats is not None:
+            stats.barge_ins += 1
+        elif isinstance(effect, Truncated) and stats is not None:
+            stats.truncates += 1
+        elif isinstance(effect, Fault) and stats is not None:
+            stats.faults.append(effect.code)
+        elif isinstance(effect, ResponseDone) and self._goodbye is not None:
+            self._goodbye.on_response_done(effect.response_id)
+        elif isinstance(effect, PlaybackIdle) and self._goodbye is not None:
+            self._goodbye.changed.set()
+
+    async def perform(self, effect: HangUp | Transfer) -> None:
+        """What a tool asks of the call: hang up after the goodbye, or transfer (the tool waits for
+        the transfer's REST request, so its failure reaches the model)."""
+        if isinstance(effect, HangUp):
+            log.info("hang-up requested (%s); waiting for the goodbye to play", effect.reason or "end_call")
+            self._goodbye = Goodbye(effect.after_response)
+            self._spawn(self._hang_up_after_goodbye(self._goodbye), "hang-up")
+        else:
+            await self.manager.redirect(self.start.call_sid, effect.twiml)
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.get_running_loop().create_task(coro, name=f"{name}-{self.start.call_sid}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _hang_up_after_goodbye(self, goodbye: Goodbye) -> None:
+        try:
+            async with asyncio.timeout(HANGUP_GRACE_S):
+                await goodbye.played(lambda: self.session is not None and self.session.playing)
+        except TimeoutError:
+            log.warning("the goodbye did not finish within %.0f s; hanging up anyway", HANGUP_GRACE_S)
+        await self.manager.hang_up(self.start.call_sid)
+
+    async def _run_tool(self, call: ev.ToolCall) -> None:
+        """Runs a tool for either path: its context, the hold tone when it is slow, its audit on the
+        record; the output goes back to the session that asked."""
+        from relay.tools import ToolCallRequest, ToolContext
+
+        session, registry = self.session, self.manager.registry
+        if session is None or registry is None:
+            return
+        ctx = ToolContext(
+            call_sid=self.start.call_sid,
+            stream_sid=self.start.stream_sid,
+            settings=self.settings,
+            control=ToolControl(self, call.response_id),
+            twilio=self.manager.twilio_calls,
+        )
+        dispatch = asyncio.ensure_future(
+            registry.dispatch(ToolCallRequest(call.call_id, call.name, call.arguments), ctx)
+        )
+        try:
+            if self.settings.slow_tool_feedback == "tone":
+                done, _ = await asyncio.wait({dispatch}, timeout=self.settings.slow_tool_after)
+                if not done:
+                    await session.hold()
+            result = await dispatch
+        finally:
+            dispatch.cancel()
+        audit = result.audit()
+        self.recorder.put("add_event", "tools", audit)
+        self.manager.metrics.observe_tool(audit)
+        if session is self.session:  # not a realtime tool finishing after a fallback
+            await session.tool_finished(call.call_id, str(result.output))
+
+    def _cancel_tasks(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+    # --- the call -------------------------------------------------------------------------------
+    async def end_politely(self, text: str, reason: str) -> None:
+        """Ends the call with a spoken goodbye: a TwiML redirect when Twilio credentials are set,
+        otherwise by closing the stream (Twilio then speaks the `<Say>` after `<Connect>`)."""
+        if self.manager.twilio_calls is not None:
+            vr = VoiceResponse()
+            vr.say(text)
+            vr.hangup()
+            try:
+                await self.manager.twilio_calls.redirect(self.start.call_sid, str(vr))
+            except Exception as exc:  # the stream close below still ends the call
+                log.warning("could not redirect the call to its goodbye (%s): %s", reason, exc)
+        self.ending = reason
+        await self.stream.close()
+
+    def all_stats(self) -> list[CallStats]:
+        return [*self.earlier_stats, *([self.session.stats] if self.session is not None else [])]
+
+    async def run(self) -> str:
+        adapter = self.manager.adapter
+        self.recorder.put(
+            "upsert",
+            stream_sid=self.start.stream_sid,
+            provider=adapter.vendor,
+            mode=self.mode,
+            started_at=time.time(),
+            status="in-progress",
+        )
+        outcome = "error"
+        try:
+            async with asyncio.timeout(self.settings.max_call_duration):
+                outcome = await self._serve(adapter)
+        except TimeoutError:
+            outcome = "max_duration"
+            log.info("call reached MAX_CALL_DURATION (%.0f s)", self.settings.max_call_duration)
+            await self.end_politely(GOODBYE_DURATION, outcome)
+        except ProviderError as exc:
+            outcome = "provider_error"
+            log.error("%s provider failed: %s", self.mode, exc, extra={"cause": type(exc).__name__})
+            self.recorder.put("add_event", "errors", {"cause": str(exc), "status": exc.status})
+        finally:
+            self._cancel_tasks()
+            stats = [vars(st) for st in self.all_stats()]
+            self.recorder.finish(
+                ended_at=time.time(), status="ended", outcome=outcome, mode=self.mode, stats=stats
+            )
+            await self.recorder.aclose()
+            metrics = self.manager.metrics
+            for stats_obj in self.all_stats():
+                metrics.observe_call_end(stats_obj, self.mode, outcome, provider=adapter.vendor, count=False)
+            metrics.calls_total.labels(mode=self.mode, outcome=outcome).inc()
+        log.info("call ended: %s", outcome)
+        return outcome
+
+    async def _serve(self, adapter: ProviderAdapter) -> str:
+        if self.mode == "cascade":
+            return await self._cascade(adapter, greet=self.settings.greeting_enabled)
+        early = self.manager.early_connections
+        realtime = RealtimeSession(
+            settings=self.settings,
+            adapter=adapter,
+            start=self.start,
+            twilio=self.stream,
+            tools=self.manager.realtime_tools(),
+            on_effect=self.apply,
+            history=self.turns,
+            early=early.take(self.start.call_sid) if early is not None else None,
+        )
+        self.session = realtime
+        try:
+            return await realtime.run()
+        except ProviderError as exc:
+            fallback = self._fallback_adapter(adapter)
+            if fallback is None:
+                raise
+            cause = exc.cause
+            self.manager.metrics.fallbacks_total.labels(cause=cause).inc()
+            self.earlier_stats.append(realtime.stats)
+            log.warning("falling back to the cascade (%s): %s", cause, exc)
+            self.recorder.put(
+                "add_event", "fallbacks", {"cause": cause, "error": str(exc), "at": time.time()}
+            )
+            self.mode = "cascade"
+            self.recorder.put("upsert", mode="cascade")
+            self._cancel_tasks()  # the realtime session's tools: their outputs have nowhere to go
+            greet = self.settings.greeting_enabled and realtime.stats.first_audio_ms is None
+            # what the caller said since the provider's last sign of life
+            return await self._cascade(fallback, greet=greet, unheard=realtime.unheard_audio())
+
+    def _fallback_adapter(self, adapter: ProviderAdapter) -> ProviderAdapter | None:
+        """The adapter whose cascade takes over a failed realtime call, or None (logged why)."""
+        if self.settings.relay_mode != "auto":
+            return None
+        fallback = self.manager.cascade_adapter()
+        if fallback is None:
+            log.error(
+                "cannot fall back to the cascade: no STT/chat/TTS models configured for %s%s",
+                adapter.display_name,
+                "" if self.settings.allow_cross_provider_fallback else " (cross-provider fallback is off)",
+            )
+        return fallback
+
+    async def _cascade(self, adapter: ProviderAdapter, *, greet: bool, unheard: Sequence[Media] = ()) -> str:
+        registry = self.manager.registry
+        cascade = self.manager.cascade_factory(
+            settings=self.settings,
+            adapter=adapter,
+            start=self.start,
+            twilio=self.stream,
+            tools=registry.chat_tools() if registry is not None else [],
+            on_effect=self.apply,
+            history=list(self.turns),
+            greet=greet,
+            unheard=unheard,
+        )
+        self.session = cascade
+        return await cascade.run()
+
+
+__all__ = ["CallRecorder", "CallRun", "CascadeFactory", "Goodbye", "ToolControl"]
