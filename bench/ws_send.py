@@ -1,4 +1,8 @@
-"""Micro-benchmark: one provider message through websockets' `send` vs `relay.sessions.realtime.write_now`.
+"""Micro-benchmark: one provider message through websockets' `send` vs `ProviderSocket.send`.
+
+`relay.transport.provider.ProviderSocket.send` writes a message at once when the transport is open
+and not paused, without websockets' per-message send context and drain coroutine; this measures
+what that saves.
 
 Run: ``python bench/ws_send.py`` (``--messages 100000 --rounds 3``). A websockets client and server
 on loopback in one uvloop process; the client sends `input_audio_buffer.append`-sized text messages
@@ -20,7 +24,7 @@ import websockets
 from websockets.asyncio.server import ServerConnection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from relay.sessions.realtime import write_now  # noqa: E402
+from relay.transport.provider import ProviderSocket  # noqa: E402
 
 MESSAGE = '{"type":"input_audio_buffer.append","audio":"' + "/" * 216 + '"}'
 YIELD_EVERY = 50
@@ -38,17 +42,20 @@ async def measure(messages: int, rounds: int) -> dict[str, list[float]]:
             if received == target:
                 arrived.set()
 
-    figures: dict[str, list[float]] = {"send": [], "write_now": []}
+    figures: dict[str, list[float]] = {"send": [], "ProviderSocket": []}
     async with websockets.serve(sink, "127.0.0.1", 0, compression=None) as server:
         port = server.sockets[0].getsockname()[1]
         async with websockets.connect(f"ws://127.0.0.1:{port}", compression=None) as client:
+            sock = ProviderSocket(client)
             for _ in range(rounds):
                 for way in figures:
                     target, arrived = received + messages, asyncio.Event()
                     start = time.process_time()
                     for i in range(messages):
-                        if way == "send" or not write_now(client, MESSAGE):
+                        if way == "send":
                             await client.send(MESSAGE)
+                        else:
+                            await sock.send(MESSAGE)
                         if i % YIELD_EVERY == 0:
                             await asyncio.sleep(0)
                     await asyncio.wait_for(arrived.wait(), timeout=60)
@@ -65,7 +72,8 @@ def main() -> None:
     for way, values in figures.items():
         print(f"{way:10} µs CPU per message, both ends: " + " ".join(f"{v:.2f}" for v in values))
     best = {way: min(values) for way, values in figures.items()}
-    print(f"write_now saves {best['send'] - best['write_now']:.2f} µs a message (best rounds)")
+    saved = best["send"] - best["ProviderSocket"]
+    print(f"ProviderSocket.send saves {saved:.2f} µs a message (best rounds)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 from relay.admin import admin_routes
 from relay.config import load_settings
 from relay.metrics import VOICE_BUCKETS, Metrics, ResponseTimer
-from relay.sessions.realtime import CallStats
+from relay.sessions.call import CallStats
 from relay.sessions.store import MemoryStore
 from relay.testing.server import serve_app
 from relay.tools.registry import ToolResult

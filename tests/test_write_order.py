@@ -1,12 +1,10 @@
-"""Both writer lanes keep call order while the socket is backed up.
+"""Each transport's `send` keeps call order across tasks while its socket is backed up.
 
-The Twilio channel and the realtime session each write a message at once from the calling task
-when nothing is queued for that socket, else queue it for the socket's writer task; there is no
-lock between the two lanes (a lock cost a coroutine per message on the audio path). Order then
-rests on two library properties, checked here over real sockets whose buffers are made tiny so
-that the transports pause: uvicorn wakes senders waiting for a paused transport in the order they
-called, and websockets writes a message to the transport inside `send`, before it waits for the
-buffer to drain.
+The Twilio socket and the provider socket each write a message at once from the calling task when
+nothing is waiting, and otherwise queue it behind the write in progress, whose task writes it
+next. Checked here over real sockets whose buffers are made tiny so that the transports pause,
+with the production classes: `TwilioSocket` behind `MediaStreamEntry` under uvicorn, and
+`ProviderSocket` over a websockets client connection.
 """
 
 from __future__ import annotations
@@ -17,18 +15,16 @@ import socket
 from collections.abc import AsyncIterator
 
 import orjson
-import pytest
 import websockets
 from starlette.applications import Starlette
-from starlette.routing import WebSocketRoute
-from starlette.websockets import WebSocket
+from starlette.middleware import Middleware
+from starlette.types import Receive, Scope, Send
 from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
-from relay.media_stream import TwilioChannel
-from relay.sessions.realtime import write_now
 from relay.testing.server import bind_free_port, serve_app
+from relay.transport.provider import ProviderSocket
+from relay.transport.twilio import MediaStreamEntry, TwilioSocket
 
 SMALL_BUFFER = 4096  # bytes of kernel buffer: a few messages fill it
 MESSAGES = 240
@@ -75,41 +71,40 @@ async def tiny_buffer_connect(url: str, **kwargs: object) -> ClientConnection:
     return await websockets.connect(url, sock=sock, max_size=None, **kwargs)
 
 
-async def test_twilio_channel_direct_and_queued_writes_arrive_in_call_order() -> None:
-    """One task queues messages for the writer task (`send`, as the shell's `flush` does), another
-    writes directly (`write`, as the readers do); with a backed-up socket all of them wait, and
-    the peer still gets them in the order they were handed over."""
+async def test_twilio_socket_sends_from_two_tasks_arrive_in_call_order() -> None:
+    """One task sends with loop turns between messages (as the timers and tools do), another sends
+    back to back (as the readers do); with a backed-up socket some sends wait, and the peer still
+    gets every message in the order `send` was called."""
     called: list[int] = []
     suspended: list[int] = []
 
-    async def endpoint(websocket: WebSocket) -> None:
-        await websocket.accept()
-        channel = TwilioChannel(websocket, "MZorder")
-        channel.start_writer()
+    async def handler(scope: Scope, receive: Receive, send: Send) -> None:
+        twilio = TwilioSocket(receive, send)
+        await twilio.accept()
 
-        async def queued() -> None:
+        async def sparse() -> None:
             for i in range(MESSAGES // 8):
                 called.append(-i)
-                channel.send(numbered(-i))
-                for _ in range(QUEUED_EVERY_TURNS):  # loop turns, as between two flushes
+                await twilio.send(numbered(-i))
+                for _ in range(QUEUED_EVERY_TURNS):  # loop turns, as between two timer ticks
                     await asyncio.sleep(0)
 
-        async def direct(loop_turns: LoopTurns) -> None:
+        async def dense(loop_turns: LoopTurns) -> None:
             for i in range(1, MESSAGES):
                 called.append(i)
                 before = loop_turns.turns
-                await channel.write(numbered(i))
+                await twilio.send(numbered(i))
                 if loop_turns.turns != before:
                     suspended.append(i)
                 await asyncio.sleep(0)  # as a reader awaits its socket between messages
 
         async with LoopTurns().running() as loop_turns:
-            await asyncio.gather(queued(), direct(loop_turns))
-        await channel.close()
+            await asyncio.gather(sparse(), dense(loop_turns))
+        await twilio.close()
 
     listener = bind_free_port()
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SMALL_BUFFER)  # accepted sockets inherit it
-    app = Starlette(routes=[WebSocketRoute("/ws", endpoint)])
+    app = Starlette(middleware=[Middleware(MediaStreamEntry, paths=["/ws"], handler=handler)])
     async with serve_app(app, sock=listener) as url:
         client = await tiny_buffer_connect(url.replace("http://", "ws://") + "/ws")
         got: list[int] = []
@@ -122,11 +117,10 @@ async def test_twilio_channel_direct_and_queued_writes_arrive_in_call_order() ->
     assert got == called
 
 
-async def test_provider_sends_from_two_tasks_arrive_in_call_order() -> None:
-    """The realtime session's direct lane (a reader task: `write_now`, else `send` once the
-    transport is paused) and its writer task (`send`) share one websockets connection; with the
-    provider not reading, both wait for the buffer to drain, and the provider still gets the
-    messages in the order they were handed over."""
+async def test_provider_socket_sends_from_two_tasks_arrive_in_call_order() -> None:
+    """Two tasks send on one provider connection; with the provider not reading, the transport
+    pauses and sends wait, and the provider still gets the messages in the order they were given.
+    Before the buffers fill, sends return at once (written without websockets' `send`)."""
     received: list[int] = []
     reading, finished = asyncio.Event(), asyncio.Event()
 
@@ -141,34 +135,35 @@ async def test_provider_sends_from_two_tasks_arrive_in_call_order() -> None:
     async with websockets.serve(provider, sock=listener, max_size=None) as server:
         port = server.sockets[0].getsockname()[1]
         client = await tiny_buffer_connect(f"ws://127.0.0.1:{port}/", write_limit=SMALL_BUFFER)
+        sock = ProviderSocket(client)
         called: list[int] = []
-        suspended = written_now = 0
+        suspended = at_once = 0
 
-        async def lane(first: int, *, direct: bool) -> None:
-            nonlocal suspended, written_now
+        async def lane(first: int) -> None:
+            nonlocal suspended, at_once
             async with LoopTurns().running() as loop_turns:
                 for i in range(first, MESSAGES, 2):
                     called.append(i)
                     before = loop_turns.turns
-                    if direct and write_now(client, numbered(i)):
-                        written_now += 1
+                    await sock.send(numbered(i))
+                    if loop_turns.turns != before:
+                        suspended += 1
                     else:
-                        await client.send(numbered(i))
-                    suspended += loop_turns.turns != before
+                        at_once += 1
                     if len(called) == 8:
                         reading.set()  # the provider starts reading once the buffers are full
 
         async with client:
-            await asyncio.wait_for(asyncio.gather(lane(0, direct=True), lane(1, direct=False)), timeout=30)
+            await asyncio.wait_for(asyncio.gather(lane(0), lane(1)), timeout=30)
         await asyncio.wait_for(finished.wait(), timeout=10)
     assert suspended, "the connection never backed up: the test did not exercise the paused path"
-    assert written_now, "the direct lane never wrote at once: the test did not exercise write_now"
+    assert at_once, "no send returned at once: the test did not exercise the direct write"
     assert received == called
 
 
-async def test_write_now_declines_a_closed_connection() -> None:
-    """`write_now` writes nothing to a closed connection and says so; `send` then raises
-    ConnectionClosed, which the session turns into a queued message for the next connection."""
+async def test_a_closed_provider_socket_keeps_what_it_could_not_send() -> None:
+    """A message given to a closed connection is not lost: `unsent()` returns it, oldest first, for
+    the session to hand a replacement connection; `receive()` says the connection is gone."""
     received: list[str] = []
 
     async def provider(connection: ServerConnection) -> None:
@@ -177,10 +172,12 @@ async def test_write_now_declines_a_closed_connection() -> None:
 
     async with websockets.serve(provider, "127.0.0.1", 0) as server:
         port = server.sockets[0].getsockname()[1]
-        client = await websockets.connect(f"ws://127.0.0.1:{port}/")
-        assert write_now(client, "one")
-        await client.close()
-        assert not write_now(client, "two")
-        with pytest.raises(ConnectionClosed):
-            await client.send("two")
+        sock = ProviderSocket(await websockets.connect(f"ws://127.0.0.1:{port}/"))
+        await sock.send("one")
+        assert sock.unsent() == []  # open: nothing held back
+        await sock.close()
+        await sock.send("two")
+        await sock.send("three")
+        assert await sock.receive() is None and not sock.open
+        assert sock.unsent() == ["two", "three"]
     assert received == ["one"]

@@ -37,6 +37,9 @@ from relay.config import Settings
 
 UVICORN_CHECKED = "0.54.0"
 HTTPTOOLS_CHECKED = "0.9.0"
+# uvicorn's HttpToolsProtocol (its parser callbacks, data_received, on_response_complete,
+# cycle.more_body, flow, transport) and ProxyHeadersMiddleware's trusted_hosts were read in these.
+CHECKED_WITH = {"uvicorn": UVICORN_CHECKED, "httptools": HTTPTOOLS_CHECKED}
 KEEP_ALIVE_S = 5  # idle time between requests on a kept-alive connection (uvicorn's default)
 LINGER_S = 1.0  # after an answer sent before its request's body ended (see `_linger`)
 LINGER_BYTES = 1024 * 1024
