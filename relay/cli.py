@@ -89,7 +89,7 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from relay.doctor import doctor_command
+    from relay.doctor.command import doctor_command
 
     with _command_logging(args.verbose):
         return asyncio.run(doctor_command())
