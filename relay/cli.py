@@ -65,7 +65,8 @@ def _command_logging(verbose: bool) -> Iterator[None]:
 
 def _call(args: argparse.Namespace) -> int:
     from relay.config import load_settings
-    from relay.simulate import CallOptions, build_utterances, call_command
+    from relay.simulate.command import call_command
+    from relay.simulate.script import CallOptions, build_utterances
 
     settings = load_settings()
     try:
