@@ -170,16 +170,8 @@ def _twilio_settings(s: Settings) -> list[Check]:
         checks.append(
             ok("signatures", "TWILIO_AUTH_TOKEN set: webhooks and media streams are signature-checked")
         )
-    sid = s.twilio_account_sid
-    if sid and not (sid.startswith("AC") and len(sid) == 34):
-        checks.append(
-            warn("config", f"TWILIO_ACCOUNT_SID={sid!r} does not look like an account SID (AC + 32 hex)")
-        )
-    number = s.twilio_phone_number.strip()
-    if number and not (number.startswith("+") and number[1:].isdigit()):
-        checks.append(
-            warn("config", f"TWILIO_PHONE_NUMBER={number!r} is not in E.164 form (e.g. +15551234567)")
-        )
+    # TWILIO_ACCOUNT_SID and TWILIO_PHONE_NUMBER are checked by the settings themselves
+    # (relay/config_checks.py): a malformed one is a FAIL line of `settings`, before any check here.
     return checks
 
 
