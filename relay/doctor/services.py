@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 
 from relay.config import Settings
 from relay.doctor.report import Check, fail, first_line, ok, root_cause, skip, warn
+from relay.redis_client import redact_url
 
 __all__ = ["check_public_url", "check_redis", "check_tavily"]
-
-
-def _redact(url: str) -> str:
-    """The URL without its password."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 async def check_public_url(settings: Settings, *, limit: float = 5.0) -> list[Check]:
@@ -52,7 +43,7 @@ async def check_redis(settings: Settings, *, limit: float = 5.0) -> list[Check]:
     from redis.exceptions import AuthenticationError, RedisError, ResponseError
 
     url = settings.redis_url.get_secret_value()
-    shown = _redact(url)
+    shown = redact_url(url)
     try:
         client = aioredis.from_url(url, socket_connect_timeout=limit, socket_timeout=limit)
     except ValueError as exc:
