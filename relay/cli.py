@@ -65,7 +65,8 @@ def _command_logging(verbose: bool) -> Iterator[None]:
 
 def _call(args: argparse.Namespace) -> int:
     from relay.config import load_settings
-    from relay.simulate import CallOptions, build_utterances, call_command
+    from relay.simulate.command import call_command
+    from relay.simulate.script import CallOptions, build_utterances
 
     settings = load_settings()
     try:
@@ -89,7 +90,7 @@ def _call(args: argparse.Namespace) -> int:
 
 
 def _doctor(args: argparse.Namespace) -> int:
-    from relay.doctor import doctor_command
+    from relay.doctor.command import doctor_command
 
     with _command_logging(args.verbose):
         return asyncio.run(doctor_command())

@@ -2,22 +2,34 @@
 
 Every setting of the public contract (../shared/DESIGN.md) lives here; nothing else in the
 code base reads `os.environ`. Secrets are `SecretStr` so they never appear in logs or reprs.
+Which check applies to which setting is decided here; the checks of single values, and the
+messages of every validation error, are in relay/config_checks.py.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import re
 from functools import cached_property
-from typing import Any, Literal, get_args, get_origin
+from typing import Literal
 from urllib.parse import urlsplit
 
-from annotated_types import Ge, Gt, Le, Lt
-from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from relay.config_checks import (
+    check_account_sid,
+    check_api_version,
+    check_forwarded_allow_ips,
+    check_log_level,
+    check_phone_number,
+    check_public_url,
+    check_token_scope,
+    check_tool_modules,
+    check_transfer_allowlist,
+    check_websocket_url,
+    describe_errors,
+    normalize_http_url,
+)
 from relay.errors import ConfigError
-from relay.sids import is_account_sid
 
 RelayMode = Literal["realtime", "cascade", "auto"]
 TurnDetection = Literal["server_vad", "semantic_vad"]
@@ -26,47 +38,6 @@ DEFAULT_INSTRUCTIONS = (
     "You are a helpful, friendly voice assistant on a phone call. Keep answers short and "
     "conversational: one or two sentences. Speak in the caller's language."
 )
-
-
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-# Spellings other tools use, accepted and normalized: `warn` (Go, Node, log4j), `fatal`.
-LOG_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
-_API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
-_E164_RE = re.compile(r"^\+[1-9]\d{1,14}$")
-_DIALABLE_RE = re.compile(r"^\+?\d{3,15}$")
-_NUMBER_PUNCTUATION_RE = re.compile(r"[\s().\-]")
-_MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-
-
-def _shown(url: str) -> str:
-    """`url` for an error message: a password in it (`user:pass@host`) masked."""
-    head, at, tail = url.rpartition("@")
-    if not at or "://" not in head:
-        return repr(url)
-    scheme, _, userinfo = head.partition("://")
-    user, colon, _ = userinfo.partition(":")
-    return repr(f"{scheme}://{user}{':***' if colon else ''}@{tail}")
-
-
-def _normalize_http_url(value: str, *, name: str, default_scheme: str = "https") -> str:
-    """Accepts `host`, `https://host` or `http://host[:port]`; returns `scheme://host[:port][/path]`."""
-    value = value.strip().rstrip("/")
-    if not value:
-        return value
-    if "://" not in value:
-        value = f"{default_scheme}://{value}"
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        example = (
-            "'my-resource.openai.azure.com', 'https://my-resource.openai.azure.com'"
-            if name == "AZURE_OPENAI_ENDPOINT"
-            else "'https://host[:port][/path]'"
-        )
-        raise ConfigError(
-            f"{name}={_shown(value)} is not a valid URL: use {example} or 'http://127.0.0.1:PORT' for a "
-            "local server."
-        )
-    return value
 
 
 class Settings(BaseSettings):
@@ -174,10 +145,12 @@ class Settings(BaseSettings):
     webhook_body_timeout: float = Field(5.0, gt=0, le=120)  # seconds to receive a webhook's whole body
 
     # ---------------------------------------------------------------------------------------
+    # Each check (relay/config_checks.py) returns the value normalized or raises ConfigError naming
+    # the variable, the bad value and the fix.
     @field_validator("azure_openai_endpoint", mode="after")
     @classmethod
     def _normalize_endpoint(cls, v: str) -> str:
-        return _normalize_http_url(v, name="AZURE_OPENAI_ENDPOINT")
+        return normalize_http_url(v, name="AZURE_OPENAI_ENDPOINT")
 
     @field_validator("openai_base_url", "tavily_base_url", "twilio_api_base_url", mode="after")
     @classmethod
@@ -185,31 +158,17 @@ class Settings(BaseSettings):
         name = (info.field_name or "base URL").upper()
         if not v.strip():
             raise ConfigError(f"{name} is empty: remove the line to use the real service, or set a URL.")
-        return _normalize_http_url(v, name=name)
+        return normalize_http_url(v, name=name)
 
     @field_validator("realtime_websocket_base_url", mode="after")
     @classmethod
     def _check_websocket_url(cls, v: str) -> str:
-        v = v.strip().rstrip("/")
-        parts = urlsplit(v)
-        if v and (parts.scheme not in ("ws", "wss", "http", "https") or not parts.netloc):
-            raise ConfigError(
-                f"REALTIME_WEBSOCKET_BASE_URL={_shown(v)} is not a WebSocket URL: use e.g. 'wss://proxy/v1' "
-                "(OpenAI) or 'wss://proxy' (Azure), or leave it empty to derive it."
-            )
-        return v
+        return check_websocket_url(v)
 
     @field_validator("azure_token_scope", mode="after")
     @classmethod
     def _check_scope(cls, v: str) -> str:
-        v = v.strip()
-        parts = urlsplit(v)
-        if parts.scheme != "https" or not parts.netloc:
-            raise ConfigError(
-                f"AZURE_TOKEN_SCOPE={v!r} is not an Entra ID scope: use "
-                "'https://cognitiveservices.azure.com/.default' (the default)."
-            )
-        return v
+        return check_token_scope(v)
 
     @field_validator(
         "openai_realtime_model",
@@ -233,77 +192,32 @@ class Settings(BaseSettings):
     @field_validator("azure_api_version", "azure_cascade_api_version", mode="after")
     @classmethod
     def _check_api_version(cls, v: str, info: ValidationInfo) -> str:
-        v = v.strip()
-        name = (info.field_name or "").upper()
-        if not v and name == "AZURE_API_VERSION":
-            return v  # empty: the GA protocol
-        if not _API_VERSION_RE.match(v):
-            fix = (
-                "a preview version such as '2025-04-01-preview', or empty for the GA protocol"
-                if name == "AZURE_API_VERSION"
-                else "an api-version such as '2025-03-01-preview' (the default)"
-            )
-            raise ConfigError(f"{name}={v!r} is not an Azure api-version: use {fix}.")
-        return v
+        return check_api_version(v, (info.field_name or "").upper())
 
     @field_validator("twilio_account_sid", mode="after")
     @classmethod
     def _check_account_sid(cls, v: str) -> str:
-        v = v.strip()
-        if v and not is_account_sid(v):
-            raise ConfigError(
-                f"TWILIO_ACCOUNT_SID={v!r} is not an account SID: it is 'AC' and 32 hex digits, "
-                "shown under Account info in the Twilio console."
-            )
-        return v
+        return check_account_sid(v)
 
     @field_validator("twilio_phone_number", mode="after")
     @classmethod
     def _check_phone_number(cls, v: str) -> str:
-        v = v.strip()
-        if v and not _E164_RE.match(v):
-            raise ConfigError(
-                f"TWILIO_PHONE_NUMBER={v!r} is not an E.164 number: write it as '+15551234567' "
-                "(a '+', the country code, no spaces)."
-            )
-        return v
+        return check_phone_number(v)
 
     @field_validator("relay_tools", mode="after")
     @classmethod
     def _check_tool_modules(cls, v: str) -> str:
-        for module in filter(None, (m.strip() for m in v.split(","))):
-            if not _MODULE_RE.match(module):
-                raise ConfigError(
-                    f"RELAY_TOOLS: {module!r} is not a module name: use comma-separated importable "
-                    "modules such as 'myapp.tools,otherapp.tools'."
-                )
-        return v
+        return check_tool_modules(v)
 
     @field_validator("transfer_allowlist", mode="after")
     @classmethod
     def _check_transfer_allowlist(cls, v: str) -> str:
-        for entry in filter(None, (e.strip() for e in v.split(","))):
-            name, sep, number = entry.partition("=")
-            number = (number if sep else name).strip()
-            if (sep and not name.strip()) or not _DIALABLE_RE.match(_NUMBER_PUNCTUATION_RE.sub("", number)):
-                raise ConfigError(
-                    f"TRANSFER_ALLOWLIST entry {entry!r} is not a number or name=number: use "
-                    "comma-separated entries such as '+15551234567,sales=+15557654321'."
-                )
-        return v
+        return check_transfer_allowlist(v)
 
     @field_validator("public_url", mode="after")
     @classmethod
     def _check_public_url(cls, v: str) -> str:
-        v = v.strip().rstrip("/")
-        if v:
-            parts = urlsplit(v)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise ConfigError(
-                    f"PUBLIC_URL={_shown(v)} must be an absolute URL such as 'https://abc123.ngrok.app' "
-                    "(run scripts/ngrok.sh to set it)."
-                )
-        return v
+        return check_public_url(v)
 
     @field_validator(
         "openai_api_key",
@@ -322,31 +236,12 @@ class Settings(BaseSettings):
     @field_validator("forwarded_allow_ips", mode="after")
     @classmethod
     def _check_forwarded_allow_ips(cls, v: str) -> str:
-        entries = [e.strip() for e in v.split(",") if e.strip()]
-        for entry in entries:
-            if entry == "*":
-                continue
-            try:
-                ipaddress.ip_network(entry, strict=False) if "/" in entry else ipaddress.ip_address(entry)
-            except ValueError:
-                raise ConfigError(
-                    f"FORWARDED_ALLOW_IPS: {entry!r} is not an IP address or network: use e.g. "
-                    "'127.0.0.1', '10.0.0.0/8,192.168.1.7' or '*' (any peer: only behind a proxy "
-                    "that overwrites X-Forwarded-* itself)."
-                ) from None
-        return "*" if "*" in entries else ",".join(entries)
+        return check_forwarded_allow_ips(v)
 
     @field_validator("log_level", mode="after")
     @classmethod
     def _check_level(cls, v: str) -> str:
-        level = v.strip().upper()
-        level = LOG_LEVEL_ALIASES.get(level, level)
-        if level not in LOG_LEVELS:
-            raise ConfigError(
-                f"LOG_LEVEL={v!r} is not a log level: use one of {', '.join(LOG_LEVELS)} "
-                "(any case; 'warn' means WARNING)."
-            )
-        return level
+        return check_log_level(v)
 
     @model_validator(mode="after")
     def _check_provider(self) -> Settings:
@@ -406,63 +301,11 @@ class Settings(BaseSettings):
         return "Azure OpenAI" if self.use_azure_openai else "OpenAI"
 
 
-def _accepted(name: str) -> str:
-    """What the setting `name` accepts, from its type and bounds: the fix for a parse error."""
-    field = Settings.model_fields.get(name)
-    if field is None:
-        return ""
-    annotation = field.annotation
-    if get_origin(annotation) is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(annotation))
-    if annotation is bool:
-        return "true or false"
-    if annotation not in (int, float):
-        return ""
-    kind = "a whole number" if annotation is int else "a number"
-    low = next((m.ge for m in field.metadata if isinstance(m, Ge)), None)
-    high = next((m.le for m in field.metadata if isinstance(m, Le)), None)
-    bounds = [f"greater than {m.gt:g}" for m in field.metadata if isinstance(m, Gt)]
-    if low is not None and high is not None:
-        bounds = [f"from {low:g} to {high:g}"]
-    elif low is not None:
-        bounds.append(f"at least {low:g}")
-    elif high is not None:
-        bounds.append(f"at most {high:g}")
-    bounds += [f"less than {m.lt:g}" for m in field.metadata if isinstance(m, Lt)]
-    return f"{kind} {' and '.join(bounds)}".strip()
-
-
-def _secret_fields() -> frozenset[str]:
-    return frozenset(name for name, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation))
-
-
-def _problem(err: Any, secrets: frozenset[str]) -> str:
-    """One validation error as `VARIABLE='value': what is wrong — use what`."""
-    field = str(err["loc"][0]) if err["loc"] else ""
-    name = field.upper()
-    ctx_error = (err.get("ctx") or {}).get("error")
-    if isinstance(ctx_error, ConfigError):  # our validators: the message names the variable and fix
-        return str(ctx_error)
-    message = str(ctx_error) if ctx_error else str(err["msg"])
-    if not name:
-        return message
-    shown = "<hidden>" if field in secrets else repr(err.get("input"))
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    fix = _accepted(field)
-    if fix and err["type"] in ("literal_error", "bool_parsing", "bool_type"):
-        return f"{name}={shown} is not accepted: use {fix}."
-    return f"{name}={shown}: {message}" + (f"; use {fix}." if fix else ".")
-
-
 def load_settings(**overrides: object) -> Settings:
     """Reads the environment and `.env`; raises ConfigError naming the variable, the bad value
     (never a secret's) and the fix, one problem per line of `ConfigError.problems`."""
-    from pydantic import ValidationError
-
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
-        secrets = _secret_fields()
-        problems = [_problem(err, secrets) for err in exc.errors()]
+        problems = describe_errors(exc, Settings.model_fields)
         raise ConfigError("Invalid configuration: " + "; ".join(problems), problems=problems) from None

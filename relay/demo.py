@@ -27,7 +27,10 @@ import orjson
 from relay.app import create_app
 from relay.config import load_settings
 from relay.fakes import local_fakes
-from relay.simulate import CallOptions, CallResult, Timeline, Utterance, print_line, record_lines, run_call
+from relay.simulate.caller import run_call
+from relay.simulate.command import print_line, record_lines
+from relay.simulate.results import CallResult, Timeline
+from relay.simulate.script import CallOptions, Utterance
 from relay.testing.realtime import Call, FakeRealtimeServer, Reply, Say
 from relay.testing.server import serve_app
 

@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from relay.sessions.store import RedisStore
+from relay.sessions.redis_store import RedisStore
 
 READY_LINE = b"Ready to accept connections"
 START_TIMEOUT_S = 10.0

@@ -518,6 +518,18 @@ def test_missing_espeak_gives_install_hint(monkeypatch: pytest.MonkeyPatch) -> N
         speech_ulaw("this text is not cached yet 4f1c")
 
 
+def test_wav_writer_puts_one_track_per_channel_and_pads_the_shorter(tmp_path: Path) -> None:
+    left, right = tone_ulaw(440, 300, amplitude=0.5), tone_ulaw(1000, 100, amplitude=0.5)
+    path = tmp_path / "two.wav"
+    write_wav_ulaw(path, left, right)
+    with wave.open(str(path), "rb") as w:
+        assert (w.getnchannels(), w.getsampwidth(), w.getframerate(), w.getnframes()) == (2, 2, 8000, 2400)
+        frames = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    assert np.array_equal(frames[:, 0] / 32768.0, audio.ulaw_to_float(left))
+    assert np.array_equal(frames[:800, 1] / 32768.0, audio.ulaw_to_float(right))
+    assert not frames[800:, 1].any()  # the shorter track padded with silence
+
+
 def test_tone_silence_and_wav_round_trip(tmp_path: Path) -> None:
     assert silence_ulaw(20) == b"\xff" * 160
     tone = tone_ulaw(1000, 500, amplitude=0.5)

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from relay.config import Settings
 from relay.errors import StoreError
 from relay.sessions.limits import CallLimiter, MemoryLimiter, RedisLimiter, make_limiter
-from relay.sessions.store import RedisStore
+from relay.sessions.redis_store import RedisStore
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
 
 MAX = 3

@@ -13,7 +13,9 @@ import redis.asyncio as aioredis
 
 from relay.metrics import Metrics
 from relay.sessions.outbox import Outbox, StoreHealth
-from relay.sessions.store import MemoryStore, RecordWrite, RedisStore
+from relay.sessions.records import RecordWrite
+from relay.sessions.redis_store import RedisStore
+from relay.sessions.store import MemoryStore
 from tests.redis_server import RedisServer, redis_server, wait_for_record  # noqa: F401
 
 SID = "CA" + "5" * 32

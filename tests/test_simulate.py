@@ -7,12 +7,20 @@ import asyncio
 import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from relay.cli import main
 from relay.demo import DemoOptions, demo_command
 from relay.simulate import CallOptions, Utterance, build_utterances, run_call
-from relay.testing.audio import read_wav_ulaw, tone_ulaw, write_wav_ulaw
+from relay.testing.audio import (
+    correlation,
+    float_to_ulaw,
+    read_wav_ulaw,
+    speech_ulaw,
+    tone_ulaw,
+    write_wav_ulaw,
+)
 from relay.testing.realtime import Say
 from relay.testing.server import bind_free_port
 from tests.conftest import AUTH_TOKEN
@@ -38,7 +46,7 @@ def wav_seconds(path: Path) -> float:
 
 async def test_relay_call_prints_timeline_and_writes_played_audio(call_env: Path, capsys) -> None:
     replies = [Say("Hello, how can I help?", audio_ms=600), Say("It is sunny.", audio_ms=500)]
-    out = call_env / "out.wav"
+    out, record = call_env / "out.wav", call_env / "call.wav"
     async with rig("openai-ga", responses=replies) as r:
         code = await _main(
             [
@@ -51,6 +59,8 @@ async def test_relay_call_prints_timeline_and_writes_played_audio(call_env: Path
                 "What is the weather?",
                 "--out",
                 str(out),
+                "--record",
+                str(record),
             ]
         )
     printed = capsys.readouterr().out
@@ -69,6 +79,16 @@ async def test_relay_call_prints_timeline_and_writes_played_audio(call_env: Path
     # the WAV holds exactly what was played: the greeting and the answer
     assert abs(wav_seconds(out) - 1.1) < 0.05, wav_seconds(out)
     assert len(read_wav_ulaw(out)) == 1100 * 8
+    # the recording: the caller on the left, the agent on the right, where each was heard
+    with wave.open(str(record), "rb") as w:
+        assert (w.getnchannels(), w.getframerate()) == (2, 8000)
+        tracks = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, 2)
+    assert wav_seconds(record) > wav_seconds(out)
+    with wave.open(str(out), "rb") as w:
+        played = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2")
+    agent = tracks[:, 1]
+    assert np.array_equal(np.sort(agent[agent != 0]), np.sort(played[played != 0]))  # the same samples
+    assert correlation(float_to_ulaw(tracks[:, 0] / 32768.0), speech_ulaw("What is the weather?")) > 0.9
 
 
 async def _main(argv: list[str]) -> int:

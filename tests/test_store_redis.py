@@ -12,7 +12,9 @@ import redis.asyncio as aioredis
 
 from relay.config import Settings
 from relay.errors import ConfigError, StoreError
-from relay.sessions.store import CallStore, MemoryStore, RedisStore, make_store, redact_url
+from relay.redis_client import redact_url
+from relay.sessions.redis_store import RedisStore
+from relay.sessions.store import CallStore, MemoryStore, make_store
 from tests.redis_server import RedisServer, free_port, redis_server  # noqa: F401
 
 SID = "CA" + "1" * 32

@@ -12,15 +12,11 @@ import pytest
 from pydantic import Field
 
 from relay.testing.realtime import Call, Say
+from relay.tools.bounds import AUDIT_ARGUMENTS_BYTES, MAX_ARGUMENTS_BYTES, audit_arguments
 from relay.tools.builtin import builtin_tools
-from relay.tools.registry import (
-    AUDIT_ARGUMENTS_BYTES,
-    DEFAULT_MAX_STRING_CHARS,
-    MAX_ARGUMENTS_BYTES,
-    ToolContext,
-    ToolRegistry,
-    audit_arguments,
-)
+from relay.tools.context import ToolContext
+from relay.tools.registry import ToolRegistry
+from relay.tools.schema import DEFAULT_MAX_STRING_CHARS
 from tests.conftest import make_settings
 from tests.rig import speak
 from tests.test_tools_e2e import output, tool_rig

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar
 from redis.exceptions import RedisError
 
 from relay.expiring import ExpiringKeys
-from relay.sessions.store import redact_url, redis_client
+from relay.redis_client import redact_url, redis_client
 
 if TYPE_CHECKING:
     from relay.config import Settings

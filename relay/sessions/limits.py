@@ -29,7 +29,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from redis.exceptions import RedisError
 
-from relay.sessions.store import APPLIED, KEY_PREFIX, LIST_FIELDS, REDIS_TIMEOUT_S, redis_client, redis_error
+from relay.redis_client import REDIS_TIMEOUT_S, redis_client, redis_error
+from relay.sessions.records import LIST_FIELDS
+from relay.sessions.redis_store import APPLIED, KEY_PREFIX
 
 if TYPE_CHECKING:
     from relay.config import Settings
@@ -38,7 +40,7 @@ if TYPE_CHECKING:
 # clocks disagree still agree on when a slot expires. Scores are milliseconds since the epoch.
 # Redis >= 5 (scripts replicate their effects, so TIME before a write is allowed).
 #
-# `purge` drops the expired slots and marks each one's record (the store's layout, relay.sessions.store:
+# `purge` drops the expired slots and marks each one's record (the store's layout, relay.sessions.redis_store:
 # ARGV[1] the record key prefix, ARGV[2] its TTL in seconds) ended/lost, when it exists and is not
 # ended; it returns the SIDs it marked. The record keys are not declared in KEYS: Redis Cluster would
 # need them in one hash slot, which the store's keys do not promise either.

@@ -24,7 +24,8 @@ from typing import Any
 
 from relay.errors import StoreError
 from relay.metrics import Metrics
-from relay.sessions.store import CallStore, RecordWrite, WriteOp
+from relay.sessions.records import RecordWrite, WriteOp
+from relay.sessions.store import CallStore
 
 log = logging.getLogger("relay.store")
 

@@ -171,13 +171,22 @@ def read_wav_ulaw(path: StrPath) -> bytes:
     return _wav_to_ulaw(_parse_wav(blob, str(path)), str(path))
 
 
-def write_wav_ulaw(path: StrPath, ulaw: bytes) -> None:
-    """Writes μ-law audio as a 16-bit PCM, 8 kHz, mono WAV file that any player opens."""
+def write_wav_ulaw(path: StrPath, ulaw: bytes, *more_channels: bytes) -> None:
+    """Writes μ-law audio as a 16-bit PCM, 8 kHz WAV file that any player opens: mono from one
+    track, one channel per track from several (e.g. caller left, agent right), the shorter ones
+    padded with silence."""
+    tracks = [
+        np.frombuffer(audioop.ulaw2lin(track, 2) if track else b"", dtype="<i2")
+        for track in (ulaw, *more_channels)
+    ]
+    frames = np.zeros((max(t.size for t in tracks), len(tracks)), dtype="<i2")
+    for channel, track in enumerate(tracks):
+        frames[: track.size, channel] = track
     with wave.open(str(path), "wb") as w:
-        w.setnchannels(1)
+        w.setnchannels(len(tracks))
         w.setsampwidth(2)
         w.setframerate(SAMPLE_RATE)
-        w.writeframes(audioop.ulaw2lin(ulaw, 2) if ulaw else b"")
+        w.writeframes(frames.tobytes())
 
 
 # --------------------------------------------------------------------------- generated audio

@@ -14,18 +14,9 @@ A user tool module::
         ...
 """
 
-from relay.tools.registry import (
-    CallControl,
-    Tool,
-    ToolCallRequest,
-    ToolContext,
-    ToolRegistry,
-    ToolResult,
-    build_registry,
-    default_registry,
-    load_tool_modules,
-    tool,
-)
+from relay.tools.context import CallControl, ToolCallRequest, ToolContext, ToolResult
+from relay.tools.registry import ToolRegistry, build_registry, default_registry, load_tool_modules, tool
+from relay.tools.spec import Tool
 
 __all__ = [
     "CallControl",
