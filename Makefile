@@ -1,6 +1,6 @@
 # Two commands set up everything on a fresh machine:
 #   make run    the relay on http://0.0.0.0:$(PORT)
-#   make test   ruff + the whole test suite (installs redis-server and espeak-ng when missing)
+#   make test   ruff, mypy, the import contracts + the whole test suite (installs redis-server and espeak-ng when missing)
 PYTHON ?= python3
 VENV   ?= .venv
 PORT   ?= 8000
@@ -25,9 +25,10 @@ sysdeps:
 	@scripts/sysdeps.sh redis-server:redis-server espeak-ng:espeak-ng
 
 lint: $(STAMP)
-	$(BIN)/ruff check relay cascade webhooks tests bench
-	$(BIN)/ruff format --check relay cascade webhooks tests bench
-	$(BIN)/mypy relay cascade webhooks
+	$(BIN)/ruff check relay cascade webhooks tests bench scripts
+	$(BIN)/ruff format --check relay cascade webhooks tests bench scripts
+	$(BIN)/mypy relay cascade webhooks scripts/import_contracts.py
+	$(BIN)/lint-imports --no-cache --no-logo
 
 test: $(STAMP) sysdeps lint
 	$(BIN)/pytest
