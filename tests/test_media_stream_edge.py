@@ -18,8 +18,8 @@ from twilio.request_validator import RequestValidator
 from websockets.asyncio.client import ClientConnection
 
 from relay.app import create_app
-from relay.transport.twilio import MediaStreamEntry, TwilioSocket
 from relay.testing.server import bind_free_port, serve_app
+from relay.transport.twilio import MediaStreamEntry, TwilioSocket
 from tests.conftest import AUTH_TOKEN, make_settings
 from webhooks.token import mint_stream_token
 

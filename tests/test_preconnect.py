@@ -12,10 +12,10 @@ import websockets
 
 from relay.app import create_app
 from relay.sessions.preconnect import EarlyConnections
-from relay.transport.provider import ProviderSocket
-from relay.transport.provider import connect as connect_provider
 from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import serve_app
+from relay.transport.provider import ProviderSocket
+from relay.transport.provider import connect as connect_provider
 from tests.conftest import make_settings
 from tests.rig import twilio_caller
 

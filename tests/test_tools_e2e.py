@@ -165,6 +165,10 @@ async def test_transfer_off_allowlist_refused_and_allowed_one_redirects() -> Non
         await speak(call)
         update = await t.rest.wait_update(timeout=10)
         assert "<Dial>+15557654321</Dial>" in (update.twiml or "")
+        confirmation = conn.audio_sent[list(conn.audio_sent)[-1]]
+        chunks = [c for c in call.outbound_chunks if c.stopped_at is not None]
+        assert sum(c.played_bytes for c in chunks) >= len(confirmation) == 200 * 8
+        assert update.at >= max(c.stopped_at for c in chunks)  # "connecting you" was heard first
         await call.stop()
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twilio.twiml.voice_response import VoiceResponse
@@ -97,12 +97,12 @@ class ToolControl:
         await self._run.perform(HangUp(reason, self._response_id))
 
     async def transfer(self, twiml: str) -> None:
-        await self._run.perform(Transfer(twiml))
+        await self._run.perform(Transfer(twiml, self._response_id))
 
 
 class Goodbye:
-    """When a requested hang-up may happen: once a response after the tool's own (the goodbye) has
-    finished and Twilio has played all of it."""
+    """When a requested hang-up or transfer may happen: once a response after the tool's own (the
+    goodbye, or "connecting you now") has finished and Twilio has played all of it."""
 
     def __init__(self, after_response: str) -> None:
         self.after_response = after_response
@@ -158,27 +158,35 @@ class CallRun:
             self._goodbye.changed.set()
 
     async def perform(self, effect: HangUp | Transfer) -> None:
-        """What a tool asks of the call: hang up after the goodbye, or transfer (the tool waits for
-        the transfer's REST request, so its failure reaches the model)."""
+        """What a tool asks of the call: hang up, or transfer, once the model's answer to the tool
+        (its goodbye, or "connecting you now") has played. Returns at once: the model speaks that
+        answer only after it has the tool's output."""
         if isinstance(effect, HangUp):
             log.info("hang-up requested (%s); waiting for the goodbye to play", effect.reason or "end_call")
-            self._goodbye = Goodbye(effect.after_response)
-            self._spawn(self._hang_up_after_goodbye(self._goodbye), "hang-up")
+            act = self.manager.hang_up(self.start.call_sid)
         else:
-            await self.manager.redirect(self.start.call_sid, effect.twiml)
+            log.info("transfer requested; waiting for the model's answer to play")
+            act = self.manager.redirect(self.start.call_sid, effect.twiml)
+        self._goodbye = Goodbye(effect.after_response)
+        self._spawn(self._after_goodbye(self._goodbye, act), type(effect).__name__.lower())
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"{name}-{self.start.call_sid}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _hang_up_after_goodbye(self, goodbye: Goodbye) -> None:
+    async def _after_goodbye(self, goodbye: Goodbye, act: Coroutine[Any, Any, None]) -> None:
         try:
             async with asyncio.timeout(HANGUP_GRACE_S):
                 await goodbye.played(lambda: self.session is not None and self.session.playing)
         except TimeoutError:
-            log.warning("the goodbye did not finish within %.0f s; hanging up anyway", HANGUP_GRACE_S)
-        await self.manager.hang_up(self.start.call_sid)
+            log.warning(
+                "the model's last words did not finish within %.0f s; going on anyway", HANGUP_GRACE_S
+            )
+        except asyncio.CancelledError:
+            act.close()
+            raise
+        await act
 
     async def _run_tool(self, call: ev.ToolCall) -> None:
         """Runs a tool for either path: its context, the hold tone when it is slow, its audit on the

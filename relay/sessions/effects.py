@@ -93,9 +93,11 @@ class HangUp:
 
 @dataclass(frozen=True, slots=True)
 class Transfer:
-    """A tool asked to replace the call's TwiML (e.g. `<Dial>`)."""
+    """A tool asked to replace the call's TwiML (e.g. `<Dial>`) once the model's next response
+    ("connecting you now") has played."""
 
     twiml: str
+    after_response: str
 
 
 Effect = (

@@ -7,7 +7,6 @@ Failures a caller should hear about (search service down, destination not allowe
 # No `from __future__ import annotations` here: transfer_call's parameter description is built
 # from a closure variable, so its annotations must be evaluated where the function is defined.
 import logging
-import re
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -25,7 +24,9 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from relay.config import Settings
 from relay.errors import ToolError
-from relay.tools.registry import Tool, ToolContext
+from relay.phone_numbers import normalize_number
+from relay.tools.context import ToolContext
+from relay.tools.spec import Tool
 
 __all__ = [
     "SNIPPET_CHARS",
@@ -172,21 +173,14 @@ def end_call_tool(*, timeout: float = 5.0) -> Tool:
 
 
 # --- transfer_call -------------------------------------------------------------------------------
-_NUMBER_PUNCTUATION = re.compile(r"[\s().\-]")
-
-
-def _normalize_number(text: str) -> str:
-    return _NUMBER_PUNCTUATION.sub("", text)
-
-
 def resolve_transfer_target(destination: str, targets: Mapping[str, str]) -> str | None:
     """The number for `destination` (a name, case-insensitive, or an allowed number), or None."""
     key = destination.strip().lower()
     if key in targets:
         return targets[key]
-    wanted = _normalize_number(destination)
+    wanted = normalize_number(destination)
     for number in targets.values():
-        if wanted and _normalize_number(number) == wanted:
+        if wanted and normalize_number(number) == wanted:
             return number
     return None
 

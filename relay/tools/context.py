@@ -19,10 +19,11 @@ Outcome = Literal["ok", "error", "timeout", "invalid_arguments", "unknown_tool"]
 
 @runtime_checkable
 class CallControl(Protocol):
-    """What a tool may ask of the live call. The call session implements it.
+    """What a tool may ask of the live call. The call implements it (each request becomes an
+    effect the call carries out, on either path).
 
-    Both methods must return promptly: the model speaks its goodbye (or "connecting you now")
-    *after* it receives the tool's output, so the session acts once that audio has played.
+    Both methods return at once: the model speaks its goodbye (or "connecting you now") *after* it
+    receives the tool's output, so the call acts once that audio has played.
     """
 
     async def hang_up_after_playback(self, reason: str) -> None:
@@ -30,7 +31,8 @@ class CallControl(Protocol):
         ...
 
     async def transfer(self, twiml: str) -> None:
-        """Replace the call's TwiML with `twiml` (e.g. `<Dial>`) once the queued audio has played.
+        """Replace the call's TwiML with `twiml` (e.g. `<Dial>`) once the audio of the model's next
+        response has played.
 
         The Media Stream ends when Twilio runs the new TwiML.
         """
