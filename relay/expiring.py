@@ -1,7 +1,7 @@
 """A bounded set of keys, each remembered until its own deadline.
 
 Used where the relay must remember what it has seen for a while and no longer: the call SIDs that
-had an early provider connection (relay.sessions.preconnect), the stream tokens consumed and the
+had an early provider connection (relay.sessions.early), the stream tokens consumed and the
 calls that had their stream (webhooks.replay). Expired keys are forgotten from the oldest end as
 the set is used; past `max_keys` the oldest key is forgotten first, so memory stays bounded
 whatever a replaying client sends.

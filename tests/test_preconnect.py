@@ -11,7 +11,7 @@ import pytest
 import websockets
 
 from relay.app import create_app
-from relay.sessions.preconnect import EarlyConnections
+from relay.sessions.early import EarlyConnections
 from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import serve_app
 from relay.transport.provider import ProviderSocket

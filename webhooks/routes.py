@@ -112,7 +112,7 @@ async def incoming_call(request: Request) -> Response:
             state.metrics.observe_rejection(refusal)
             text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
             return say_and_hang_up(text)
-        state.manager.preconnect(call_sid)  # the provider handshake overlaps Twilio's stream setup
+        state.manager.open_early_connection(call_sid)  # the provider handshake overlaps Twilio's stream setup
         stream_url = public_base(request, settings, websocket=True) + "/media-stream"
         params = {
             "callSid": call_sid,

@@ -18,9 +18,9 @@ from relay.logs import bind_call
 from relay.metrics import Metrics
 from relay.sessions.call import TwilioSink
 from relay.sessions.call_run import CallRun, CascadeFactory
+from relay.sessions.early import EARLY_TTL_S, EarlyConnections
 from relay.sessions.limits import CallLimiter, MemoryLimiter
 from relay.sessions.outbox import Outbox, StoreHealth
-from relay.sessions.preconnect import PRECONNECT_TTL_S, EarlyConnections
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime_setup import open_early
 from relay.sessions.store import CallStore
@@ -74,7 +74,7 @@ class CallManager:
             self.early_connections = EarlyConnections(
                 lambda: open_early(self.adapter, settings, self.realtime_tools()),
                 limit=settings.max_concurrent_calls,
-                ttl=min(PRECONNECT_TTL_S, settings.stream_token_ttl),  # a token lives < 1 s longer at most
+                ttl=min(EARLY_TTL_S, settings.stream_token_ttl),  # a token lives < 1 s longer at most
                 remember=settings.stream_token_ttl + 1,  # one per call SID while its token can be valid
             )
             counter = self.metrics.preconnects_total
@@ -111,7 +111,7 @@ class CallManager:
         """The tools every realtime session is configured with."""
         return self.registry.realtime_tools() if self.registry is not None else []
 
-    def preconnect(self, call_sid: str) -> None:
+    def open_early_connection(self, call_sid: str) -> None:
         """An admitted call: open its realtime connection now, while Twilio sets up the stream."""
         if self.early_connections is not None and not self.draining:
             self.early_connections.start(call_sid)
@@ -183,7 +183,7 @@ class CallManager:
         await self.twilio_calls.redirect(call_sid, twiml)
 
     def prepare_cascade(self) -> None:
-        """At startup: builds the cascade's SDK client (an HTTP client and its TLS context, 20-150 ms)
+        """At startup: builds the cascade's SDK client (an HTTP client and its TLS context)
         now rather than on the event loop at a call's first fallback (RELAY_MODE auto or cascade)."""
         if self.settings.relay_mode == "realtime" or not self.settings.provider_configured:
             return

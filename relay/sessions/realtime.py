@@ -30,9 +30,9 @@ from relay.sessions import events as ev
 from relay.sessions.bridge import BridgeCore, append_event
 from relay.sessions.call import CallStats, EffectSink, Turn, TwilioSink
 from relay.sessions.dialects import parse_event
+from relay.sessions.early import discard
 from relay.sessions.effects import Effect, PrebufferDropped, SessionExpired
 from relay.sessions.liveness import Liveness, heartbeat_event
-from relay.sessions.preconnect import discard
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime_setup import AUDIO_APPEND, connect_with_retry, history_events, opening
 from relay.transport.provider import ProviderSocket
@@ -61,7 +61,7 @@ class RealtimeSession:
     ) -> None:
         """`history`: the call's turns so far (the call appends to it as `SaveTurn`s come), given
         to a replacement connection. `early`: the early connection opened during /incoming-call
-        (relay.sessions.preconnect)."""
+        (relay.sessions.early)."""
         self.settings = settings
         self.adapter = adapter
         self.twilio = twilio

@@ -66,7 +66,7 @@ def opening(
 async def open_early(
     adapter: ProviderAdapter, settings: Settings, tools: list[dict[str, Any]]
 ) -> ProviderSocket:
-    """An early connection (relay.sessions.preconnect): connected, and with REALTIME_EARLY_GREETING
+    """An early connection (relay.sessions.early): connected, and with REALTIME_EARLY_GREETING
     already sent its opening events (configuration, greeting request), so the greeting is on its
     way, or waiting in the socket, before the call's stream starts. A socket the provider closes
     meanwhile is returned closed: the session then connects anew and greets by itself."""

@@ -13,7 +13,7 @@ Safe: only a signed, admitted webhook starts one, and only the stream whose toke
 that call SID can take it. One per call SID, however often its webhook is replayed: a call SID
 that had one is remembered for `remember` seconds (a stream token's lifetime), whether its
 connection is waiting, was taken or expired. Bounded: at most MAX_CONCURRENT_CALLS wait at a time,
-each for `PRECONNECT_TTL_S` or STREAM_TOKEN_TTL if shorter (no valid stream can start after its
+each for `EARLY_TTL_S` or STREAM_TOKEN_TTL if shorter (no valid stream can start after its
 token expired); one not taken by then is closed and counted as expired: behind a load balancer
 the stream may land on another instance, which then connects by itself.
 """
@@ -30,9 +30,9 @@ from relay.errors import ProviderConnectError
 from relay.expiring import ExpiringKeys
 from relay.transport.provider import ProviderSocket
 
-log = logging.getLogger("relay.preconnect")
+log = logging.getLogger("relay.early")
 
-PRECONNECT_TTL_S = 15.0  # Twilio opens the stream well within this after the TwiML answer
+EARLY_TTL_S = 15.0  # Twilio opens the stream well within this after the TwiML answer
 MAX_REMEMBERED = 100_000  # call SIDs remembered at most (the oldest is forgotten first)
 
 Connect = Callable[[], Coroutine[Any, Any, ProviderSocket]]
@@ -43,7 +43,7 @@ class EarlyConnections:
     """Early connections waiting for their call's stream."""
 
     def __init__(
-        self, connect: Connect, *, limit: int, ttl: float = PRECONNECT_TTL_S, remember: float | None = None
+        self, connect: Connect, *, limit: int, ttl: float = EARLY_TTL_S, remember: float | None = None
     ) -> None:
         self._connect = connect
         self.limit = limit
@@ -71,7 +71,7 @@ class EarlyConnections:
             self.on_outcome("full")
             return False
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._connect(), name=f"preconnect-{call_sid}")
+        task = loop.create_task(self._connect(), name=f"early-{call_sid}")
         task.add_done_callback(self._log_failure)
         timer = loop.call_later(self.ttl, self._expire, call_sid)
         self._waiting[call_sid] = (task, timer)
@@ -134,4 +134,4 @@ async def discard(task: asyncio.Task[ProviderSocket]) -> None:
         await task.result().close()
 
 
-__all__ = ["PRECONNECT_TTL_S", "EarlyConnections", "discard"]
+__all__ = ["EARLY_TTL_S", "EarlyConnections", "discard"]
