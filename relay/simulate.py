@@ -58,7 +58,6 @@ __all__ = [
 DEFAULT_URL = "http://127.0.0.1:8000"
 BYTES_PER_MS = 8  # 8 kHz μ-law
 SPEECH_RMS = 0.01  # a 20 ms frame louder than this (fraction of full scale) counts as speech
-SCRIPT_KINDS = ("say", "wav", "barge-in")
 
 
 # --------------------------------------------------------------------------- the script

@@ -400,14 +400,6 @@ class FakeRealtimeServer:
         return f"http://{self.host}:{self.port}"
 
     # -- script ---------------------------------------------------------------------------------
-    def add_replies(self, *replies: Reply) -> None:
-        """Appends replies to the script (consumed after the ones already queued)."""
-        self._script.extend(replies)
-
-    def add_transcripts(self, *transcripts: str) -> None:
-        """Appends transcripts for the next user turns."""
-        self._transcripts.extend(transcripts)
-
     def _next_reply(self) -> tuple[int, Reply]:
         index, self._replies_started = self._replies_started, self._replies_started + 1
         return index, (self._script.popleft() if self._script else self.default_reply)

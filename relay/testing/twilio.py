@@ -659,14 +659,6 @@ class FakeTwilioCall:
         return self._clock.position(time.monotonic()) / (SAMPLE_RATE / 1000)
 
     @property
-    def queued_ms(self) -> float:
-        """Milliseconds of outbound audio queued and not yet played."""
-        now = time.monotonic()
-        if self._clock.halted:
-            return 0.0
-        return (self._clock.queued_end - self._clock.position(now)) / (SAMPLE_RATE / 1000)
-
-    @property
     def outbound_chunks(self) -> list[PlayedChunk]:
         """Playback record of every outbound `media` payload, computed now (see `PlayedChunk`)."""
         return self._clock.chunks(time.monotonic())
