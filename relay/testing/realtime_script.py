@@ -162,7 +162,8 @@ class ActiveResponse:
 
     async def pause(self, delay: float) -> None:
         """Waits `delay` seconds, or less when interrupted. A bare timer and future: this runs once
-        per audio chunk of every call (asyncio.timeout around `cancel.wait()` cost twice as much)."""
+        per audio chunk of every call, and asyncio.timeout around `cancel.wait()` would add a cancel
+        scope and an Event waiter to each."""
         loop = asyncio.get_running_loop()
         wake = self._wake = loop.create_future()
         timer = loop.call_later(delay, _settle, wake)
