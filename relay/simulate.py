@@ -36,7 +36,8 @@ import numpy as np
 import orjson
 
 from relay.testing.audio import read_wav_ulaw, silence_ulaw, speech_ulaw, ulaw_to_float, write_wav_ulaw
-from relay.testing.twilio import FRAME_BYTES, FakeTwilioCall
+from relay.testing.twilio import FakeTwilioCall
+from relay.testing.twilio_sender import FRAME_BYTES
 from webhooks.routes import APOLOGY, BUSY, DRAINING
 
 __all__ = [
