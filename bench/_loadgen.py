@@ -1,4 +1,5 @@
-"""Load-generation pieces for `bench/realtime_load.py`: light Twilio callers and provider bookkeeping.
+"""Load-generation pieces for `bench/realtime_load.py` and `bench/load.py`: light Twilio callers,
+the ramp that places them, and provider bookkeeping.
 
 `SimCall` is a deliberately thin Twilio Media Streams client (not `relay.testing.twilio.FakeTwilioCall`,
 whose playback model costs too much CPU at a hundred calls): it opens the stream as Twilio does
@@ -9,6 +10,9 @@ asyncio's default loop, which the fakes also use) with the μ-law bytes it carri
 `mark`s when the audio before them would have finished playing (a `media` lasts its payload's bytes
 at 8 kHz; a `clear` drops what is queued and releases the pending marks, as Twilio does), in the
 sender's 20 ms tick.
+
+`CallRamp` places calls one after the other, at least `START_GAP_S` apart, each streaming from a task
+of its own once open; both benches ramp up through it.
 
 `ProviderTrack` harvests one `FakeConnection`'s records into compact timestamp arrays and empties
 its lists (they would otherwise hold every event of every call: hundreds of MB and long GC pauses).
@@ -34,7 +38,7 @@ from array import array
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, BinaryIO, Protocol
+from typing import Any, BinaryIO, Generic, Protocol, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
@@ -47,6 +51,8 @@ import relay.testing.realtime_script as realtime_script
 from relay.testing.realtime import FakeConnection, FakeRealtimeServer, Say
 
 FRAME_S = 0.020
+START_GAP_S = 0.010  # at least this between two call starts (the ramp is also sequential)
+RAMP_BOUND_S = 0.2  # the ramp never takes this long per call: it bounds each call's frame count
 FRAME_BYTES = 160
 ULAW_BYTES_PER_S = 8000
 SILENCE_B64 = base64.b64encode(b"\xff" * FRAME_BYTES).decode()  # μ-law 0: far below the fake's VAD
@@ -63,6 +69,7 @@ MAX_COMMANDS = 1_000_000  # a helper answers at most this many commands
 PIPE_LIMIT = 2**28
 HERE = Path(__file__).resolve()
 _MARK = '{"event":"mark"'
+T = TypeVar("T")
 
 
 class AudioSource(Protocol):
@@ -281,6 +288,57 @@ async def end_calls(tasks: list[asyncio.Task[None]], calls: list[SimCall]) -> No
     ending = asyncio.gather(*(c.finish() for c in calls), return_exceptions=True)
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(ending, 15.0)
+
+
+class Failures(Protocol):
+    """Where a ramp counts the calls that failed to open: a run's result."""
+
+    failed_calls: int
+    errors: list[str]
+
+
+class CallRamp(Generic[T]):
+    """Calls placed one after the other, at least START_GAP_S apart; each streams from a task of its
+    own once open. A call that fails to open is counted, not raised: a refused call is a result.
+    Call `end()` in a `finally`: it hangs up every call placed so far, even when the ramp was cut."""
+
+    def __init__(self) -> None:
+        self.calls: list[SimCall] = []
+        self.opened: list[T] = []  # what `open_call` returned, for each of `calls`
+        self.tasks: list[asyncio.Task[None]] = []
+
+    async def place(
+        self,
+        n: int,
+        seconds: float,
+        new_call: Callable[[int], SimCall],
+        open_call: Callable[[SimCall], Awaitable[T]],
+        failures: Failures | None,
+    ) -> None:
+        """Places calls `new_call(0)` to `new_call(n - 1)`, each opened by `open_call`. A call streams
+        until its `until` (set it once all are up), at most for the ramp, `seconds` and a margin.
+        Failures are added to `failures` (None: a warm-up, nothing to count)."""
+        max_frames = int((n * RAMP_BOUND_S + seconds + 10) / FRAME_S)
+        ramp_start = time.monotonic()
+        for i in range(n):
+            delay = ramp_start + i * START_GAP_S - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            call = new_call(i)
+            try:
+                opened = await open_call(call)
+            except Exception as exc:  # a refused or failed call is a result, not a crash
+                if failures is not None:
+                    failures.failed_calls += 1
+                    failures.errors.append(f"call {i}: {type(exc).__name__}: {exc}")
+                continue
+            self.calls.append(call)
+            self.opened.append(opened)
+            self.tasks.append(asyncio.create_task(call.stream(max_frames)))
+
+    async def end(self) -> None:
+        """Stops every call's stream and hangs it up (bounded)."""
+        await end_calls(self.tasks, self.calls)
 
 
 class ProviderTrack:

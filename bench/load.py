@@ -80,10 +80,10 @@ from _loadgen import (  # noqa: E402
     HELPER_MAX_S,
     SILENCE_B64,
     ULAW_BYTES_PER_S,
+    CallRamp,
     HelperFake,
     JsonLinesHelper,
     SimCall,
-    end_calls,
     fetch_twiml,
     freeze_heap,
     percentile,
@@ -96,7 +96,6 @@ from realtime_load import (  # noqa: E402
     QUIET_PCT,
     SATURATED_PCT,
     SETTLE_S,
-    START_GAP_S,
     WARMUP_CALLS,
     RunResult,
     Target,
@@ -606,32 +605,24 @@ async def place_cascade_calls(
     """Ramps up `n` talking calls one after the other, runs `seconds` with all of them up, waits
     (bounded) for the last answers to play, hangs up. Warm-up when `result` is None."""
     first = 0 if result is not None else 1_000_000
-    calls: list[SimCall] = []
-    talkers: list[Talker] = []
-    tasks: list[asyncio.Task[None]] = []
-    max_frames = int((n * 0.2 + seconds + 10) / FRAME_S)  # a bound: the ramp never takes 200 ms per call
+
+    def new_call(i: int) -> SimCall:
+        talker = Talker(first + i, frames)
+        return SimCall(first + i, target.base_url, stream_url="", auth_token=AUTH_TOKEN, audio=talker)
+
+    async def open_call(call: SimCall) -> Talker:
+        call.stream_url, call.parameters = await fetch_twiml(
+            client, target.base_url, PUBLIC_URL, AUTH_TOKEN, call.call_sid
+        )
+        await call.open()
+        assert isinstance(call.audio, Talker)
+        return call.audio
+
+    ramp: CallRamp[Talker] = CallRamp()
     window = Window(target.proc.pid, fake.pid)
-    ramp_start = time.monotonic()
     try:
-        for i in range(n):
-            delay = ramp_start + i * START_GAP_S - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            talker = Talker(first + i, frames)
-            call = SimCall(first + i, target.base_url, stream_url="", auth_token=AUTH_TOKEN, audio=talker)
-            try:
-                call.stream_url, call.parameters = await fetch_twiml(
-                    client, target.base_url, PUBLIC_URL, AUTH_TOKEN, call.call_sid
-                )
-                await call.open()
-            except Exception as exc:  # a refused or failed call is a result, not a crash
-                if result is not None:
-                    result.failed_calls += 1
-                    result.errors.append(f"call {i}: {type(exc).__name__}: {exc}")
-                continue
-            calls.append(call)
-            talkers.append(talker)
-            tasks.append(asyncio.create_task(call.stream(max_frames)))
+        await ramp.place(n, seconds, new_call, open_call, result)
+        calls, tasks = ramp.calls, ramp.tasks
         all_up = time.monotonic()
         deadline = all_up + seconds
         for call in calls:
@@ -653,11 +644,11 @@ async def place_cascade_calls(
                 break
             await asyncio.sleep(0.1)
     finally:
-        await end_calls(tasks, calls)
+        await ramp.end()
     if result is not None:
         late = [x for c in calls for x, s in zip(c.lateness, c.send_times, strict=True) if s >= window.t0]
         result.late_p99_ms = percentile(late, 99) * 1000
-    return calls, talkers
+    return calls, ramp.opened
 
 
 async def fetch_records(

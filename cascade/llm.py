@@ -86,9 +86,9 @@ async def stream_chat(
     """
     # `client.post` is the SDK's documented call for a request body built by hand; it is what
     # `chat.completions.create` does after `async_maybe_transform` walks every message of the
-    # history through the param TypedDicts, a no-op for these plain JSON dicts that cost 11 % of
-    # the relay's CPU with 200 cascade calls (bench/load.py). Azure's client still routes the
-    # body's "model" to /deployments/<name>/chat/completions.
+    # history through the param TypedDicts: a no-op for these plain JSON dicts, yet a cost that grows
+    # with the conversation on every turn of every call (README, Performance: bench/load.py).
+    # Azure's client still routes the body's "model" to /deployments/<name>/chat/completions.
     body: dict[str, Any] = {"model": model, "messages": messages, "stream": True}
     if tools:
         body["tools"] = tools

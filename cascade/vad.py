@@ -5,15 +5,15 @@ events; nothing here reads a socket, sleeps or spawns a task.
 
 Per 20 ms frame (160 μ-law bytes): μ-law → PCM16 8 kHz (:func:`relay.codecs.ulaw_to_pcm16`) →
 ``webrtcvad.Vad(aggressiveness).is_speech(frame, 8000)``. Telephone audio is 8 kHz, and webrtcvad
-computes its features at 8 kHz whatever the input rate (it decimates 16 kHz itself), so upsampling
-first would only cost CPU: ``bench/vad.py`` measured 99.4–99.6 % of frame decisions equal at 8 and
-16 kHz, the same turns found, and ``feed`` at 5 µs per frame instead of 17. A frame is *voiced*
-when webrtcvad says speech **and** the frame is ``NOISE_GATE_DB`` (3 dB) above a noise floor that
-follows the quietest recent frames (drops at once, rises 2.5 dB/s). The gate is needed twice over:
-webrtcvad's noise model is bounded, so on its own it calls white noise at 10 dB SNR speech in
-every frame (modes 0–1; 27 % of frames in mode 2) and turns never end; and its hangover (60–140 ms
-of "speech" after every burst) would delay each end of turn and let click + hangover pass for
-speech. Hangover frames sit at the noise floor, so the gate removes them.
+computes its features at 8 kHz whatever the input rate (it decimates 16 kHz itself), so the VAD
+runs on the caller's own samples: upsampling first would cost CPU and change neither its frame
+decisions (nearly all equal) nor the turns found (``bench/vad.py`` compares both rates). A frame
+is *voiced* when webrtcvad says speech **and** the frame is ``NOISE_GATE_DB`` (3 dB) above a noise
+floor that follows the quietest recent frames (drops at once, rises 2.5 dB/s). The gate is needed
+twice over: webrtcvad's noise model is bounded, so on its own it calls steady background noise
+speech (in most frames, at the SNRs of a phone line) and turns never end; and its hangover (some
+frames of "speech" after every burst) would delay each end of turn and let click + hangover pass
+for speech. Hangover frames sit at the noise floor, so the gate removes them.
 
 State machine:
 
@@ -31,25 +31,15 @@ State machine:
 
 Why webrtcvad and not Silero VAD: ``silero-vad`` hard-requires ``torch`` (gigabytes) for a model
 that onnxruntime alone could run; that route (a second native runtime plus our own model plumbing
-and state) was not taken. webrtcvad is an 83 KB C extension with wheels and costs 1.4 µs per
-frame at 8 kHz. Measured with ``bench/vad.py`` (10 espeak-ng sentences between 0.7–1.6 s of silence, three
-noise seeds per condition), at the default aggressiveness 2:
+and state) was not taken. webrtcvad is a small C extension with wheels, cheap enough to run on
+every frame of every cascade call. How well turns are found (clean speech, white noise, babble,
+clicks; with and without the gate) and what ``feed`` costs: ``bench/vad.py`` and the README's
+Performance section. **Known limit:** background talkers are speech to webrtcvad in every mode, so
+babble keeps a turn open until ``max_utterance_ms``.
 
-* clean, white noise at 20/10/5 dB SNR, and clicks (10–120 ms bursts, 10 dB): 30/30 sentences, no
-  false starts, no splits; end-of-turn latency 460–508 ms median (``silence_ms`` plus a frame;
-  p90 915 ms with clicks landing in the silence); start error 10–60 ms mean, end error 8–87 ms
-  mean (quiet word endings drown at 5 dB);
-* babble (other talkers, continuous) at 20/10/5 dB: turns do not end until ``max_utterance_ms``;
-  background speech is speech to webrtcvad in every mode (mode 3 separates 2 of 10 at 20 dB);
-* without the noise gate: white noise at 10 dB gives 3/30 (modes 0–1) or 8/30 (mode 2), and
-  latency grows by the hangover (605–657 ms median);
-* ``feed`` costs ≈ 5 µs per 20 ms frame in all (μ-law decode, webrtcvad ≈ 1.4, the gate's energy,
-  the state machine); at 16 kHz, with the upsampling, it cost 17 µs.
-
-Aggressiveness 2 is the default: with the gate, modes 0–3 score alike here; mode 3 separates only
-2 of 10 sentences in 20 dB babble and starts later in white noise (mean start error 14–16 ms vs
-10–12 ms at 20–10 dB), the first sign of it clipping quiet onsets; modes 0–1 are the ones that
-fail without the gate, so 2 keeps a margin should the gate be tuned down.
+Aggressiveness 2 is the default: with the gate, modes 0–3 find the same turns; mode 3 starts later
+in white noise, the first sign of it clipping quiet onsets; modes 0–1 are the ones that fail
+without the gate, so 2 keeps a margin should the gate be tuned down.
 """
 
 from __future__ import annotations

@@ -260,11 +260,6 @@ class Settings(BaseSettings):
 
     # --- derived values --------------------------------------------------------------------
     @property
-    def public_host(self) -> str:
-        """Host (and port) Twilio reaches, from PUBLIC_URL; empty when unset."""
-        return urlsplit(self.public_url).netloc if self.public_url else ""
-
-    @property
     def provider_configured(self) -> bool:
         """True when the chosen provider has what it needs to connect."""
         if self.use_azure_openai:

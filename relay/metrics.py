@@ -263,32 +263,4 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-class ResponseTimer:
-    """Per call, sans-I/O: the caller's end of speech → the first agent audio that follows.
-
-    The realtime shell feeds it the provider's events in order; `latencies_ms` collects one figure
-    per answered turn. Pass `CallStats.response_latencies_ms` as `into` to fill that list directly.
-    The end of speech is when the VAD decided it (after its silence window), so the pause the caller
-    perceives is longer by about that window.
-    """
-
-    def __init__(self, into: list[float] | None = None) -> None:
-        self.latencies_ms: list[float] = into if into is not None else []
-        self._since: float | None = None
-
-    def speech_started(self) -> None:
-        """The caller started (again) to speak: the turn is not over yet."""
-        self._since = None
-
-    def speech_ended(self, now: float) -> None:
-        """The caller stopped speaking at `now` (seconds, the session's clock)."""
-        self._since = now
-
-    def audio_sent(self, now: float) -> None:
-        """Agent audio went to Twilio at `now`; the first after an end of speech is measured."""
-        if self._since is not None:
-            self.latencies_ms.append((now - self._since) * 1000)
-            self._since = None
-
-
-__all__ = ["REJECT_REASONS", "TOOL_BUCKETS", "VOICE_BUCKETS", "CallStatsLike", "Metrics", "ResponseTimer"]
+__all__ = ["REJECT_REASONS", "TOOL_BUCKETS", "VOICE_BUCKETS", "CallStatsLike", "Metrics"]

@@ -12,7 +12,6 @@ _HEX32 = "[0-9a-fA-F]{32}"
 CALL_SID = re.compile(f"CA{_HEX32}")
 ACCOUNT_SID = re.compile(f"AC{_HEX32}")
 STREAM_SID = re.compile(f"MZ{_HEX32}")
-SID_LENGTH = 34
 
 
 def is_call_sid(value: object) -> bool:

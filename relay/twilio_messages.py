@@ -5,7 +5,8 @@ converted here. An event name we do not know becomes `Unknown` instead of an exc
 Twilio release cannot break calls. Malformed input raises `ProtocolError` with a precise message.
 
 The media payload is kept as the base64 text Twilio sent: the realtime path forwards it to the
-provider without decoding. It is still checked to be valid base64 (cheap: about a microsecond).
+provider without decoding. It is still checked to be valid base64 (one pass in C; the decoded bytes
+are dropped).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ class Start:
     channels: int = 1
 
 
-@dataclass(slots=True)  # not frozen: made 50 times a second per call, and a frozen __init__ costs 2.5×
+# Not frozen: made 50 times a second per call, and a frozen __init__ sets each field through
+# object.__setattr__.
+@dataclass(slots=True)
 class Media:
     payload: str  # base64 μ-law, as received
     timestamp: int  # ms since stream start
@@ -118,7 +121,7 @@ def parse_message(text: str | bytes) -> TwilioEvent:
         payload = media.get("payload")
         if not isinstance(payload, str):
             raise ProtocolError("media message has no payload string")
-        return Media(  # positional: keyword arguments cost twice as much, 50 times a second per call
+        return Media(  # positional: cheaper to bind than keywords, 50 times a second per call
             payload,
             _int(media.get("timestamp", 0), "timestamp"),
             _int(media.get("chunk", 0), "chunk"),

@@ -44,7 +44,7 @@ def test_azure_without_deployment_names_the_variable() -> None:
 def test_public_url_must_be_absolute() -> None:
     with pytest.raises(ConfigError, match="PUBLIC_URL"):
         settings(public_url="abc.ngrok.app")
-    assert settings(public_url="https://abc.ngrok.app/").public_host == "abc.ngrok.app"
+    assert settings(public_url=" https://abc.ngrok.app/ ").public_url == "https://abc.ngrok.app"
 
 
 def test_bad_values_name_the_variable() -> None:

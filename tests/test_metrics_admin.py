@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 
 from relay.admin import admin_routes
 from relay.config import load_settings
-from relay.metrics import VOICE_BUCKETS, Metrics, ResponseTimer
+from relay.metrics import VOICE_BUCKETS, Metrics
 from relay.sessions.call import CallStats
 from relay.sessions.store import MemoryStore
 from relay.testing.server import serve_app
@@ -204,26 +204,6 @@ def test_two_instances_do_not_collide() -> None:
     assert sample(b, "relay_active_calls") == 0
     assert sample(b, "relay_calls_total", mode="realtime", outcome="twilio_stop") is None
     assert REGISTRY.get_sample_value("relay_active_calls") is None  # the process-wide registry is untouched
-
-
-def test_response_timer_measures_end_of_speech_to_first_audio() -> None:
-    timer = ResponseTimer()
-    timer.audio_sent(1.0)  # the greeting: no speech before it
-    timer.speech_ended(2.0)
-    timer.audio_sent(2.4)
-    timer.audio_sent(2.5)  # later chunks of the same answer do not count
-    timer.speech_ended(5.0)
-    timer.speech_started()  # the caller went on speaking: that end of speech was not the turn's end
-    timer.audio_sent(5.2)
-    timer.speech_ended(6.0)
-    timer.audio_sent(6.75)
-    assert timer.latencies_ms == [pytest.approx(400.0), pytest.approx(750.0)]
-
-    into: list[float] = []
-    filling = ResponseTimer(into)
-    filling.speech_ended(1.0)
-    filling.audio_sent(1.5)
-    assert into == [pytest.approx(500.0)] and filling.latencies_ms is into
 
 
 def test_render_is_prometheus_text() -> None:

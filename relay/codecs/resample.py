@@ -12,10 +12,10 @@ the last few input samples as state. Output is rounded and saturated to int16.
 Why ``einsum`` and not ``np.dot``/``matmul``: those copy the overlapping view into a contiguous
 block and call BLAS. BLAS results then depend slightly on the chunk size (one 3 s call vs 20 ms
 chunks differed by 1 LSB in 17 of 72k samples at 8k→24k), and BLAS threading depends on the build
-and problem size (a threaded call with the other core busy is far slower: 2000×2000 sgemv took
-3.8 ms vs 0.43 ms with ``OPENBLAS_NUM_THREADS=1`` on this 2-core box). ``einsum`` (without
-``optimize``) never calls BLAS: single-threaded, no copy (huge chunks need no temporary blocks),
-identical output whatever the chunking, at about the same cost per frame.
+and problem size (a threaded call is far slower when the other cores are busy, as they are on a
+loaded relay; README, Performance). ``einsum`` (without ``optimize``) never calls BLAS:
+single-threaded, no copy (huge chunks need no temporary blocks), identical output whatever the
+chunking, at about the same cost per frame.
 
 Filter numbers (computed from the taps, see ``tests/test_codecs.py`` and ``bench/codecs.py``):
 
@@ -40,8 +40,10 @@ Streaming contract: after a total of ``T`` input samples the resampler has emitt
 (3n out for n in at 8k→24k; ``floor(T/3) - emitted`` at 24k→8k). The only latency is the
 filter's group delay above; :meth:`StreamResampler.flush` drains that tail at end of stream.
 
-Cost: ~8-10 µs per 20 ms frame on the 2-core CI box (see ``bench/codecs.py``), about half of
-it the filter product, the rest numpy call overhead (conversion, rounding, saturation).
+Cost: a frame's filter product is small, so numpy's per-call overhead (conversion, rounding,
+saturation) is about as large; hence one ``einsum`` per chunk and no extra numpy calls. The figures
+per 20 ms frame, against soxr and ``audioop.ratecv``: ``bench/codecs.py`` and the README's
+Performance section.
 """
 
 from __future__ import annotations
@@ -90,7 +92,7 @@ def design_lowpass(num_taps: int, cutoff_hz: float, rate_hz: float, beta: float)
 def _to_pcm16(y: _FloatArray) -> bytes:
     """Round, saturate to the int16 range and serialise (C order) as little-endian PCM16."""
     np.rint(y, out=y)
-    # minimum/maximum ufuncs directly: np.clip's Python-level dispatch costs ~2 µs per call.
+    # minimum/maximum ufuncs directly: np.clip adds a Python-level dispatch to every call.
     np.maximum(y, _I16_MIN, out=y)
     np.minimum(y, _I16_MAX, out=y)
     return y.astype(_PCM_DTYPE).tobytes()

@@ -20,9 +20,9 @@ __all__ = ["pcm16_to_ulaw", "ulaw_to_pcm16"]
 # audioop works in native byte order; the relay's PCM is little-endian on the wire.
 _BIG_ENDIAN = sys.byteorder == "big"
 
-# Performance note: audioop's C loops take ~0.2-0.8 µs per 160-sample (20 ms at 8 kHz) frame
-# (measured on the CI box: decode ~0.2 µs, encode ~0.9 µs), which beats numpy lookup tables at
-# this size (~2 µs, dominated by array creation overhead), so there is no numpy path here.
+# audioop's C loops, not numpy lookup tables: at 160 samples (a 20 ms frame) numpy's array creation
+# costs more than the whole conversion in C (bench/codecs.py compares both), so there is no numpy
+# path here.
 
 
 def ulaw_to_pcm16(data: bytes) -> bytes:

@@ -72,32 +72,19 @@ end
 )
 
 # Each script below returns {its answer, the SIDs its purge marked lost...}.
-# ARGV[3] sid, ARGV[4] ttl in ms, ARGV[5] max slots. Answer: 1 when the sid holds a slot afterwards.
-_ACQUIRE = (
+# Acquire and refresh are one script: ARGV[3] sid, ARGV[4] ttl in ms, ARGV[5] the slots a SID that
+# holds none may fill (max_calls to acquire, 0 to refresh, which only extends a held slot). Answer:
+# 1 when the sid holds a slot afterwards (its expiry set to now + ttl).
+_HOLD = (
     _PURGE
     + """
 local marked = purge()
-local taken = 0
+local holds = 0
 if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[5]) then
   redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[3])
-  taken = 1
+  holds = 1
 end
-table.insert(marked, 1, taken)
-return marked
-"""
-)
-
-# ARGV[3] sid, ARGV[4] ttl in ms. Answer: 1 when the slot was still held (and is extended).
-_REFRESH = (
-    _PURGE
-    + """
-local marked = purge()
-local held = 0
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[3])
-  held = 1
-end
-table.insert(marked, 1, held)
+table.insert(marked, 1, holds)
 return marked
 """
 )
@@ -229,19 +216,16 @@ class RedisLimiter:
         self._url = url
         self._client = redis_client(url, timeout=timeout)
         # Scripts run by EVALSHA and are loaded again by themselves after a Redis restart.
-        self._acquire = self._client.register_script(_ACQUIRE)
-        self._refresh = self._client.register_script(_REFRESH)
+        self._hold = self._client.register_script(_HOLD)
         self._sweep = self._client.register_script(_SWEEP)
         self._count = self._client.register_script(_COUNT)
 
     async def acquire(self, call_sid: str, ttl: float) -> bool:
-        taken, _ = await self._purging(
-            self._acquire, "acquiring a call slot", call_sid, _ms(ttl), self.max_calls
-        )
-        return bool(taken)
+        held, _ = await self._purging(self._hold, "acquiring a call slot", call_sid, _ms(ttl), self.max_calls)
+        return bool(held)
 
     async def refresh(self, call_sid: str, ttl: float) -> bool:
-        held, _ = await self._purging(self._refresh, "refreshing a call slot", call_sid, _ms(ttl))
+        held, _ = await self._purging(self._hold, "refreshing a call slot", call_sid, _ms(ttl), 0)
         return bool(held)
 
     async def sweep(self) -> list[str]:

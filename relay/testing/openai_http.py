@@ -16,8 +16,9 @@ on Azure paths; failures answer with each provider's JSON error shape, so the SD
 exceptions (`AuthenticationError`, `NotFoundError`, `RateLimitError`, …).
 
 The scripted replies (`Text`, `ToolCalls`), recorded requests (`RecordedRequest`) and `tts_audio`
-live in `relay.testing.openai_replies`; the error shapes and streams on the wire in
-`relay.testing.openai_wire`. Every request is recorded (`FakeOpenAIHTTP.requests`) and waits are
+live in `relay.testing.openai_replies`; how a request is read and checked (auth, model, body) in
+`relay.testing.openai_requests`; the error shapes, streams and transcription formats on the wire
+in `relay.testing.openai_wire`. Every request is recorded (`FakeOpenAIHTTP.requests`) and waits are
 event driven::
 
     fake = FakeOpenAIHTTP(transcripts=["what's the weather"], replies=[ToolCalls([ToolCallSpec(
@@ -34,19 +35,13 @@ import asyncio
 import contextlib
 import itertools
 import logging
-import math
-import re
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, get_args
+from typing import get_args
 
-import orjson
 from starlette.applications import Starlette
-from starlette.datastructures import UploadFile
-from starlette.exceptions import HTTPException
-from starlette.formparsers import MultiPartException
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from relay.testing.openai_replies import (
@@ -58,10 +53,10 @@ from relay.testing.openai_replies import (
     RequestNotSeen,
     Text,
     ToolCalls,
-    parse_wav,
     tts_audio,
     wav_bytes,
 )
+from relay.testing.openai_requests import check_request, read_request
 from relay.testing.openai_wire import (
     DROP_FILTER,
     ChatAnswer,
@@ -70,11 +65,11 @@ from relay.testing.openai_wire import (
     Reject,
     azure_error,
     injected_failure,
-    invalid_request,
-    masked_key,
     openai_error,
     sse_event,
-    token_count,
+    transcription_events,
+    transcription_response,
+    transcription_usage,
 )
 from relay.testing.server import serve_app
 
@@ -92,14 +87,6 @@ DEFAULT_MODELS = frozenset({"whisper-1", "gpt-4o-mini-transcribe", "gpt-4o-mini"
 DEFAULT_DEPLOYMENTS = frozenset({"stt", "chat", "tts"})
 DEFAULT_API_VERSIONS = frozenset({"2024-10-21", "2025-03-01-preview", "2025-04-01-preview"})
 
-_AUDIO_EXTENSIONS = ("flac", "m4a", "mp3", "mp4", "mpeg", "mpga", "oga", "ogg", "wav", "webm")
-_VOICES = frozenset(
-    {"alloy", "ash", "ballad", "coral", "echo", "fable", "onyx", "nova", "sage", "shimmer", "verse"}
-    | {"marin", "cedar"}
-)
-_SPEECH_FORMATS = frozenset({"mp3", "opus", "aac", "flac", "wav", "pcm"})
-_SPEECH_FORMATS_SERVED = ("pcm", "wav")  # the fake cannot encode compressed audio
-_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 _ALL_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
@@ -297,21 +284,7 @@ class FakeOpenAIHTTP:
     # ------------------------------------------------------------------ handling
 
     async def _handle(self, request: Request, kind: Kind, provider: Provider) -> Response:
-        record = RecordedRequest(
-            kind=kind,
-            provider=provider,
-            method=request.method,
-            path=request.url.path,
-            query=dict(request.query_params),
-            headers={k.lower(): v for k, v in request.headers.items()},
-            time=0.0,
-            deployment=request.path_params.get("deployment"),
-        )
-        if kind == "transcriptions":
-            await self._read_multipart(request, record)
-        else:
-            await self._read_json(request, record)
-        record.time = time.monotonic()
+        record = await read_request(request, kind, provider)
         async with self._cond:
             self.requests.append(record)
             self._cond.notify_all()
@@ -334,43 +307,6 @@ class FakeOpenAIHTTP:
         logger.debug("fake openai: %s %s -> %d", record.method, record.path, response.status_code)
         return response
 
-    async def _read_json(self, request: Request, record: RecordedRequest) -> None:
-        raw = await request.body()
-        try:
-            body = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            body = None
-        if isinstance(body, dict):
-            record.body = body
-        else:
-            record.parse_error = (
-                "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
-                "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was "
-                "not valid JSON.)"
-            )
-
-    async def _read_multipart(self, request: Request, record: RecordedRequest) -> None:
-        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
-            record.parse_error = "Could not parse multipart form"
-            await request.body()
-            return
-        try:
-            async with request.form() as form:
-                for name, value in form.multi_items():
-                    if isinstance(value, UploadFile):
-                        if name == "file":
-                            record.file_name = value.filename
-                            record.file_content_type = value.content_type
-                            record.file_bytes = await value.read()
-                        continue
-                    record.form_items.append((name, value))
-                    record.form[name] = value
-        except (HTTPException, MultiPartException) as exc:
-            record.parse_error = f"Could not parse multipart form ({exc})"
-            return
-        if record.file_bytes is not None:
-            record.wav = parse_wav(record.file_bytes)
-
     def _latency(self, kind: Kind) -> float:
         if isinstance(self.latency, dict):
             return self.latency.get(kind, 0.0)
@@ -387,206 +323,11 @@ class FakeOpenAIHTTP:
     # ------------------------------------------------------------------ checks
 
     def _check(self, record: RecordedRequest) -> None:
-        """Raises `Reject` in the order the services check: route, auth, model, body, knobs."""
-        if record.provider == "azure":
-            version = record.query.get("api-version")
-            if version not in self.api_versions:
-                raise azure_error(404, "404", "Resource not found")
-            self._check_azure_auth(record)
-        else:
-            self._check_openai_auth(record)
-        if record.parse_error is not None:
-            raise invalid_request(record.parse_error)
-        model = record.model
-        if record.provider == "azure":
-            if record.deployment not in self.deployments:
-                raise azure_error(
-                    404,
-                    "DeploymentNotFound",
-                    "The API deployment for this resource does not exist. If you created the deployment "
-                    "within the last 5 minutes, please wait a moment and try again.",
-                )
-        elif not model:
-            raise invalid_request("you must provide a model parameter", param="model")
-        elif model not in self.models:
-            raise openai_error(
-                404,
-                f"The model `{model}` does not exist or you do not have access to it.",
-                code="model_not_found",
-            )
-        model_name = model or record.deployment or ""
-        if record.kind == "transcriptions":
-            self._check_transcription(record, model_name)
-        elif record.kind == "chat":
-            self._check_chat(record)
-        else:
-            self._check_speech(record)
+        """Raises `Reject` as the service would (`check_request`), then as the failure knobs ask."""
+        check_request(self, record)
         status = self._next_failure(record.kind)
         if status is not None:
-            raise injected_failure(record.provider, status, model_name)
-
-    def _check_openai_auth(self, record: RecordedRequest) -> None:
-        auth = record.headers.get("authorization", "")
-        if not auth.lower().startswith("bearer ") or not auth[7:].strip():
-            raise openai_error(
-                401,
-                "You didn't provide an API key. You need to provide your API key in an Authorization header "
-                "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
-            )
-        key = auth[7:].strip()
-        if key != self.api_key:
-            raise openai_error(
-                401,
-                f"Incorrect API key provided: {masked_key(key)}. You can find your API key at "
-                "https://platform.openai.com/account/api-keys.",
-                code="invalid_api_key",
-            )
-
-    def _check_azure_auth(self, record: RecordedRequest) -> None:
-        api_key = record.headers.get("api-key")
-        auth = record.headers.get("authorization", "")
-        if api_key is not None:
-            if api_key == self.azure_api_key:
-                return
-        elif auth.lower().startswith("bearer "):
-            if auth[7:].strip() in self.bearer_tokens:
-                return
-            raise azure_error(
-                401,
-                "401",
-                "Unauthorized. Access token is missing, invalid_request, audience is incorrect "
-                "(https://cognitiveservices.azure.com), or have expired.",
-            )
-        raise azure_error(
-            401,
-            "401",
-            "Access denied due to invalid subscription key or wrong API endpoint. Make sure to provide a "
-            "valid key for an active subscription and use a correct regional API endpoint for your resource.",
-        )
-
-    def _check_transcription(self, record: RecordedRequest, model: str) -> None:
-        if record.file_bytes is None:
-            raise invalid_request("Missing required parameter: 'file'.", param="file")
-        name = record.file_name or ""
-        extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-        if extension not in _AUDIO_EXTENSIONS:
-            raise invalid_request(
-                f"Invalid file format. Supported formats: {list(_AUDIO_EXTENSIONS)}",
-                param="file",
-                code="invalid_value",
-            )
-        if extension == "wav" and record.wav is None:
-            raise invalid_request(
-                "Audio file might be corrupted or unsupported", param="file", code="invalid_value"
-            )
-        response_format = record.form.get("response_format", "json")
-        whisper = model.startswith("whisper")
-        allowed = ("json", "text", "srt", "verbose_json", "vtt") if whisper else ("json", "text")
-        if response_format not in allowed:
-            raise invalid_request(
-                f"response_format '{response_format}' is not compatible with model '{model}'. "
-                f"Use one of {list(allowed)}.",
-                param="response_format",
-                code="unsupported_value",
-            )
-        if record.stream and whisper:
-            raise invalid_request(
-                "Streaming is not supported for whisper-1.", param="stream", code="unsupported_value"
-            )
-
-    def _check_chat(self, record: RecordedRequest) -> None:
-        body = record.body or {}
-        messages = body.get("messages")
-        if not isinstance(messages, list) or not messages:
-            raise invalid_request("Missing required parameter: 'messages'.", param="messages")
-        pending: dict[str, int] = {}  # tool_call_id -> index of the assistant message that made it
-        for i, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in _ROLES:
-                role = message.get("role") if isinstance(message, dict) else None
-                raise invalid_request(
-                    f"Invalid value: '{role}'. Supported values are: {sorted(_ROLES)}.", f"messages[{i}].role"
-                )
-            role = message["role"]
-            if pending and role != "tool":
-                raise invalid_request(
-                    "An assistant message with 'tool_calls' must be followed by tool messages responding to "
-                    "each 'tool_call_id'. The following tool_call_ids did not have response messages: "
-                    + ", ".join(pending),
-                    f"messages.[{i}].role",
-                )
-            if role == "tool":
-                call_id = message.get("tool_call_id")
-                if call_id not in pending:
-                    raise invalid_request(
-                        "Invalid parameter: messages with role 'tool' must be a response to a preceeding "
-                        "message with 'tool_calls'.",
-                        f"messages.[{i}].role",
-                    )
-                del pending[call_id]
-            elif role == "assistant":
-                for call in message.get("tool_calls") or []:
-                    if isinstance(call, dict) and isinstance(call.get("id"), str):
-                        pending[call["id"]] = i
-        if pending:
-            raise invalid_request(
-                "An assistant message with 'tool_calls' must be followed by tool messages responding to each "
-                "'tool_call_id'. The following tool_call_ids did not have response messages: "
-                + ", ".join(pending),
-                "messages",
-            )
-        tools = body.get("tools")
-        if tools is not None:
-            if not isinstance(tools, list):
-                raise invalid_request("Invalid type for 'tools': expected an array.", "tools")
-            for i, tool in enumerate(tools):
-                if not isinstance(tool, dict) or tool.get("type") != "function":
-                    raise invalid_request(
-                        f"Missing required parameter: 'tools[{i}].type'.", f"tools[{i}].type"
-                    )
-                function = tool.get("function")
-                if not isinstance(function, dict):
-                    raise invalid_request(
-                        f"Missing required parameter: 'tools[{i}].function'.", f"tools[{i}].function"
-                    )
-                if not isinstance(function.get("name"), str):
-                    raise invalid_request(
-                        f"Missing required parameter: 'tools[{i}].function.name'.",
-                        f"tools[{i}].function.name",
-                    )
-
-    def _check_speech(self, record: RecordedRequest) -> None:
-        body = record.body or {}
-        text = body.get("input")
-        if not isinstance(text, str):
-            raise invalid_request("Missing required parameter: 'input'.", param="input")
-        if not text:
-            raise invalid_request(
-                "Invalid 'input': string too short. Expected a string with minimum length 1.", "input"
-            )
-        if len(text) > 4096:
-            raise invalid_request(
-                f"Invalid 'input': string too long. Expected a string with maximum length 4096, but got a "
-                f"string with length {len(text)} instead.",
-                "input",
-                "string_above_max_length",
-            )
-        voice = body.get("voice")
-        if not (voice in _VOICES or (isinstance(voice, dict) and isinstance(voice.get("id"), str))):
-            raise invalid_request(f"Invalid value for 'voice': {voice!r}.", "voice", "invalid_value")
-        response_format = body.get("response_format", "mp3")
-        if response_format not in _SPEECH_FORMATS:
-            raise invalid_request(f"Invalid value: '{response_format}'.", "response_format", "invalid_value")
-        if response_format not in _SPEECH_FORMATS_SERVED:
-            raise invalid_request(
-                f"The fake serves response_format {list(_SPEECH_FORMATS_SERVED)} only, "
-                f"not '{response_format}'.",
-                "response_format",
-            )
-        if body.get("stream_format", "audio") != "audio":
-            raise invalid_request("The fake serves stream_format 'audio' only.", "stream_format")
-        speed = body.get("speed", 1.0)
-        if not isinstance(speed, int | float) or not 0.25 <= speed <= 4.0:
-            raise invalid_request("Invalid 'speed': expected a number from 0.25 to 4.0.", "speed")
+            raise injected_failure(record.provider, status, record.model or record.deployment or "")
 
     def _next_failure(self, kind: Kind) -> int | None:
         knob = self.fail_status.get(kind)
@@ -620,50 +361,13 @@ class FakeOpenAIHTTP:
 
     def _answer_transcription(self, record: RecordedRequest, headers: dict[str, str]) -> Response:
         text = self.transcripts.pop(0) if self.transcripts else self.default_transcript
-        model = record.model or record.deployment or ""
         seconds = (record.wav_duration_ms or 0.0) / 1000
-        if model.startswith("whisper"):
-            usage: dict[str, Any] = {"type": "duration", "seconds": math.ceil(seconds)}
-        else:
-            audio_tokens = max(1, round(seconds * 10))
-            usage = {
-                "type": "tokens",
-                "input_tokens": audio_tokens,
-                "output_tokens": token_count(text),
-                "total_tokens": audio_tokens + token_count(text),
-                "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": 0},
-            }
+        usage = transcription_usage(record.model or record.deployment or "", seconds, text)
         if record.stream:
-            words = re.findall(r"\S+\s*", text) or [""]
-
-            async def events() -> AsyncGenerator[bytes, None]:
-                for word in words:
-                    yield sse_event({"type": "transcript.text.delta", "delta": word})
-                yield sse_event({"type": "transcript.text.done", "text": text, "usage": usage})
-
-            return self._stream(record, events(), "text/event-stream; charset=utf-8", headers)
+            events = transcription_events(text, usage)
+            return self._stream(record, events, "text/event-stream; charset=utf-8", headers)
         response_format = record.form.get("response_format", "json")
-        if response_format == "text":
-            return PlainTextResponse(text + "\n", headers=headers)
-        if response_format in ("srt", "vtt"):
-            end = f"00:00:{min(seconds, 59.999):06.3f}"
-            if response_format == "srt":
-                return PlainTextResponse(
-                    f"1\n00:00:00,000 --> {end.replace('.', ',')}\n{text}\n\n", headers=headers
-                )
-            return PlainTextResponse(f"WEBVTT\n\n00:00:00.000 --> {end}\n{text}\n\n", headers=headers)
-        if response_format == "verbose_json":
-            segment = {"id": 0, "seek": 0, "start": 0.0, "end": seconds, "text": text, "tokens": []}
-            segment |= {
-                "temperature": 0.0,
-                "avg_logprob": -0.1,
-                "compression_ratio": 1.0,
-                "no_speech_prob": 0.0,
-            }
-            verbose = {"task": "transcribe", "language": "english", "duration": seconds, "text": text}
-            verbose |= {"segments": [segment], "usage": usage}
-            return JSONResponse(verbose, headers=headers)
-        return JSONResponse({"text": text, "usage": usage}, headers=headers)
+        return transcription_response(response_format, text, seconds, usage, headers)
 
     def _answer_chat(self, record: RecordedRequest, headers: dict[str, str]) -> Response:
         reply = self.replies.pop(0) if self.replies else self.default_reply

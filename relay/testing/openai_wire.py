@@ -4,7 +4,8 @@
   exceptions (`AuthenticationError`, `NotFoundError`, `RateLimitError`, …);
 * streaming: chunked responses the fake can cut (`ChunkedResponse`), SSE framing, and a scripted
   reply as a ``chat.completion`` or the ``chat.completion.chunk`` objects of its stream
-  (`ChatAnswer`), text as content deltas and tool calls as index-keyed fragments, like OpenAI.
+  (`ChatAnswer`), text as content deltas and tool calls as index-keyed fragments, like OpenAI;
+* transcriptions: their `usage`, and the text in each ``response_format`` or as a stream.
 """
 
 from __future__ import annotations
@@ -13,12 +14,13 @@ import contextlib
 import contextvars
 import logging
 import math
+import re
 import time
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from typing import Any
 
 import orjson
-from starlette.responses import StreamingResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from relay.testing.openai_replies import ChatReply, Provider, RecordedRequest, Text, ToolCalls, ToolCallSpec
@@ -278,3 +280,50 @@ class ChatAnswer:
                 {**self.base, "object": "chat.completion.chunk", "choices": [], "usage": self.usage}
             )
         return chunks
+
+
+# --------------------------------------------------------------------------- transcriptions
+
+
+def transcription_usage(model: str, seconds: float, text: str) -> dict[str, Any]:
+    """A transcription's `usage`: by the audio's duration for whisper models, else by tokens."""
+    if model.startswith("whisper"):
+        return {"type": "duration", "seconds": math.ceil(seconds)}
+    audio_tokens = max(1, round(seconds * 10))
+    return {
+        "type": "tokens",
+        "input_tokens": audio_tokens,
+        "output_tokens": token_count(text),
+        "total_tokens": audio_tokens + token_count(text),
+        "input_token_details": {"audio_tokens": audio_tokens, "text_tokens": 0},
+    }
+
+
+async def transcription_events(text: str, usage: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+    """A streamed transcription (``stream=true``): a delta per word, then the whole text."""
+    for word in re.findall(r"\S+\s*", text) or [""]:
+        yield sse_event({"type": "transcript.text.delta", "delta": word})
+    yield sse_event({"type": "transcript.text.done", "text": text, "usage": usage})
+
+
+def transcription_response(
+    response_format: str, text: str, seconds: float, usage: dict[str, Any], headers: Mapping[str, str]
+) -> Response:
+    """A transcription of `seconds` of audio in `response_format` (json, text, srt, vtt,
+    verbose_json)."""
+    if response_format == "text":
+        return PlainTextResponse(text + "\n", headers=headers)
+    if response_format in ("srt", "vtt"):
+        end = f"00:00:{min(seconds, 59.999):06.3f}"
+        if response_format == "srt":
+            return PlainTextResponse(
+                f"1\n00:00:00,000 --> {end.replace('.', ',')}\n{text}\n\n", headers=headers
+            )
+        return PlainTextResponse(f"WEBVTT\n\n00:00:00.000 --> {end}\n{text}\n\n", headers=headers)
+    if response_format == "verbose_json":
+        segment = {"id": 0, "seek": 0, "start": 0.0, "end": seconds, "text": text, "tokens": []}
+        segment |= {"temperature": 0.0, "avg_logprob": -0.1, "compression_ratio": 1.0, "no_speech_prob": 0.0}
+        verbose = {"task": "transcribe", "language": "english", "duration": seconds, "text": text}
+        verbose |= {"segments": [segment], "usage": usage}
+        return JSONResponse(verbose, headers=headers)
+    return JSONResponse({"text": text, "usage": usage}, headers=headers)

@@ -1,5 +1,6 @@
-"""Building blocks of the fake Realtime server: scripted replies, and `ReplyEngine`, the half of a
-connection that speaks (events out, conversation, responses).
+"""Building blocks of the fake Realtime server: `ReplyEngine`, the half of a connection that speaks
+(events out, conversation, responses), playing the scripted replies of
+`relay.testing.realtime_replies` (re-exported here).
 
 Audio formats, the reply tone and the VAD live in `relay.testing.realtime_audio`; the GA and preview
 dialects and client-event validation in `relay.testing.realtime_dialects`.
@@ -9,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -21,11 +21,23 @@ from websockets.exceptions import ConnectionClosed
 
 from relay.testing.realtime_audio import expected_audio, split_words
 from relay.testing.realtime_dialects import dialect_spec
+from relay.testing.realtime_replies import (
+    Call,
+    Calls,
+    Drop,
+    Error,
+    Event,
+    Fail,
+    Reply,
+    ResponseRecord,
+    Say,
+    Unknown,
+)
 
 if TYPE_CHECKING:
-    from relay.testing.realtime import FakeConnection, FakeRealtimeServer
+    from relay.testing.realtime import FakeRealtimeServer
+    from relay.testing.realtime_connection import FakeConnection
 
-Event = dict[str, Any]
 logger = logging.getLogger("relay.testing.realtime")
 
 __all__ = [
@@ -44,98 +56,7 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------------------------------------
-# Scripted replies
-
-
-@dataclass(frozen=True)
-class Say:
-    """A spoken assistant message: `audio_ms` of deterministic tone plus `text` as its transcript.
-
-    `delta_ms` overrides the server's chunk size for this reply.
-    """
-
-    text: str = "Hello from the fake realtime server."
-    audio_ms: int = 1000
-    delta_ms: int | None = None
-
-
-@dataclass(frozen=True)
-class Call:
-    """A function call output item. `arguments` may be a dict (sent as JSON) or a raw string."""
-
-    name: str
-    arguments: Mapping[str, Any] | str = field(default_factory=dict)
-    call_id: str | None = None
-
-    def arguments_json(self) -> str:
-        """The arguments exactly as streamed in the `function_call_arguments` events."""
-        if isinstance(self.arguments, str):
-            return self.arguments
-        return json.dumps(dict(self.arguments), separators=(",", ":"))
-
-
-@dataclass(frozen=True)
-class Calls:
-    """Several function calls in one response, optionally after a spoken preamble."""
-
-    calls: Sequence[Call]
-    preamble: Say | None = None
-
-
-@dataclass(frozen=True)
-class Error:
-    """Answer `response.create` with a bare `error` event (no response is started)."""
-
-    code: str
-    message: str
-    type: str = "invalid_request_error"
-
-
-@dataclass(frozen=True)
-class Fail:
-    """A response that ends at once with `response.done` status `failed`."""
-
-    code: str = "server_error"
-    message: str = "The server had an error while processing your request."
-    type: str = "server_error"
-
-
-@dataclass(frozen=True)
-class Unknown:
-    """A spoken reply with events of a type no client can know woven in (after `response.created`
-    and between audio chunks)."""
-
-    type: str = "response.future_feature.delta"
-    say: Say = field(default_factory=lambda: Say("Still here.", audio_ms=300))
-
-
-@dataclass(frozen=True)
-class Drop:
-    """Start speaking `say`, then close the socket abruptly once `after_ms` of audio was sent."""
-
-    after_ms: int = 200
-    say: Say = field(default_factory=lambda: Say("This reply is cut off.", audio_ms=2000))
-
-
-Reply = Say | Call | Calls | Error | Fail | Unknown | Drop
-
-
-# ---------------------------------------------------------------------------------------------------
 # Responses: the speaking half of a connection
-
-
-@dataclass
-class ResponseRecord:
-    """One response the fake started. `index` is the reply's position in the server's script."""
-
-    id: str
-    index: int
-    reply: Reply
-    trigger: Literal["client", "vad"]
-    params: Mapping[str, Any]
-    status: str = "in_progress"  # then completed | cancelled | failed | dropped | interrupted
-    reason: str | None = None
-    output_item_ids: list[str] = field(default_factory=list)
 
 
 class Dropped(Exception):
@@ -162,7 +83,8 @@ class ActiveResponse:
 
     async def pause(self, delay: float) -> None:
         """Waits `delay` seconds, or less when interrupted. A bare timer and future: this runs once
-        per audio chunk of every call (asyncio.timeout around `cancel.wait()` cost twice as much)."""
+        per audio chunk of every call, and asyncio.timeout around `cancel.wait()` would add a cancel
+        scope and an Event waiter to each."""
         loop = asyncio.get_running_loop()
         wake = self._wake = loop.create_future()
         timer = loop.call_later(delay, _settle, wake)
@@ -189,8 +111,8 @@ class ConversationEntry:
 
 class ReplyEngine:
     """The speaking half of a connection: sends events (GA names, mapped to the dialect), keeps the
-    conversation registry and streams scripted replies as responses. `realtime._Engine` adds the
-    listening half (client events, VAD)."""
+    conversation registry and streams scripted replies as responses. `ConnectionEngine`
+    (relay.testing.realtime_engine) adds the listening half (client events, VAD)."""
 
     def __init__(self, server: FakeRealtimeServer, conn: FakeConnection, ws: ServerConnection) -> None:
         self.s, self.conn, self.ws = server, conn, ws
@@ -352,7 +274,7 @@ class ReplyEngine:
                 self.active = None
 
     def after_response(self) -> None:
-        """A response finished: the connection's failure knobs may set in now (see `_Engine`)."""
+        """A response finished: the connection's failure knobs may set in now (see `ConnectionEngine`)."""
 
     @staticmethod
     def _parts(reply: Reply) -> list[Say | Call]:

@@ -1,8 +1,9 @@
 """Twilio's outbound playback as the fake call models it, and the records of what the relay sent.
 
 `PlaybackClock` is a sans-I/O model of Twilio's playback buffer: audio plays in real time from the
-moment it is queued, and a `clear` drops what has not played. `FakeTwilioCall`
-(relay/testing/twilio.py) drives it with `time.monotonic()` seconds and exposes these records.
+moment it is queued, and a `clear` drops what has not played. `Handset`
+(relay/testing/twilio_handset.py), the receiving side of `FakeTwilioCall`, drives it with
+`time.monotonic()` seconds and exposes these records.
 """
 
 from __future__ import annotations

@@ -72,12 +72,6 @@ class TwilioCalls:
         self._http: AsyncTwilioHttpClient | None = None
         self._client: Client | None = None
 
-    @staticmethod
-    def is_configured(settings: Settings) -> bool:
-        """True when the settings carry an account SID and an auth token."""
-        token = settings.twilio_auth_token
-        return bool(settings.twilio_account_sid and token is not None and token.get_secret_value())
-
     @property
     def timeout(self) -> float:
         """Seconds each REST request may take (TWILIO_API_TIMEOUT)."""
