@@ -68,7 +68,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _loadgen import (  # noqa: E402
-    FRAME_S,
+    START_GAP_S,
+    CallRamp,
     HelperFake,
     LocalFake,
     ProviderTrack,
@@ -84,7 +85,6 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 AUTH_TOKEN = "bench-auth-token"
 PUBLIC_URL = "https://relay.example.com"
-START_GAP_S = 0.010  # at least this between two call starts (the ramp is also sequential)
 SETTLE_S = 0.5  # after the last call started, before the steady window opens
 DRAIN_S = 3.0  # longest wait for frames still in flight after the callers stopped
 WARMUP_CALLS, WARMUP_S = 2, 1.0
@@ -313,27 +313,16 @@ async def place_calls(
     Calls are numbered from `first` (their SIDs derive from it). `probe_gap`: seconds a greeting
     probe waits between the TwiML answer and opening its stream."""
     pid = target.proc.pid
-    calls: list[SimCall] = []
-    conn_index: list[int] = []  # each call's provider connection (0-based, in the fake's order)
-    tasks: list[asyncio.Task[None]] = []
-    max_frames = int((n * 0.2 + seconds + 10) / FRAME_S)  # a bound: the ramp never takes 200 ms per call
-    ramp_start = time.monotonic()
+    ramp: CallRamp[int] = CallRamp()  # opened: each call's provider connection (0-based, in the fake's order)
     try:
-        for i in range(n):
-            delay = ramp_start + i * START_GAP_S - time.monotonic()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            call = SimCall(first + i, target.base_url, stream_url="wss://floor.example.com/media-stream")
-            try:
-                index = await open_call(target, fake, client, call)
-            except Exception as exc:  # a refused or failed call is a result, not a crash
-                if result is not None:
-                    result.failed_calls += 1
-                    result.errors.append(f"call {i}: {type(exc).__name__}: {exc}")
-                continue
-            calls.append(call)
-            conn_index.append(index)
-            tasks.append(asyncio.create_task(call.stream(max_frames)))
+        await ramp.place(
+            n,
+            seconds,
+            lambda i: SimCall(first + i, target.base_url, stream_url="wss://floor.example.com/media-stream"),
+            lambda call: open_call(target, fake, client, call),
+            result,
+        )
+        calls, conn_index, tasks = ramp.calls, ramp.opened, ramp.tasks
         all_up = time.monotonic()
         deadline = all_up + seconds
         # After the steady window, whose CPU, RSS and latency they would blur, while all N are still up.
@@ -377,7 +366,7 @@ async def place_calls(
                 break
             await asyncio.sleep(0.1)
     finally:
-        await end_calls(tasks, calls)
+        await ramp.end()
     if result is None:
         return
     tracks = await fake.collect(conn_index)

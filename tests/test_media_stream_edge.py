@@ -92,6 +92,7 @@ async def test_tokenless_or_bad_token_closed_1008_before_provider(relay_dead_pro
     await ws.wait_closed()
     assert ws.close_code == 1008
     assert "rejected Media Stream" in caplog.text and "Connecting to" not in caplog.text
+    assert "bad Twilio message" not in caplog.text  # the handshake's own ASGI message is not a frame
 
 
 async def test_bad_input_before_start_is_logged_and_dropped(relay_dead_provider, caplog) -> None:

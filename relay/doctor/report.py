@@ -51,9 +51,6 @@ class DoctorReport:
     def exit_code(self) -> int:
         return 1 if self.failed else 0
 
-    def by_name(self, name: str) -> list[Check]:
-        return [c for c in self.checks if c.name == name]
-
     def counts(self) -> str:
         parts = []
         for status in ("OK", "WARN", "FAIL", "SKIP"):

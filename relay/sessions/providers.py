@@ -14,7 +14,6 @@ need (401 vs 404 vs 429). The URL and header shapes below are the ones the SDK b
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any, Literal, Protocol
 from urllib.parse import quote, urlsplit
 
@@ -28,7 +27,6 @@ from relay.transport.provider import ProviderSocket, connect
 log = logging.getLogger("relay.providers")
 
 Vendor = Literal["openai", "azure"]
-TokenProvider = Callable[[], Awaitable[str]]
 
 
 class AsyncTokenCredential(Protocol):

@@ -50,6 +50,10 @@ class TwilioSocket:
         self.messages_out = 0
 
     async def accept(self) -> None:
+        """Completes the handshake: takes the server's `websocket.connect`, answers the upgrade."""
+        message = await self._receive()
+        if message["type"] != "websocket.connect":
+            raise RuntimeError(f"expected the ASGI 'websocket.connect' first, got {message['type']!r}")
         await self._send({"type": "websocket.accept"})
 
     async def receive(self) -> str | bytes | None:
@@ -66,7 +70,12 @@ class TwilioSocket:
             self.open = False
             return None
         text = message.get("text")
-        return text if text is not None else (message.get("bytes") or b"")
+        if text is not None:
+            return text
+        data = message.get("bytes")
+        if data is None:  # not a frame at all
+            raise RuntimeError(f"unexpected ASGI message {message['type']!r} on an open WebSocket")
+        return data
 
     async def send(self, text: str) -> None:
         """Sends one text message; later calls, from any task, never overtake it. Returns at once
