@@ -302,29 +302,44 @@ async def test_cascade_failure_ends_the_call_with_a_clear_log(caplog) -> None:
 
 
 @pytest.mark.slow
-async def test_cascade_end_call_hangs_up_after_the_goodbye_played() -> None:
+@pytest.mark.parametrize(
+    ("tool", "arguments", "answer"),
+    [
+        ("end_call", {"reason": "caller said bye"}, "Goodbye!"),
+        ("transfer_call", {"destination": "sales"}, "Connecting you to sales now."),
+    ],
+)
+async def test_cascade_hang_up_and_transfer_wait_for_the_answer_to_play(
+    tool: str, arguments: dict[str, str], answer: str
+) -> None:
     from relay.testing.twilio_rest import FakeTwilioRest
     from tests.conftest import ACCOUNT_SID, AUTH_TOKEN
 
     rest = FakeTwilioRest(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
     http = FakeOpenAIHTTP(
         transcripts=["bye"],
-        replies=[
-            ToolCalls([ToolCallSpec("end_call", {"reason": "caller said bye"}, id="c1")]),
-            Text("Goodbye!"),
-        ],
+        replies=[ToolCalls([ToolCallSpec(tool, arguments, id="c1")]), Text(answer)],
     )
     async with (
         rest.serve() as rest_url,
-        cascade_rig("openai", http, greeting_enabled=False, twilio_api_base_url=rest_url) as r,
+        cascade_rig(
+            "openai",
+            http,
+            greeting_enabled=False,
+            twilio_api_base_url=rest_url,
+            transfer_allowlist="sales=+15557654321",
+        ) as r,
         r.caller() as call,
     ):
         await r.dial(call)
         await say(call, "Bye.")
         update = await rest.wait_update(timeout=15)
-        assert update.status == "completed"
-        goodbye = [req for req in http.speech_requests if req.input == "Goodbye!"]
-        assert goodbye, [req.input for req in http.speech_requests]
+        if tool == "end_call":
+            assert update.status == "completed"
+        else:
+            assert "<Dial>+15557654321</Dial>" in (update.twiml or "")
+        spoken = [req for req in http.speech_requests if req.input == answer]
+        assert spoken, [req.input for req in http.speech_requests]
         chunks = [c for c in call.outbound_chunks if c.stopped_at is not None]
         assert chunks and update.at >= max(c.stopped_at for c in chunks)  # after the last byte played
         await call.stop()

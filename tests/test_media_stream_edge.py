@@ -141,13 +141,15 @@ async def test_media_stream_entry_serves_with_the_servers_own_send(relay_dead_pr
         await socket.accept()
         await socket.close()
 
-    async def route(websocket: WebSocket) -> None:
-        seen["route"] = websocket._send
-        await websocket.accept()
-        await websocket.close()
+    class Route:  # a plain ASGI app as a route: it gets the `send` the router passes down
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            seen["route"] = send
+            websocket = WebSocket(scope, receive, send)
+            await websocket.accept()
+            await websocket.close()
 
     inner = Starlette(
-        routes=[WebSocketRoute("/route", route)],
+        routes=[WebSocketRoute("/route", Route())],
         middleware=[Middleware(MediaStreamEntry, paths=["/entry"], handler=handler)],
     )
     server: list[object] = []

@@ -172,6 +172,28 @@ async def test_transfer_off_allowlist_refused_and_allowed_one_redirects() -> Non
         await call.stop()
 
 
+async def test_a_transfer_twilio_refuses_is_logged_and_the_call_goes_on(caplog) -> None:
+    """The transfer happens after "connecting you" played; if Twilio then refuses it, the error is
+    logged with Twilio's reason and the caller is still connected to the agent."""
+    replies = [
+        Call("transfer_call", {"destination": "sales"}, call_id="t1"),
+        Say("Connecting you to sales.", audio_ms=200),
+        Say("Still here.", audio_ms=200),
+    ]
+    async with tool_rig(replies, transfer_allowlist="sales=+15557654321") as t, t.rt.caller() as call:
+        t.rest.status = 404  # the call is unknown to Twilio
+        conn = await t.rt.dial(call)
+        await speak(call)
+        await t.rest.wait_requests(1, timeout=10)
+        await speak(call)
+        await conn.wait_for("response.done", n=3)
+        await call.wait_for_media(min_bytes=400 * 8, timeout=5)  # the agent answered after the failure
+        await call.stop()
+    assert "Twilio has no call" in caplog.text and "HTTP 404" in caplog.text
+    record = await t.rt.app.state.store.get(call.call_sid)
+    assert record["outcome"] != "error" and record["tools"][0]["outcome"] == "ok"
+
+
 async def test_user_tool_module_loaded_and_called() -> None:
     replies = [
         Call("order_status", {"order_id": "A-42"}, call_id="c1"),

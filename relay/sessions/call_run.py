@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twilio.twiml.voice_response import VoiceResponse
 
 from relay.config import Settings
-from relay.errors import ProviderError
+from relay.errors import ProviderError, ToolError
 from relay.sessions import events as ev
 from relay.sessions.call import CallSession, CallStats, EffectSink, Turn, TwilioSink
 from relay.sessions.effects import (
@@ -186,7 +186,10 @@ class CallRun:
         except asyncio.CancelledError:
             act.close()
             raise
-        await act
+        try:
+            await act
+        except ToolError as exc:  # Twilio refused or did not answer: the call goes on as it is
+            log.error("%s", exc)
 
     async def _run_tool(self, call: ev.ToolCall) -> None:
         """Runs a tool for either path: its context, the hold tone when it is slow, its audit on the
@@ -194,7 +197,10 @@ class CallRun:
         from relay.tools import ToolCallRequest, ToolContext
 
         session, registry = self.session, self.manager.registry
-        if session is None or registry is None:
+        if session is None:
+            return
+        if registry is None:  # no tools were offered: the model made one up
+            await session.tool_finished(call.call_id, '{"error": "no tools are available"}')
             return
         ctx = ToolContext(
             call_sid=self.start.call_sid,
@@ -287,7 +293,7 @@ class CallRun:
             adapter=adapter,
             start=self.start,
             twilio=self.stream,
-            tools=self.manager.realtime_tools(),
+            opening=self.manager.opening,
             on_effect=self.apply,
             history=self.turns,
             early=early.take(self.start.call_sid) if early is not None else None,

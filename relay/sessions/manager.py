@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -22,7 +23,7 @@ from relay.sessions.early import EARLY_TTL_S, EarlyConnections
 from relay.sessions.limits import CallLimiter, MemoryLimiter
 from relay.sessions.outbox import Outbox, StoreHealth
 from relay.sessions.providers import ProviderAdapter
-from relay.sessions.realtime_setup import open_early
+from relay.sessions.realtime_setup import Opening, open_early
 from relay.sessions.store import CallStore
 from relay.twilio_messages import Start
 
@@ -72,7 +73,7 @@ class CallManager:
         self.early_connections: EarlyConnections | None = None
         if settings.realtime_preconnect and settings.relay_mode != "cascade":
             self.early_connections = EarlyConnections(
-                lambda: open_early(self.adapter, settings, self.realtime_tools()),
+                lambda: open_early(self.adapter, settings, self.opening),
                 limit=settings.max_concurrent_calls,
                 ttl=min(EARLY_TTL_S, settings.stream_token_ttl),  # a token lives < 1 s longer at most
                 remember=settings.stream_token_ttl + 1,  # one per call SID while its token can be valid
@@ -107,9 +108,11 @@ class CallManager:
                 log.info("admitted on this instance's own limit: the call limiter did not answer")
         return None if ok else "busy"
 
-    def realtime_tools(self) -> list[dict[str, Any]]:
-        """The tools every realtime session is configured with."""
-        return self.registry.realtime_tools() if self.registry is not None else []
+    @functools.cached_property
+    def opening(self) -> Opening:
+        """What every realtime session opens with (its configuration, with the tools; the greeting)."""
+        tools = self.registry.realtime_tools() if self.registry is not None else []
+        return Opening.build(self.settings, tools, self.adapter.dialect)
 
     def open_early_connection(self, call_sid: str) -> None:
         """An admitted call: open its realtime connection now, while Twilio sets up the stream."""

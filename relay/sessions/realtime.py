@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from relay.config import Settings
 from relay.errors import (
@@ -34,7 +34,7 @@ from relay.sessions.early import discard
 from relay.sessions.effects import Effect, PrebufferDropped, SessionExpired
 from relay.sessions.liveness import Liveness, heartbeat_event
 from relay.sessions.providers import ProviderAdapter
-from relay.sessions.realtime_setup import AUDIO_APPEND, connect_with_retry, history_events, opening
+from relay.sessions.realtime_setup import AUDIO_APPEND, Opening, connect_with_retry, history_events
 from relay.transport.provider import ProviderSocket
 from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
 
@@ -53,7 +53,7 @@ class RealtimeSession:
         adapter: ProviderAdapter,
         start: Start,
         twilio: TwilioSink,
-        tools: list[dict[str, Any]],
+        opening: Opening,
         on_effect: EffectSink,
         history: list[Turn],
         clock: Callable[[], float] = time.monotonic,
@@ -68,8 +68,9 @@ class RealtimeSession:
         self.clock = clock
         self.on_effect = on_effect
         self.history = history
-        update, greeting = opening(settings, tools, adapter.dialect)
-        self.core = BridgeCore(stream_sid=start.stream_sid, session_update=update, greeting=greeting)
+        self.core = BridgeCore(
+            stream_sid=start.stream_sid, session_update=opening.session_update, greeting=opening.greeting
+        )
         self.stats = CallStats()
         self.live = Liveness(settings, adapter.display_name, clock)
         self._socket: ProviderSocket | None = None  # the connection being bridged

@@ -5,6 +5,7 @@ conversation so far for a replacement session."""
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -52,27 +53,35 @@ def session_config(settings: Settings, tools: list[dict[str, Any]]) -> dict[str,
     }
 
 
-def opening(
-    settings: Settings, tools: list[dict[str, Any]], dialect: Dialect
-) -> tuple[dict[str, Any], str | None]:
-    """What every new call's session opens with: its `session.update` in `dialect`, and the
-    greeting's instructions (None when GREETING_ENABLED is off)."""
-    greeting = None
-    if settings.greeting_enabled and settings.greeting:
-        greeting = f"{settings.instructions}\n\n{settings.greeting}"
-    return session_update(session_config(settings, tools), dialect), greeting
+@dataclass(frozen=True, slots=True)
+class Opening:
+    """What every new realtime session of a process opens with: its `session.update` in the
+    provider's dialect, and the greeting's instructions (None when GREETING_ENABLED is off). Built
+    once per process (`CallManager.opening`): the same for every call, early connection or not."""
+
+    session_update: dict[str, Any]
+    greeting: str | None
+
+    @classmethod
+    def build(cls, settings: Settings, tools: list[dict[str, Any]], dialect: Dialect) -> Opening:
+        greeting = None
+        if settings.greeting_enabled and settings.greeting:
+            greeting = f"{settings.instructions}\n\n{settings.greeting}"
+        return cls(session_update(session_config(settings, tools), dialect), greeting)
+
+    def events(self) -> list[str]:
+        """The session's first events: its configuration, then the greeting's request."""
+        return opening_events(self.session_update, self.greeting)
 
 
-async def open_early(
-    adapter: ProviderAdapter, settings: Settings, tools: list[dict[str, Any]]
-) -> ProviderSocket:
+async def open_early(adapter: ProviderAdapter, settings: Settings, opening: Opening) -> ProviderSocket:
     """An early connection (relay.sessions.early): connected, and with REALTIME_EARLY_GREETING
     already sent its opening events (configuration, greeting request), so the greeting is on its
     way, or waiting in the socket, before the call's stream starts. A socket the provider closes
     meanwhile is returned closed: the session then connects anew and greets by itself."""
     socket = await connect_with_retry(adapter)
     if settings.realtime_early_greeting:
-        for text in opening_events(*opening(settings, tools, adapter.dialect)):
+        for text in opening.events():
             await socket.send(text)
     return socket
 
@@ -103,6 +112,6 @@ __all__ = [
     "connect_with_retry",
     "history_events",
     "open_early",
-    "opening",
+    "Opening",
     "session_config",
 ]
