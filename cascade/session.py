@@ -29,12 +29,13 @@ from relay.config import Settings
 from relay.errors import ProviderError
 from relay.sessions import events as ev
 from relay.sessions.call import CallStats, EffectSink, Turn, TwilioSink
+from relay.sessions.dtmf import DigitCollector, entry_text
 from relay.sessions.effects import BargeIn, PlaybackIdle, ResponseDone, Role, RunTool, SaveTurn
 from relay.sessions.heard import SpokenItems
 from relay.sessions.hold import HoldTone
 from relay.sessions.playback import PlaybackTracker
 from relay.sessions.providers import ProviderAdapter
-from relay.twilio_messages import Mark, Media, Start, Stop, clear_message, mark_message, media_message
+from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop, clear_message, mark_message, media_message
 
 log = logging.getLogger("relay.cascade")
 
@@ -89,6 +90,8 @@ class CascadeSession:
         self._reply_text: str | None = None  # a finished reply, saved once its audio has played
         self._turn = 0
         self.hold_tone = HoldTone(self.playback, start.stream_sid)
+        self._digits = DigitCollector(settings.dtmf_timeout_ms / 1000)
+        self._dtmf_timer: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
 
@@ -103,6 +106,13 @@ class CascadeSession:
         if self.playback.outstanding or self.hold_tone.active:
             return
         await self._send_all(self.hold_tone.start(f"hold:{self._turn}", self.clock()))
+
+    async def play(self, ulaw: bytes, label: str) -> None:
+        await self._send_all(self.hold_tone.stop(self.clock()))
+        mark = self.playback.on_audio_sent(label, len(ulaw), self.clock())
+        sid = self.start.stream_sid
+        await self.twilio.send(media_message(sid, base64.b64encode(ulaw).decode()))
+        await self.twilio.send(mark_message(sid, mark or ""))
 
     async def tool_finished(self, call_id: str, output: str) -> None:
         waiter = self._tool_waits.get(call_id)
@@ -131,7 +141,7 @@ class CascadeSession:
                 return reader.result()
             raise ProviderError(f"the cascade failed: {self._failure!r}", retryable=False)
         finally:
-            for task in (reader, failed, self._reply):
+            for task in (reader, failed, self._reply, self._dtmf_timer):
                 if task is not None:
                     task.cancel()
             await asyncio.gather(
@@ -154,9 +164,31 @@ class CascadeSession:
                 if not self.playback.outstanding:
                     self._settle_reply(now)
                     self.on_effect(PlaybackIdle())
+            elif isinstance(event, Dtmf):
+                await self._on_key(event.digit)
             elif isinstance(event, Stop):
                 return "twilio_stop"
         return "twilio_closed"
+
+    async def _on_key(self, digit: str) -> None:
+        """A key press interrupts the agent like speech and joins the entry being typed."""
+        if self.playing:
+            await self._barge_in()
+        entry = self._digits.press(digit, self.clock())
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+            self._dtmf_timer = None
+        if entry is not None:
+            self._start_reply(entry)
+        elif self._digits.deadline is not None:
+            self._dtmf_timer = asyncio.create_task(self._dtmf_after(self._digits.deadline))
+
+    async def _dtmf_after(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - self.clock()))
+        entry = self._digits.due(max(self.clock(), deadline))  # the loop's timer may fire a hair early
+        if entry is not None:
+            self._dtmf_timer = None
+            self._start_reply(entry)
 
     async def _hear(self, ulaw: bytes, end_ms: int) -> None:
         for turn_event in self.detector.feed(ulaw, end_ms):
@@ -169,7 +201,8 @@ class CascadeSession:
                 self._start_reply(turn_event)
 
     # --- one reply ------------------------------------------------------------------------------
-    def _start_reply(self, utterance: Utterance | None) -> None:
+    def _start_reply(self, utterance: Utterance | str | None) -> None:
+        """A reply: to the greeting (None), to what the caller said, or to the keys they pressed."""
         self._settle_reply(self.clock())
         self._turn += 1
         self._reply_items = []
@@ -187,10 +220,12 @@ class CascadeSession:
         log.error("cascade reply failed: %r", self._failure)
         self._failed.set()
 
-    async def _respond(self, utterance: Utterance | None, timing: dict[str, float]) -> None:
+    async def _respond(self, utterance: Utterance | str | None, timing: dict[str, float]) -> None:
         extra: list[dict[str, Any]] = []
         if utterance is None:
             extra = [{"role": "system", "content": self.settings.greeting}]
+        elif isinstance(utterance, str):  # a key-press entry: no speech to transcribe
+            self._save("user", entry_text(utterance), {"dtmf": utterance})
         else:
             timing["stt_sent"] = self.clock()
             text = await transcribe(self.client, self.models["stt"], utterance.pcm16, utterance.rate)

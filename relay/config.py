@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     cascade_vad_aggressiveness: int = Field(2, ge=0, le=3)  # webrtcvad 0 (lenient) … 3 (strict)
     slow_tool_feedback: Literal["tone", "none"] = "tone"
     slow_tool_after: float = Field(1.0, ge=0, le=60)  # seconds a tool may run before the hold tone starts
+    dtmf_timeout_ms: int = Field(2000, ge=100, le=30_000)  # quiet that ends a key-press entry
+    dtmf_tool: bool = False  # offer the send_digits tool on every call (outbound calls get it anyway)
 
     # --- Twilio ----------------------------------------------------------------------------
     public_url: str = ""

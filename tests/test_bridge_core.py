@@ -5,7 +5,8 @@ import base64
 import orjson
 
 from relay.sessions import events as ev
-from relay.sessions.bridge import MARK_EVERY_MS, BridgeCore, opening_events
+from relay.sessions.bridge import MARK_EVERY_MS, BridgeCore
+from relay.sessions.client_events import opening_events
 from relay.sessions.effects import BargeIn, PrebufferDropped, RunTool, SaveTurn
 from relay.sessions.hold import HOLD_CHUNK_MS, HoldTone
 from relay.sessions.playback import PlaybackTracker

@@ -42,6 +42,8 @@ BAD_VALUES = [
     ("CASCADE_MIN_SPEECH_MS", "5", "from 20 to 10000"),
     ("CASCADE_VAD_AGGRESSIVENESS", "4", "from 0 to 3"),
     ("SLOW_TOOL_AFTER", "-1", "from 0 to 60"),
+    ("DTMF_TIMEOUT_MS", "50", "from 100 to 30000"),
+    ("DTMF_TOOL", "sometimes", "true or false"),
     ("STREAM_TOKEN_TTL", "0", "greater than 0"),
     ("TWILIO_API_TIMEOUT", "0", "greater than 0 and at most 60"),
     ("STREAM_TOKEN_TTL", "60000", "at most 3600"),

@@ -40,12 +40,16 @@ class RecordingControl:
     def __init__(self) -> None:
         self.hang_ups: list[str] = []
         self.transfers: list[str] = []
+        self.digits: list[str] = []
 
     async def hang_up_after_playback(self, reason: str) -> None:
         self.hang_ups.append(reason)
 
     async def transfer(self, twiml: str) -> None:
         self.transfers.append(twiml)
+
+    async def send_digits(self, digits: str) -> None:
+        self.digits.append(digits)
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -618,3 +622,16 @@ def test_user_tool_may_not_shadow_a_builtin() -> None:
 
     with pytest.raises(ConfigError, match="end_call"):
         build_registry(make_settings(), user_tools=user)
+
+
+async def test_send_digits_is_offered_with_dtmf_tool_and_takes_keypad_keys_only() -> None:
+    assert "send_digits" not in build_registry(make_settings()).names()
+    registry = build_registry(make_settings(dtmf_tool=True))
+    assert "send_digits" in registry.names()
+    control = RecordingControl()
+    ok = await registry.dispatch(call("send_digits", {"digits": "1#"}), make_ctx(control=control))
+    assert ok.ok and control.digits == ["1#"]
+    for bad in ("12x", "", "1" * 33):
+        refused = await registry.dispatch(call("send_digits", {"digits": bad}), make_ctx(control=control))
+        assert refused.outcome == "invalid_arguments", bad
+    assert control.digits == ["1#"]

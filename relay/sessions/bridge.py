@@ -21,10 +21,19 @@ from collections import deque
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
 from relay.sessions import events as ev
+from relay.sessions.client_events import (
+    RESPONSE_CANCEL,
+    RESPONSE_CREATE,
+    append_event,
+    delete_event,
+    opening_events,
+    text_item_event,
+    tool_output_event,
+    truncate_event,
+)
 from relay.sessions.dialects import QUIET_EVENTS
+from relay.sessions.dtmf import DigitCollector, entry_text
 from relay.sessions.effects import (
     BargeIn,
     Effect,
@@ -62,6 +71,7 @@ class BridgeCore:
         session_update: dict[str, Any],
         greeting: str | None = None,
         auto_response: bool = True,
+        dtmf_timeout_s: float = 2.0,
     ) -> None:
         self.stream_sid = stream_sid
         self._session_update = session_update
@@ -87,6 +97,7 @@ class BridgeCore:
         self._greeting_sent = False
         self.hold = HoldTone(self.playback, stream_sid)
         self._holds = 0
+        self._digits = DigitCollector(dtmf_timeout_s)
 
     # --- the one exit -----------------------------------------------------------------------------
     def drain(self) -> Output:
@@ -227,39 +238,39 @@ class BridgeCore:
         else:
             item.text += event.text
 
-    def _on_interrupted(self, now: float) -> None:
+    def _on_interrupted(self, now: float, *, cancel: bool = False) -> None:
+        """The caller interrupts: clear Twilio's queue, cut the item playing at what was heard.
+        `cancel`: the provider does not know (a key press, not speech its VAD heard): cancel its
+        active response too."""
         self.stop_hold(now)
-        if self._active is None and not self.playback.outstanding:
-            return
+        active = self._active if self._active not in self._cut_responses else None  # still speaking
+        if active is None and not self.playback.outstanding:
+            return  # nothing to interrupt (or it was interrupted already)
         self._effects.append(BargeIn())
-        if self._active is not None:
-            self._cut_responses.add(self._active)
+        if active is not None:
+            self._cut_responses.add(active)
+            if cancel:
+                self._to_provider.append(RESPONSE_CANCEL)
         cut = self.playback.interrupt(now, self._current_item or None)
         self._to_twilio.append(clear_message(self.stream_sid))
         if cut is None:
             return
-        self._cut_items.add(cut.item_id)
-        if cut.audio_end_ms > 0:
-            truncate = {
-                "type": "conversation.item.truncate",
-                "item_id": cut.item_id,
-                "content_index": 0,
-                "audio_end_ms": cut.audio_end_ms,
-            }
-            self._to_provider.append(orjson.dumps(truncate).decode())
-            self._effects.append(Truncated(cut.item_id, cut.audio_end_ms))
-        else:
-            self._delete_item(cut.item_id)
+        if cut.item_id in self._spoken:  # the model's (not the relay's own audio, e.g. DTMF tones)
+            self._cut_items.add(cut.item_id)
+            if cut.audio_end_ms > 0:
+                self._to_provider.append(truncate_event(cut.item_id, cut.audio_end_ms))
+                self._effects.append(Truncated(cut.item_id, cut.audio_end_ms))
+            else:
+                self._delete_item(cut.item_id)
+            self._save_cut(cut.item_id, cut.audio_end_ms, cut.sent_ms)
         for item_id in cut.unheard:
-            self._cut_items.add(item_id)
-            self._delete_item(item_id)
-        self._save_cut(cut.item_id, cut.audio_end_ms, cut.sent_ms)
+            if item_id in self._spoken:
+                self._cut_items.add(item_id)
+                self._delete_item(item_id)
 
     def _delete_item(self, item_id: str) -> None:
         """Nothing of it was heard: remove it from the model's context (no invalid truncate)."""
-        self._to_provider.append(
-            orjson.dumps({"type": "conversation.item.delete", "item_id": item_id}).decode()
-        )
+        self._to_provider.append(delete_event(item_id))
         item = self._spoken.get(item_id)
         if item is not None:
             item.closed = True
@@ -310,8 +321,7 @@ class BridgeCore:
         """A tool finished: send its output; continue the conversation when all are in."""
         if self._pending_tools.pop(call_id, None) is None and not self._provider_ready:
             return
-        item = {"type": "function_call_output", "call_id": call_id, "output": output}
-        self._to_provider.append(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
+        self._to_provider.append(tool_output_event(call_id, output))
         self._maybe_continue(now)
 
     def _maybe_continue(self, now: float) -> None:
@@ -323,12 +333,49 @@ class BridgeCore:
             return
         self._want_response = False
         self._expect_since = now
-        self._to_provider.append('{"type":"response.create"}')
+        self._to_provider.append(RESPONSE_CREATE)
 
     def tick(self, now: float) -> None:
         """Called periodically by the shell: retries a held-back response.create, feeds the hold tone."""
+        self.dtmf_due(now)
         self._maybe_continue(now)
         self._to_twilio += self.hold.feed(now)
+
+    def play_local(self, item_id: str, payload: str, now: float) -> None:
+        """Audio of the relay's own (base64 μ-law, e.g. DTMF tones) after what is queued, marked so
+        its playing counts; a barge-in clears it like the model's audio but truncates nothing."""
+        self.stop_hold(now)
+        self.playback.on_audio_sent(item_id, b64_len(payload), now, mark=False)
+        self._to_twilio.append(media_message(self.stream_sid, payload))
+        self._send_mark(now)
+
+    # --- key presses ----------------------------------------------------------------------------
+    def on_dtmf(self, digit: str, now: float) -> None:
+        """A key press: it interrupts the agent like speech, and joins the entry being typed."""
+        self._on_interrupted(now, cancel=True)
+        entry = self._digits.press(digit, now)
+        if entry is not None:
+            self._submit_digits(entry, now)
+
+    @property
+    def dtmf_deadline(self) -> float | None:
+        """When the entry being typed ends unless another key comes (the shell's timer calls
+        `dtmf_due` then)."""
+        return self._digits.deadline
+
+    def dtmf_due(self, now: float) -> None:
+        entry = self._digits.due(now)
+        if entry is not None:
+            self._submit_digits(entry, now)
+
+    def _submit_digits(self, entry: str, now: float) -> None:
+        """The entry as the caller's turn, then one response (once none is active)."""
+        text = entry_text(entry)
+        self._to_provider.append(text_item_event("user", text))
+        self._effects.append(SaveTurn("user", text, {"dtmf": entry}))
+        self._want_response = True
+        self._expect_since = None  # no server-VAD response is coming for keys
+        self._maybe_continue(now)
 
     def heartbeat(self, event: str) -> None:
         """Queues the shell's liveness probe for the provider (`relay.sessions.liveness`)."""
@@ -364,18 +411,3 @@ class BridgeCore:
                 item.closed = True
                 if item.final:
                     self._effects.append(SaveTurn("assistant", item.final, {"item_id": item_id}))
-
-
-def append_event(payload: str) -> str:
-    return '{"type":"input_audio_buffer.append","audio":"' + payload + '"}'
-
-
-def opening_events(session_update: dict[str, Any], greeting: str | None) -> list[str]:
-    """A new session's first events: its configuration, then the greeting's `response.create` when
-    there is one. The same for every call of a process (settings, tools, dialect), so an early
-    connection can be sent them before its call's stream exists."""
-    events = [orjson.dumps(session_update).decode()]
-    if greeting:
-        create = {"type": "response.create", "response": {"instructions": greeting}}
-        events.append(orjson.dumps(create).decode())
-    return events

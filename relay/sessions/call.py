@@ -72,6 +72,11 @@ class CallSession(Protocol):
         """A tool is taking a while: let the caller hear the hold tone."""
         ...
 
+    async def play(self, ulaw: bytes, label: str) -> None:
+        """Plays audio of the relay's own (not the model's) to the caller, after what is queued;
+        `label` names it among the call's playback items (e.g. `dtmf:1`)."""
+        ...
+
     async def tool_finished(self, call_id: str, output: str) -> None:
         """The output of a tool the session asked for (`RunTool`)."""
         ...

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from twilio.twiml.voice_response import VoiceResponse
 
+from relay.codecs.dtmf import dtmf_ulaw
 from relay.config import Settings
 from relay.errors import ProviderError, ToolError
 from relay.sessions import events as ev
@@ -25,6 +26,7 @@ from relay.sessions.effects import (
     ResponseDone,
     RunTool,
     SaveTurn,
+    SendDigits,
     Transfer,
     Truncated,
 )
@@ -99,6 +101,9 @@ class ToolControl:
     async def transfer(self, twiml: str) -> None:
         await self._run.perform(Transfer(twiml, self._response_id))
 
+    async def send_digits(self, digits: str) -> None:
+        await self._run.perform(SendDigits(digits))
+
 
 class Goodbye:
     """When a requested hang-up or transfer may happen: once a response after the tool's own (the
@@ -134,6 +139,7 @@ class CallRun:
         self.turns: list[Turn] = []  # what the caller heard, both paths, in order
         self._tasks: set[asyncio.Task[None]] = set()
         self._goodbye: Goodbye | None = None
+        self._tones = 0  # DTMF tone sequences played
         self.earlier_stats: list[CallStats] = []  # the realtime phase's figures, after a fallback
         self.ending = ""
 
@@ -157,10 +163,15 @@ class CallRun:
         elif isinstance(effect, PlaybackIdle) and self._goodbye is not None:
             self._goodbye.changed.set()
 
-    async def perform(self, effect: HangUp | Transfer) -> None:
+    async def perform(self, effect: HangUp | Transfer | SendDigits) -> None:
         """What a tool asks of the call: hang up, or transfer, once the model's answer to the tool
-        (its goodbye, or "connecting you now") has played. Returns at once: the model speaks that
-        answer only after it has the tool's output."""
+        (its goodbye, or "connecting you now") has played; or play DTMF tones now. Returns at once:
+        the model speaks its answer only after it has the tool's output."""
+        if isinstance(effect, SendDigits):
+            if self.session is not None:
+                self._tones += 1
+                await self.session.play(dtmf_ulaw(effect.digits), f"dtmf:{self._tones}")
+            return
         if isinstance(effect, HangUp):
             log.info("hang-up requested (%s); waiting for the goodbye to play", effect.reason or "end_call")
             act = self.manager.hang_up(self.start.call_sid)

@@ -100,6 +100,13 @@ class Transfer:
     after_response: str
 
 
+@dataclass(frozen=True, slots=True)
+class SendDigits:
+    """A tool asked to play DTMF tones to the other side."""
+
+    digits: str
+
+
 Effect = (
     RunTool
     | SaveTurn
@@ -113,4 +120,5 @@ Effect = (
     | PrebufferDropped
     | HangUp
     | Transfer
+    | SendDigits
 )

@@ -14,6 +14,7 @@ conversation so far; the caller hears at most a short pause.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import math
 import time
@@ -27,14 +28,15 @@ from relay.errors import (
     ProviderUnresponsiveError,
 )
 from relay.sessions import events as ev
-from relay.sessions.bridge import BridgeCore, append_event
+from relay.sessions.bridge import BridgeCore
 from relay.sessions.call import CallStats, EffectSink, Turn, TwilioSink
+from relay.sessions.client_events import AUDIO_APPEND, append_event
 from relay.sessions.dialects import parse_event
 from relay.sessions.early import discard
 from relay.sessions.effects import Effect, PrebufferDropped, SessionExpired
 from relay.sessions.liveness import Liveness, heartbeat_event
 from relay.sessions.providers import ProviderAdapter
-from relay.sessions.realtime_setup import AUDIO_APPEND, Opening, connect_with_retry, history_events
+from relay.sessions.realtime_setup import Opening, connect_with_retry, history_events
 from relay.transport.provider import ProviderSocket
 from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
 
@@ -69,7 +71,10 @@ class RealtimeSession:
         self.on_effect = on_effect
         self.history = history
         self.core = BridgeCore(
-            stream_sid=start.stream_sid, session_update=opening.session_update, greeting=opening.greeting
+            stream_sid=start.stream_sid,
+            session_update=opening.session_update,
+            greeting=opening.greeting,
+            dtmf_timeout_s=settings.dtmf_timeout_ms / 1000,
         )
         self.stats = CallStats()
         self.live = Liveness(settings, adapter.display_name, clock)
@@ -80,6 +85,7 @@ class RealtimeSession:
         self._speech_ended_at: float | None = None
         self._t0 = clock()
         self._faults_reopened = 0
+        self._dtmf_timer: asyncio.Task[None] | None = None
 
     # --- what the call sees (CallSession) -------------------------------------------------------
     @property
@@ -88,6 +94,10 @@ class RealtimeSession:
 
     async def hold(self) -> None:
         self.core.start_hold(self.clock())
+        await self._flush()
+
+    async def play(self, ulaw: bytes, label: str) -> None:
+        self.core.play_local(label, base64.b64encode(ulaw).decode(), self.clock())
         await self._flush()
 
     async def tool_finished(self, call_id: str, output: str) -> None:
@@ -144,12 +154,25 @@ class RealtimeSession:
             elif isinstance(event, Stop):
                 return "twilio_stop"
             elif isinstance(event, Dtmf):
-                log.info("caller pressed %s", event.digit)
-                continue
+                core.on_dtmf(event.digit, self.clock())
+                self._arm_dtmf_timer()
             else:
                 continue
             await flush()
         return "twilio_closed"
+
+    def _arm_dtmf_timer(self) -> None:
+        """The entry being typed ends after DTMF_TIMEOUT_MS of quiet: a timer per key press (rare),
+        so it reaches the model then, not at the next half-second tick."""
+        if self._dtmf_timer is not None:
+            self._dtmf_timer.cancel()
+        deadline = self.core.dtmf_deadline
+        self._dtmf_timer = None if deadline is None else asyncio.create_task(self._dtmf_after(deadline))
+
+    async def _dtmf_after(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - self.clock()))
+        self.core.dtmf_due(max(self.clock(), deadline))  # the loop's timer may fire a hair early
+        await self._flush()
 
     async def _read_provider(self, socket: ProviderSocket) -> NoReturn:
         dialect, core, stats, clock, live = self.adapter.dialect, self.core, self.stats, self.clock, self.live
@@ -315,6 +338,8 @@ class RealtimeSession:
                 await old.close()
         finally:
             twilio_reader.cancel()
+            if self._dtmf_timer is not None:
+                self._dtmf_timer.cancel()
             await asyncio.gather(twilio_reader, return_exceptions=True)
             if socket is None and connect is not None:  # cancelled, or closed if it opened as the call ended
                 await discard(connect)

@@ -8,19 +8,16 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
-
 from relay.config import Settings
 from relay.errors import ProviderConnectError
-from relay.sessions.bridge import opening_events
 from relay.sessions.call import Turn
+from relay.sessions.client_events import opening_events, text_item_event
 from relay.sessions.dialects import Dialect, session_update
 from relay.sessions.providers import ProviderAdapter
 from relay.transport.provider import ProviderSocket
 
 log = logging.getLogger("relay.realtime")
 
-AUDIO_APPEND = '{"type":"input_audio_buffer.append"'  # how bridge.append_event starts
 MAX_HISTORY_TURNS = 40
 
 
@@ -99,16 +96,10 @@ async def connect_with_retry(adapter: ProviderAdapter) -> ProviderSocket:
 
 def history_events(turns: list[Turn], dialect: str, max_turns: int = MAX_HISTORY_TURNS) -> list[str]:
     """The conversation so far as `conversation.item.create` events, for a new realtime session."""
-    text_type = {"user": "input_text", "assistant": "output_text" if dialect == "ga" else "text"}
-    events = []
-    for role, text in turns[-max_turns:]:
-        item = {"type": "message", "role": role, "content": [{"type": text_type[role], "text": text}]}
-        events.append(orjson.dumps({"type": "conversation.item.create", "item": item}).decode())
-    return events
+    return [text_item_event(role, text, dialect=dialect) for role, text in turns[-max_turns:]]
 
 
 __all__ = [
-    "AUDIO_APPEND",
     "connect_with_retry",
     "history_events",
     "open_early",

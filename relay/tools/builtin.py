@@ -34,6 +34,7 @@ __all__ = [
     "dial_twiml",
     "end_call_tool",
     "resolve_transfer_target",
+    "send_digits_tool",
     "transfer_call_tool",
     "web_search_tool",
 ]
@@ -55,6 +56,8 @@ def builtin_tools(settings: Settings) -> list[Tool]:
     tools.append(end_call_tool())
     if settings.transfer_targets:
         tools.append(transfer_call_tool(settings.transfer_targets))
+    if settings.dtmf_tool:
+        tools.append(send_digits_tool())
     return tools
 
 
@@ -232,3 +235,25 @@ def transfer_call_tool(targets: Mapping[str, str], *, timeout: float = 10.0) -> 
         }
 
     return Tool.from_function(transfer_call, timeout=timeout)
+
+
+# --- send_digits ---------------------------------------------------------------------------------
+async def send_digits(
+    ctx: ToolContext,
+    digits: Annotated[
+        str,
+        Field(
+            pattern=r"^[0-9*#A-D]{1,32}$",
+            description="The keys to press, in order: digits 0-9, * and # (e.g. '1', '42#').",
+        ),
+    ],
+) -> dict[str, str]:
+    """Press keys on the phone keypad: the other side hears them as DTMF tones. Use it to choose
+    in a phone menu ("press 1 for sales") or to enter a number it asks for."""
+    await ctx.control.send_digits(digits)
+    return {"status": "sent", "digits": digits}
+
+
+def send_digits_tool(*, timeout: float = 5.0) -> Tool:
+    """The send_digits tool: DTMF tones played to the other side (DTMF_TOOL, and outbound calls)."""
+    return Tool.from_function(send_digits, timeout=timeout)

@@ -38,6 +38,11 @@ class CallControl(Protocol):
         """
         ...
 
+    async def send_digits(self, digits: str) -> None:
+        """Play `digits` (0-9, *, #, A-D) as DTMF tones to the other side, after the audio queued
+        before them (e.g. to choose in a phone menu). Returns once they are queued."""
+        ...
+
 
 @dataclass(slots=True)
 class ToolContext:
