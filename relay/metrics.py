@@ -112,6 +112,11 @@ class Metrics:
         self.truncates_total = Counter(
             "relay_truncates_total", "Agent items truncated at what the caller heard.", registry=reg
         )
+        self.dtmf_entries_total = Counter(
+            "relay_dtmf_entries_total",
+            "Key-press entries from callers given to the model (ended by # or DTMF_TIMEOUT_MS).",
+            registry=reg,
+        )
         self.tool_calls_total = Counter(
             "relay_tool_calls_total",
             "Tool calls, by tool name and outcome.",

@@ -98,6 +98,7 @@ async def test_keys_reach_the_realtime_model_as_the_callers_turn(kind: str) -> N
         await call.stop()
     print(f"DTMF: entry at the model {late_ms:.1f} ms after '#', {after_timeout_ms:.1f} ms after the timeout")
     assert late_ms <= LATE_MS and -5 <= after_timeout_ms <= LATE_MS
+    assert r.app.state.metrics.registry.get_sample_value("relay_dtmf_entries_total") == 2
     record = await r.app.state.store.get(call.call_sid)
     users = [t["text"] for t in record["transcript"] if t["role"] == "user"]
     assert users[:2] == ["The caller pressed 1234#", "The caller pressed 7"]

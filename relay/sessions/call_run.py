@@ -150,6 +150,8 @@ class CallRun:
         if isinstance(effect, SaveTurn):
             self.turns.append((effect.role, effect.text))
             self.recorder.put("add_turn", effect.role, effect.text, **effect.meta)
+            if "dtmf" in effect.meta:
+                self.manager.metrics.dtmf_entries_total.inc()
         elif isinstance(effect, RunTool):
             self._spawn(self._run_tool(effect.call), f"tool-{effect.call.name}")
         elif isinstance(effect, BargeIn) and stats is not None:
