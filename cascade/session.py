@@ -18,6 +18,7 @@ import base64
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from cascade.llm import ToolCallsDone, assistant_tool_calls_message, stream_chat, tool_result_message
@@ -40,6 +41,13 @@ from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop, clear_message,
 log = logging.getLogger("relay.cascade")
 
 MAX_TOOL_ROUNDS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Verbatim:
+    """A reply that is a given text, not the chat model's answer."""
+
+    text: str
 
 
 class CascadeSession:
@@ -113,6 +121,12 @@ class CascadeSession:
         sid = self.start.stream_sid
         await self.twilio.send(media_message(sid, base64.b64encode(ulaw).decode()))
         await self.twilio.send(mark_message(sid, mark or ""))
+
+    async def say(self, text: str) -> None:
+        """Interrupts the agent and says `text` as it is (e.g. a voicemail message)."""
+        if self.playing:
+            await self._barge_in()
+        self._start_reply(Verbatim(text))
 
     async def tool_finished(self, call_id: str, output: str) -> None:
         waiter = self._tool_waits.get(call_id)
@@ -201,8 +215,9 @@ class CascadeSession:
                 self._start_reply(turn_event)
 
     # --- one reply ------------------------------------------------------------------------------
-    def _start_reply(self, utterance: Utterance | str | None) -> None:
-        """A reply: to the greeting (None), to what the caller said, or to the keys they pressed."""
+    def _start_reply(self, utterance: Utterance | str | Verbatim | None) -> None:
+        """A reply: to the greeting (None), to what the caller said, to the keys they pressed, or
+        a text to say as it is."""
         self._settle_reply(self.clock())
         self._turn += 1
         self._reply_items = []
@@ -220,9 +235,11 @@ class CascadeSession:
         log.error("cascade reply failed: %r", self._failure)
         self._failed.set()
 
-    async def _respond(self, utterance: Utterance | str | None, timing: dict[str, float]) -> None:
+    async def _respond(self, utterance: Utterance | str | Verbatim | None, timing: dict[str, float]) -> None:
         extra: list[dict[str, Any]] = []
-        if utterance is None:
+        if isinstance(utterance, Verbatim):
+            pass
+        elif utterance is None:
             extra = [{"role": "system", "content": self.settings.greeting}]
         elif isinstance(utterance, str):  # a key-press entry: no speech to transcribe
             self._save("user", entry_text(utterance), {"dtmf": utterance})
@@ -236,7 +253,10 @@ class CascadeSession:
         sentences: asyncio.Queue[str | None] = asyncio.Queue()
         speaker = asyncio.create_task(self._speak(sentences, timing))
         try:
-            spoken = await self._think(extra, sentences, timing)
+            if isinstance(utterance, Verbatim):
+                spoken = self._recite(utterance.text, sentences)
+            else:
+                spoken = await self._think(extra, sentences, timing)
             sentences.put_nowait(None)
             await speaker
         except BaseException:
@@ -245,6 +265,15 @@ class CascadeSession:
         self._reply_text = " ".join(spoken)
         if not self.playback.outstanding:
             self._settle_reply(self.clock())
+
+    def _recite(self, text: str, sentences: asyncio.Queue[str | None]) -> list[str]:
+        """A text said as it is (no chat model), sentence by sentence."""
+        chunker = SentenceChunker()
+        spoken = [*chunker.push(text), *([rest] if (rest := chunker.flush()) else [])]
+        for sentence in spoken:
+            sentences.put_nowait(sentence)
+        self.on_effect(ResponseDone(f"c{self._turn}:say"))
+        return spoken
 
     async def _think(
         self, extra: list[dict[str, Any]], sentences: asyncio.Queue[str | None], timing: dict[str, float]

@@ -233,3 +233,19 @@ def test_a_replacement_socket_gets_carried_events_before_audio_buffered_since() 
         ("input_audio_buffer.append", "older"),
         ("input_audio_buffer.append", PAYLOAD),
     ]
+
+
+def test_say_now_cancels_what_the_agent_says_and_asks_for_the_text_word_for_word() -> None:
+    core = BridgeCore(stream_sid="MZ1", session_update={"type": "session.update", "session": {}})
+    core.provider_opened(0.0)
+    core.on_backend(ev.ResponseStarted("r1"), 0.0)
+    core.on_backend(ev.AudioOut(payload=PAYLOAD, item_id="i1", response_id="r1"), 0.0)
+    core.drain()
+    core.say_now("Hi Ada, call us back.", 0.01)
+    to_twilio, to_provider, _ = core.drain()
+    assert [m["event"] for m in sent(to_twilio)] == ["clear"]
+    assert [e["type"] for e in sent(to_provider)] == ["response.cancel", "conversation.item.truncate"]
+    core.on_backend(ev.ResponseDone("r1", status="cancelled"), 0.1)
+    create = sent(core.drain()[1])
+    assert [e["type"] for e in create] == ["response.create"]
+    assert create[0]["response"]["instructions"].endswith(": Hi Ada, call us back.")

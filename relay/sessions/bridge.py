@@ -24,10 +24,10 @@ from typing import Any
 from relay.sessions import events as ev
 from relay.sessions.client_events import (
     RESPONSE_CANCEL,
-    RESPONSE_CREATE,
     append_event,
     delete_event,
     opening_events,
+    response_event,
     text_item_event,
     tool_output_event,
     truncate_event,
@@ -87,6 +87,7 @@ class BridgeCore:
         self._active: str | None = None  # response id
         self._expect_since: float | None = None  # a response.create or server-VAD response is coming
         self._want_response = False
+        self._next_response: dict[str, Any] | None = None  # what the next response.create asks for
         self._pending_tools: dict[str, str] = {}  # call_id -> response_id
         self._tool_responses: set[str] = set()  # responses that called tools and are not finished
         self._cut_responses: set[str] = set()
@@ -276,24 +277,11 @@ class BridgeCore:
             item.closed = True
 
     def _save_cut(self, item_id: str, heard_ms: int, sent_ms: int) -> None:
-        item = self._spoken.get(item_id)
-        if item is None or item.closed:
-            return
-        item.closed = True
-        heard_text = item.heard(heard_ms, sent_ms)
-        if heard_text:
-            meta = {"item_id": item_id, "interrupted": True, "heard_ms": heard_ms}
-            self._effects.append(SaveTurn("assistant", heard_text, meta))
+        self._effects += self._spoken.cut(item_id, heard_ms, sent_ms)
 
     def _close_played_items(self) -> None:
         """Saves the assistant turns whose transcript is final and whose audio has fully played."""
-        playing = self.playback.pending_items()
-        for item_id, item in self._spoken.open_items():
-            if item.final is None or item_id in playing:
-                continue
-            item.closed = True
-            if item.final:
-                self._effects.append(SaveTurn("assistant", item.final, {"item_id": item_id}))
+        self._effects += self._spoken.played_out(self.playback.pending_items())
 
     def _on_response_done(self, event: ev.ResponseDone, now: float) -> None:
         self._send_mark(now)  # the response's last audio is covered by a mark
@@ -333,7 +321,18 @@ class BridgeCore:
             return
         self._want_response = False
         self._expect_since = now
-        self._to_provider.append(RESPONSE_CREATE)
+        self._to_provider.append(response_event(self._next_response))
+        self._next_response = None
+
+    def say_now(self, text: str, now: float) -> None:
+        """Interrupts whatever the agent is saying and has it say `text`, word for word (e.g. a
+        voicemail message), once no response is active."""
+        self._on_interrupted(now, cancel=True)
+        self._pending_tools.clear()  # the call's course changed: outputs still coming are dropped
+        self._next_response = {"instructions": f"Say exactly this, word for word, and nothing else: {text}"}
+        self._want_response = True
+        self._expect_since = None
+        self._maybe_continue(now)
 
     def tick(self, now: float) -> None:
         """Called periodically by the shell: retries a held-back response.create, feeds the hold tone."""
@@ -403,11 +402,4 @@ class BridgeCore:
     # --- end of call ----------------------------------------------------------------------------
     def finish(self, now: float) -> None:
         """The call is ending: save what the caller heard of agent turns still open."""
-        playing = self.playback.pending_items()
-        for item_id, item in self._spoken.open_items():
-            if item_id in playing or item.final is None:
-                self._save_cut(item_id, self.playback.heard_ms(item_id, now), self.playback.sent_ms(item_id))
-            else:
-                item.closed = True
-                if item.final:
-                    self._effects.append(SaveTurn("assistant", item.final, {"item_id": item_id}))
+        self._effects += self._spoken.finish(self.playback, now)

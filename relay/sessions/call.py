@@ -72,6 +72,10 @@ class CallSession(Protocol):
         """A tool is taking a while: let the caller hear the hold tone."""
         ...
 
+    async def say(self, text: str) -> None:
+        """Interrupts the agent and says `text` word for word (e.g. a voicemail message)."""
+        ...
+
     async def play(self, ulaw: bytes, label: str) -> None:
         """Plays audio of the relay's own (not the model's) to the caller, after what is queued;
         `label` names it among the call's playback items (e.g. `dtmf:1`)."""

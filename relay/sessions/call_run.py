@@ -114,8 +114,8 @@ class Goodbye:
         self.said = False
         self.changed = asyncio.Event()
 
-    def on_response_done(self, response_id: str) -> None:
-        if response_id != self.after_response:
+    def on_response_done(self, response_id: str, status: str) -> None:
+        if response_id != self.after_response and status != "cancelled":  # an interrupted one is not it
             self.said = True
         self.changed.set()
 
@@ -161,7 +161,7 @@ class CallRun:
         elif isinstance(effect, Fault) and stats is not None:
             stats.faults.append(effect.code)
         elif isinstance(effect, ResponseDone) and self._goodbye is not None:
-            self._goodbye.on_response_done(effect.response_id)
+            self._goodbye.on_response_done(effect.response_id, effect.status)
         elif isinstance(effect, PlaybackIdle) and self._goodbye is not None:
             self._goodbye.changed.set()
 

@@ -26,9 +26,15 @@ def opening_events(session_update: dict[str, Any], greeting: str | None) -> list
     connection can be sent them before its call's stream exists."""
     events = [orjson.dumps(session_update).decode()]
     if greeting:
-        create = {"type": "response.create", "response": {"instructions": greeting}}
-        events.append(orjson.dumps(create).decode())
+        events.append(response_event({"instructions": greeting}))
     return events
+
+
+def response_event(response: dict[str, Any] | None) -> str:
+    """`response.create`, with the response's own settings (e.g. instructions) when given."""
+    if not response:
+        return RESPONSE_CREATE
+    return orjson.dumps({"type": "response.create", "response": response}).decode()
 
 
 def truncate_event(item_id: str, audio_end_ms: int) -> str:

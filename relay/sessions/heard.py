@@ -19,6 +19,9 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from relay.sessions.effects import SaveTurn
+from relay.sessions.playback import PlaybackTracker
+
 MS_PER_SYLLABLE = 200.0  # a typical speaking rate (5 syllables a second), for an item still arriving
 PAUSE_SYLLABLES = {",": 0.5, ";": 0.5, ":": 0.5, ".": 1.0, "!": 1.0, "?": 1.0}  # a pause after a word
 _VOWEL_GROUPS = re.compile(r"[aeiouyàâäéèêëïîôöùûüáíóúæœ]+", re.IGNORECASE)
@@ -124,6 +127,42 @@ class SpokenItems:
         items = self._items
         self._open = [i for i in self._open if not items[i].closed]
         return [(i, items[i]) for i in self._open]
+
+    # --- the turns to save ------------------------------------------------------------------------
+    def cut(self, item_id: str, heard_ms: int, sent_ms: int) -> list[SaveTurn]:
+        """The item was interrupted (or the call ended) `heard_ms` into its audio: its turn is the
+        words heard (none: no turn)."""
+        item = self._items.get(item_id)
+        if item is None or item.closed:
+            return []
+        item.closed = True
+        text = item.heard(heard_ms, sent_ms)
+        meta = {"item_id": item_id, "interrupted": True, "heard_ms": heard_ms}
+        return [SaveTurn("assistant", text, meta)] if text else []
+
+    def played_out(self, playing: set[str]) -> list[SaveTurn]:
+        """The turns of items whose transcript is final and whose audio has all played."""
+        turns = []
+        for item_id, item in self.open_items():
+            if item.final is None or item_id in playing:
+                continue
+            item.closed = True
+            if item.final:
+                turns.append(SaveTurn("assistant", item.final, {"item_id": item_id}))
+        return turns
+
+    def finish(self, playback: PlaybackTracker, now: float) -> list[SaveTurn]:
+        """The call is ending: the turns of items still open, cut at what was heard."""
+        playing = playback.pending_items()
+        turns = []
+        for item_id, item in self.open_items():
+            if item_id in playing or item.final is None:
+                turns += self.cut(item_id, playback.heard_ms(item_id, now), playback.sent_ms(item_id))
+            else:
+                item.closed = True
+                if item.final:
+                    turns.append(SaveTurn("assistant", item.final, {"item_id": item_id}))
+        return turns
 
 
 __all__ = ["SpokenItem", "SpokenItems", "WordTiming", "heard_words", "spoken_ms", "word_weight"]

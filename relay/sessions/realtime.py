@@ -96,6 +96,10 @@ class RealtimeSession:
         self.core.start_hold(self.clock())
         await self._flush()
 
+    async def say(self, text: str) -> None:
+        self.core.say_now(text, self.clock())
+        await self._flush()
+
     async def play(self, ulaw: bytes, label: str) -> None:
         self.core.play_local(label, base64.b64encode(ulaw).decode(), self.clock())
         await self._flush()
