@@ -69,6 +69,10 @@ class WebhookReceiver:
         self._released.clear()
         self._script.extend([HANG] * times)
 
+    def recover(self) -> None:
+        """Scripted answers not given yet are forgotten: from now on, normal answers."""
+        self._script.clear()
+
     def release(self) -> None:
         """Hung requests are answered 503 now (a receiver that gave up)."""
         self._released.set()
