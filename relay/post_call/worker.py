@@ -21,6 +21,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -101,6 +102,15 @@ class PostCallWebhook:
         if not self.enabled or self._client is not None:
             return
         self._client = httpx.AsyncClient(timeout=self.policy.timeout, follow_redirects=False)
+        where = urlsplit(self.url)
+        log.info(
+            "post-call webhook on: each finished call is POSTed to %s://%s (%s)",
+            where.scheme,
+            where.hostname,
+            "pending deliveries kept in Redis"
+            if self._redis_url is not None
+            else "no REDIS_URL: deliveries still pending at shutdown are dropped",
+        )
         if self._redis_url is not None:
             self._pending = RedisPending(self._redis_url)
             self._keeper = asyncio.get_running_loop().create_task(
@@ -212,12 +222,12 @@ class PostCallWebhook:
             item.tries += 1
             status: int | None = None
             try:
-                async with self._sends:
+                async with self._sends, asyncio.timeout(self.policy.timeout):  # the whole try, too
                     headers = signed_headers(self._secret, item.body)
                     response = await self._client.post(self.url, content=item.body, headers=headers)
                 status = response.status_code
                 why = f"HTTP {status}"
-            except httpx.TimeoutException:
+            except (httpx.TimeoutException, TimeoutError):
                 why = f"no answer within {self.policy.timeout:g} s"
             except httpx.TransportError as exc:
                 why = f"{type(exc).__name__}: {exc}".rstrip(": ")
