@@ -254,3 +254,17 @@ def test_the_payload_takes_what_the_record_holds() -> None:
     assert payload["first_audio_ms"] == 300.0 and payload["response_latencies_ms"] == [500.0, 900.0]
     assert payload["turn_timings"] == [{"stt_ms": 200.0}]
     assert build_payload({"call_sid": "CA" + "2" * 32})["direction"] == "inbound"
+
+
+async def test_a_try_that_times_out_is_retried() -> None:
+    receiver = WebhookReceiver(SECRET)
+    receiver.hang(times=1)  # the first try gets no answer at all
+    quick = DeliveryPolicy(delays=FAST.delays, timeout=0.5, close_grace_s=0.5)
+    with log_line("no answer within 0.5 s") as timed_out:
+        async with receiver.serve() as url, hooked_rig(url, quick) as r:
+            sid = await short_call(r)
+            [*_, delivery] = await receiver.wait_accepted(1)
+            assert timed_out.is_set()
+    # the hung first request is only answered (503) when the receiver stops, long after the retry
+    assert [d.status for d in receiver.requests] == [503, 200] and delivery.json()["call_sid"] == sid
+    assert delivered(r.app, "delivered") == 1
