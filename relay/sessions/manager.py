@@ -32,8 +32,8 @@ log = logging.getLogger("relay.manager")
 
 LIMITER_DEADLINE_S = 0.5  # admission (and a slot's release) never waits longer for the shared limiter
 OUTBOX_CLOSE_S = 3.0  # at shutdown, how long queued record writes get to reach the store...
-POST_CALL_RECORD_WAIT_S = 5.0  # a post-call delivery waits this long for the record's writes, then retries
 OUTBOX_CLOSE_DOWN_S = 1.0  # ...and while it is known to be down: two more tries, not a long wait
+POST_CALL_RECORD_WAIT_S = 5.0  # a post-call delivery waits this long for the record's writes, then retries
 GOODBYE_SHUTDOWN = "Sorry, this service is restarting. Please call again in a moment. Goodbye."
 END_CALLS_MARGIN_S = 2.0  # the drain's bound on ending the remaining calls: one REST timeout plus this
 
