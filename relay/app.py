@@ -25,6 +25,7 @@ from relay.loop_lag import watch_event_loop
 from relay.media_stream import PATHS as MEDIA_STREAM_PATHS
 from relay.media_stream import serve_media_stream
 from relay.metrics import Metrics
+from relay.post_call import DeliveryPolicy
 from relay.sessions.limits import make_limiter
 from relay.sessions.manager import CallManager
 from relay.sessions.outbox import StoreHealth
@@ -111,8 +112,10 @@ def create_app(
     *,
     store: CallStore | None = None,
     azure_credential: AsyncTokenCredential | None = None,
+    post_call_policy: DeliveryPolicy | None = None,
 ) -> Starlette:
-    """Builds the relay app. Dependencies may be injected (tests inject a fake Entra credential)."""
+    """Builds the relay app. Dependencies may be injected (tests inject a fake Entra credential, and
+    a post-call delivery policy with short retry delays)."""
     settings = settings or load_settings()
     store = store or make_store(settings)
     registry, twilio_calls = _build_tools(settings)
@@ -127,6 +130,7 @@ def create_app(
         twilio_calls=twilio_calls,
         metrics=metrics,
         limiter=make_limiter(settings),
+        post_call_policy=post_call_policy,
     )
 
     @contextlib.asynccontextmanager

@@ -24,6 +24,7 @@ from relay.config_checks import (
     check_token_scope,
     check_tool_modules,
     check_transfer_allowlist,
+    check_webhook_url,
     check_websocket_url,
     describe_errors,
     normalize_http_url,
@@ -130,6 +131,10 @@ class Settings(BaseSettings):
     max_call_duration: float = Field(3600.0, gt=0, le=86_400)  # seconds (at most a day)
     drain_timeout: float = Field(30.0, ge=0)  # seconds active calls get to finish on SIGTERM
 
+    # --- the post-call webhook (relay/post_call/) ----------------------------------------------
+    post_call_webhook_url: str = ""  # empty: no webhook
+    post_call_webhook_secret: SecretStr | None = None  # the HMAC key of X-Relay-Signature
+
     # --- operations ------------------------------------------------------------------------
     relay_admin_token: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"
@@ -228,11 +233,17 @@ class Settings(BaseSettings):
         "tavily_api_key",
         "redis_url",
         "relay_admin_token",
+        "post_call_webhook_secret",
         mode="after",
     )
     @classmethod
     def _empty_secret_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
         return v if v is not None and v.get_secret_value().strip() else None
+
+    @field_validator("post_call_webhook_url", mode="after")
+    @classmethod
+    def _check_webhook_url(cls, v: str) -> str:
+        return check_webhook_url(v)
 
     @field_validator("forwarded_allow_ips", mode="after")
     @classmethod
@@ -257,6 +268,16 @@ class Settings(BaseSettings):
                     "USE_AZURE_OPENAI=true needs AZURE_OPENAI_DEPLOYMENT: the name of your realtime "
                     "deployment (e.g. 'gpt-realtime') in the Azure AI Foundry portal."
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _check_post_call_webhook(self) -> Settings:
+        if self.post_call_webhook_url and self.post_call_webhook_secret is None:
+            raise ConfigError(
+                "POST_CALL_WEBHOOK_URL is set but POST_CALL_WEBHOOK_SECRET is not: set a long random "
+                "secret (e.g. `openssl rand -hex 32`), shared with the receiver, which checks each "
+                "delivery's X-Relay-Signature with it."
+            )
         return self
 
     # --- derived values --------------------------------------------------------------------

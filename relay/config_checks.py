@@ -32,6 +32,7 @@ __all__ = [
     "check_log_level",
     "check_phone_number",
     "check_public_url",
+    "check_webhook_url",
     "check_token_scope",
     "check_tool_modules",
     "check_transfer_allowlist",
@@ -102,6 +103,19 @@ def check_public_url(v: str) -> str:
             raise ConfigError(
                 f"PUBLIC_URL={_shown(v)} must be an absolute URL such as 'https://abc123.ngrok.app' "
                 "(run scripts/ngrok.sh to set it)."
+            )
+    return v
+
+
+def check_webhook_url(v: str) -> str:
+    """POST_CALL_WEBHOOK_URL: empty (no webhook), or an absolute http(s) URL."""
+    v = v.strip()
+    if v:
+        parts = urlsplit(v)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(
+                f"POST_CALL_WEBHOOK_URL={_shown(v)} is not an absolute URL: use e.g. "
+                "'https://crm.example.com/hooks/calls', or leave it empty for no webhook."
             )
     return v
 

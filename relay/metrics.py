@@ -65,6 +65,11 @@ REJECT_REASONS: Final[tuple[str, ...]] = (
 )
 """The `reason` label values of `relay_calls_rejected_total`, created at zero up front."""
 
+POST_CALL_OUTCOMES: Final[tuple[str, ...]] = ("delivered", "rejected", "failed", "dropped")
+"""The `outcome` label values of `relay_post_call_deliveries_total`: delivered (2xx), rejected (the
+receiver answered a final 4xx), failed (every try failed, or no record), dropped (too many pending,
+or the relay stopped with no Redis to keep it)."""
+
 
 class CallStatsLike(Protocol):
     """What `observe_call_end` reads: relay.sessions.realtime.CallStats, or anything shaped like it.
@@ -204,6 +209,20 @@ class Metrics:
             buckets=LAG_BUCKETS,
             registry=reg,
         )
+        self.post_call_deliveries_total = Counter(
+            "relay_post_call_deliveries_total",
+            "Post-call webhook deliveries by outcome: delivered, rejected (a final 4xx), failed "
+            "(every try failed), dropped (too many pending, or stopped without Redis).",
+            ["outcome"],
+            registry=reg,
+        )
+        for outcome in POST_CALL_OUTCOMES:
+            self.post_call_deliveries_total.labels(outcome=outcome)
+        self.post_call_pending = Gauge(
+            "relay_post_call_pending",
+            "Post-call webhook deliveries in progress in this process (waiting, trying or retrying).",
+            registry=reg,
+        )
         self.first_audio_seconds = Histogram(
             "relay_first_audio_seconds",
             "Stream start to the first agent audio sent to Twilio.",
@@ -268,4 +287,11 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
-__all__ = ["REJECT_REASONS", "TOOL_BUCKETS", "VOICE_BUCKETS", "CallStatsLike", "Metrics"]
+__all__ = [
+    "POST_CALL_OUTCOMES",
+    "REJECT_REASONS",
+    "TOOL_BUCKETS",
+    "VOICE_BUCKETS",
+    "CallStatsLike",
+    "Metrics",
+]

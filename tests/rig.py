@@ -10,6 +10,7 @@ from typing import Any
 from azure.core.credentials import AccessToken
 
 from relay.app import create_app
+from relay.post_call import DeliveryPolicy
 from relay.testing.audio import tone_ulaw
 from relay.testing.realtime import FakeConnection, FakeRealtimeServer
 from relay.testing.server import serve_app
@@ -78,12 +79,18 @@ class Rig:
 
 
 @contextlib.asynccontextmanager
-async def rig(kind: str, *, settings: dict[str, Any] | None = None, **server_kw: Any) -> AsyncIterator[Rig]:
+async def rig(
+    kind: str,
+    *,
+    settings: dict[str, Any] | None = None,
+    post_call_policy: DeliveryPolicy | None = None,
+    **server_kw: Any,
+) -> AsyncIterator[Rig]:
     credential = FakeCredential()
     server_kw.setdefault("bearer_tokens", {f"entra-{i}" for i in range(1, 20)})
     async with FakeRealtimeServer(**server_kw) as server:
         cfg = {"relay_mode": "realtime", **provider_settings(kind, server), **(settings or {})}
-        app = create_app(make_settings(**cfg), azure_credential=credential)
+        app = create_app(make_settings(**cfg), azure_credential=credential, post_call_policy=post_call_policy)
         async with serve_app(app) as url:
             yield Rig(server, url, app, credential)
 

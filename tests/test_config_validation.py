@@ -79,6 +79,7 @@ BAD_VALUES = [
     ("TWILIO_PHONE_NUMBER", "555-1234", "'+15551234567'"),
     ("RELAY_TOOLS", "my-tools.py", "importable modules"),
     ("TRANSFER_ALLOWLIST", "sales=front desk", "'+15551234567,sales=+15557654321'"),
+    ("POST_CALL_WEBHOOK_URL", "crm.example.com/hooks", "'https://crm.example.com/hooks/calls'"),
 ]
 
 
@@ -145,6 +146,15 @@ def test_a_secret_value_is_never_shown(clean_env: pytest.MonkeyPatch) -> None:
     message = str(caught.value)
     assert "OPENAI_API_KEY=<hidden>" in message and "LOG_LEVEL='LOUD'" in message
     assert "sk-very-secret" not in message and "tok-very-secret" not in message
+
+
+def test_a_post_call_webhook_needs_its_secret(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("POST_CALL_WEBHOOK_URL", "https://crm.example.com/hooks/calls")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    assert "POST_CALL_WEBHOOK_SECRET" in str(caught.value) and len(caught.value.problems) == 1
+    clean_env.setenv("POST_CALL_WEBHOOK_SECRET", "s3cret")
+    assert load_settings().post_call_webhook_url == "https://crm.example.com/hooks/calls"
 
 
 def test_a_password_in_a_bad_url_is_masked(clean_env: pytest.MonkeyPatch) -> None:

@@ -290,6 +290,7 @@ class CallRun:
                 ended_at=time.time(), status="ended", outcome=outcome, mode=self.mode, stats=stats
             )
             await self.recorder.aclose()
+            self.manager.post_call.call_ended(self.start.call_sid)  # its record, POSTed off the call's path
             metrics = self.manager.metrics
             for stats_obj in self.all_stats():
                 metrics.observe_call_end(stats_obj, self.mode, outcome, provider=adapter.vendor, count=False)

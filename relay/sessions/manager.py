@@ -17,6 +17,7 @@ from relay.config import Settings
 from relay.errors import StoreError
 from relay.logs import bind_call
 from relay.metrics import Metrics
+from relay.post_call import DeliveryPolicy, PostCallWebhook
 from relay.sessions.call import TwilioSink
 from relay.sessions.call_run import CallRun, CascadeFactory
 from relay.sessions.early import EARLY_TTL_S, EarlyConnections
@@ -32,6 +33,7 @@ log = logging.getLogger("relay.manager")
 LIMITER_DEADLINE_S = 0.5  # admission (and a slot's release) never waits longer for the shared limiter
 OUTBOX_CLOSE_S = 3.0  # at shutdown, how long queued record writes get to reach the store...
 OUTBOX_CLOSE_DOWN_S = 1.0  # ...and while it is known to be down: two more tries, not a long wait
+POST_CALL_RECORD_WAIT_S = 5.0  # a post-call delivery waits this long for the record's writes, then retries
 GOODBYE_SHUTDOWN = "Sorry, this service is restarting. Please call again in a moment. Goodbye."
 END_CALLS_MARGIN_S = 2.0  # the drain's bound on ending the remaining calls: one REST timeout plus this
 
@@ -51,6 +53,7 @@ class CallManager:
         alternate_adapter_factory: Callable[[], ProviderAdapter | None] | None = None,
         metrics: Metrics | None = None,
         limiter: CallLimiter | None = None,
+        post_call_policy: DeliveryPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -67,6 +70,9 @@ class CallManager:
         self.store_health = StoreHealth(self.metrics)
         self.outbox = Outbox(store, self.store_health)
         self.limiter.on_lost = self._on_lost
+        self.post_call = PostCallWebhook(
+            settings, metrics=self.metrics, load_record=self.stored_record, policy=post_call_policy
+        )
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False
         self._adapter: ProviderAdapter | None = None
@@ -119,10 +125,19 @@ class CallManager:
         if self.early_connections is not None and not self.draining:
             self.early_connections.start(call_sid)
 
+    async def stored_record(self, call_sid: str) -> dict[str, Any] | None:
+        """The call's record once every write queued so far is stored (the post-call webhook's);
+        StoreError when they are not stored within POST_CALL_RECORD_WAIT_S or the store fails."""
+        if not await self.outbox.wait_written(self.outbox.last_seq, timeout=POST_CALL_RECORD_WAIT_S):
+            raise StoreError("the call's record is not all stored yet")
+        return await self.store.get(call_sid)
+
     def start(self) -> None:
-        """Starts the record outbox's writer and the periodic sweep of expired slots (every third of
-        CALL_SLOT_TTL), so a crashed instance's calls are marked lost even when no new call comes."""
+        """Starts the record outbox's writer, the post-call webhook's worker and the periodic sweep
+        of expired slots (every third of CALL_SLOT_TTL), so a crashed instance's calls are marked
+        lost even when no new call comes."""
         self.outbox.start()
+        self.post_call.start()
         if self._sweeper is None:
             self._sweeper = asyncio.create_task(self._sweep_slots(), name="slot-sweeper")
 
@@ -267,6 +282,7 @@ class CallManager:
             self._idle.set()
 
     async def aclose(self) -> None:
+        await self.post_call.aclose()  # first: its deliveries read records through the outbox
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)

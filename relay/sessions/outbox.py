@@ -90,6 +90,7 @@ class Outbox:
         self.max_writes = max_writes
         self.writer = uuid.uuid4().hex[:16]  # this process's writes, for the store's at-most-once check
         self._seq = itertools.count(1)
+        self.last_seq = 0  # the sequence number of the latest write queued
         self._queue: collections.deque[RecordWrite] = collections.deque()
         self._inflight: RecordWrite | None = None
         self._wakeup = asyncio.Event()
@@ -112,6 +113,7 @@ class Outbox:
         if self.pending >= self.max_writes and self._queue:
             self._drop(self._queue.popleft(), f"the outbox is full ({self.max_writes} writes), oldest first")
         self._queue.append(write)
+        self.last_seq = write.seq
         self.start()
         self._wakeup.set()
         return write.seq
