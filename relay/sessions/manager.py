@@ -1,6 +1,7 @@
-"""The process's calls: admission (the shared call limit), the slots that hold it, the early
-connections, which provider serves a call and which serves its fallback, and the drain at
-shutdown. One call's own life is `relay.sessions.call_run.CallRun`.
+"""The process's calls: admission (the shared call limit), the slots that hold it (an outbound
+call's from before Twilio names it), the early connections, each call's placeholder values, which
+provider serves a call and which serves its fallback, and the drain at shutdown. One call's own
+life is `relay.sessions.call_run.CallRun`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,16 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from relay.config import Settings
 from relay.errors import StoreError
+from relay.expiring import ExpiringValues
 from relay.logs import bind_call
 from relay.metrics import Metrics
+from relay.placeholders import CallTexts, call_values, has_placeholders, texts_for_call
 from relay.sessions.call import TwilioSink
 from relay.sessions.call_run import CallRun, CascadeFactory
 from relay.sessions.early import EARLY_TTL_S, EarlyConnections
@@ -34,6 +38,11 @@ OUTBOX_CLOSE_S = 3.0  # at shutdown, how long queued record writes get to reach 
 OUTBOX_CLOSE_DOWN_S = 1.0  # ...and while it is known to be down: two more tries, not a long wait
 GOODBYE_SHUTDOWN = "Sorry, this service is restarting. Please call again in a moment. Goodbye."
 END_CALLS_MARGIN_S = 2.0  # the drain's bound on ending the remaining calls: one REST timeout plus this
+# An outbound call holds its slot from `POST /calls` on; while it rings nobody refreshes it, so it
+# lasts this long (Twilio rings 60 s by default, at most 600 s, after queueing) or CALL_SLOT_TTL if
+# longer. A call that is never answered gives it back at its final status callback.
+RINGING_SLOT_TTL_S = 660.0
+MAX_REMEMBERED_CALLS = 20_000  # placeholder values and outbound contexts kept at most (oldest first)
 
 
 class CallManager:
@@ -71,6 +80,11 @@ class CallManager:
         self.draining = False
         self._adapter: ProviderAdapter | None = None
         self.early_connections: EarlyConnections | None = None
+        # A call's placeholder values, from its webhook until its stream takes them (`call_texts`);
+        # an outbound call's context, from `POST /calls` until its answer webhook.
+        self._values: ExpiringValues[str, dict[str, str]] = ExpiringValues(MAX_REMEMBERED_CALLS)
+        self._contexts: ExpiringValues[str, dict[str, str]] = ExpiringValues(MAX_REMEMBERED_CALLS)
+        self._answered_by: ExpiringValues[str, str] = ExpiringValues(MAX_REMEMBERED_CALLS)
         if settings.realtime_preconnect and settings.relay_mode != "cascade":
             self.early_connections = EarlyConnections(
                 lambda: open_early(self.adapter, settings, self.opening),
@@ -87,18 +101,19 @@ class CallManager:
             self._adapter = self.adapter_factory()
         return self._adapter
 
-    async def admit(self, call_sid: str) -> str | None:
-        """None when the call is admitted (a slot is held for it), else why not: draining, unconfigured
-        or busy. The slot is shared by every instance when Redis is used; if Redis does not answer
-        within LIMITER_DEADLINE_S the relay fails open, bounded by this instance's own
-        MAX_CONCURRENT_CALLS (counted in relay_calls_admitted_fail_open_total)."""
+    async def admit(self, call_sid: str, *, ttl: float | None = None) -> str | None:
+        """None when the call is admitted (a slot is held for it, `ttl` seconds, CALL_SLOT_TTL by
+        default), else why not: draining, unconfigured or busy. The slot is shared by every instance
+        when Redis is used; if Redis does not answer within LIMITER_DEADLINE_S the relay fails open,
+        bounded by this instance's own MAX_CONCURRENT_CALLS (counted in
+        relay_calls_admitted_fail_open_total)."""
         if self.draining:
             return "draining"
         if not self.settings.provider_configured:
             return "unconfigured"
         try:
             async with asyncio.timeout(LIMITER_DEADLINE_S):
-                ok = await self.limiter.acquire(call_sid, self.settings.call_slot_ttl)
+                ok = await self.limiter.acquire(call_sid, ttl or self.settings.call_slot_ttl)
             self.store_health.succeeded()
         except (StoreError, TimeoutError) as exc:
             self.store_health.failed(exc, "taking a call slot")
@@ -107,6 +122,106 @@ class CallManager:
                 self.metrics.calls_admitted_fail_open_total.inc()
                 log.info("admitted on this instance's own limit: the call limiter did not answer")
         return None if ok else "busy"
+
+    # --- outbound calls ---------------------------------------------------------------------------
+    @property
+    def ringing_slot_ttl(self) -> float:
+        return max(RINGING_SLOT_TTL_S, self.settings.call_slot_ttl)
+
+    async def reserve_outbound(self) -> tuple[str, str | None]:
+        """Admission for a call the relay is about to place: a slot held under a reservation key
+        until Twilio names the call (`bind_outbound`), so that the callee who answers finds one.
+        Returns the key and None, or the key and why not (`admit`'s reasons)."""
+        reservation = f"outbound-{uuid.uuid4().hex}"
+        return reservation, await self.admit(reservation, ttl=self.ringing_slot_ttl)
+
+    async def bind_outbound(self, reservation: str, call_sid: str, context: Mapping[str, str]) -> None:
+        """The placed call's slot moves from its reservation to its call SID, in one step, and its
+        context is kept here for its answer webhook (the record has it too, for other instances).
+        A limiter that does not answer leaves the slot to expire: the answer webhook admits the
+        call again (failing open then as any admission does)."""
+        now = time.monotonic()
+        self._contexts.put(call_sid, dict(context), now + self.ringing_slot_ttl, now)
+        try:
+            async with asyncio.timeout(LIMITER_DEADLINE_S):
+                held = await self.limiter.rebind(reservation, call_sid, self.ringing_slot_ttl)
+            self.store_health.succeeded()
+        except (StoreError, TimeoutError) as exc:
+            self.store_health.failed(exc, "moving an outbound call's slot")
+            return
+        if not held:
+            log.warning("outbound call %s: its reserved slot had lapsed and none was free", call_sid)
+
+    async def release_reservation(self, reservation: str) -> None:
+        """A reservation whose call was not placed (Twilio refused it) gives its slot back."""
+        await self._release_slot(reservation)
+
+    def outbound_context(self, call_sid: str) -> dict[str, str] | None:
+        """The context `POST /calls` gave the call, when it was placed by this instance (else None:
+        the answer webhook reads it from the call's record)."""
+        return self._contexts.get(call_sid, time.monotonic())
+
+    async def call_not_answered(self, call_sid: str) -> None:
+        """Twilio's final status for a call that never connected (busy, no-answer, failed,
+        canceled): the slot it held while ringing is given back now rather than when it lapses.
+        A call running here keeps its slot until it ends."""
+        if call_sid not in self.active:
+            self._contexts.pop(call_sid)
+            await self._release_slot(call_sid)
+
+    def answered_by(self, call_sid: str, answered_by: str) -> bool:
+        """Twilio's answering-machine detection result for a call (`AnsweredBy`: human,
+        machine_end_beep, machine_end_silence, machine_end_other, fax, unknown...). The result is
+        kept for the call's stream (`take_answered_by`) and handed to the call when it runs here
+        (`CallRun.on_answered_by`): True then. False when no run of this call is on this instance
+        (its stream has not started, or started on another instance): nothing else happens, the
+        record (written by the AMD route) holds the result."""
+        now = time.monotonic()
+        self._answered_by.put(call_sid, answered_by, now + self.ringing_slot_ttl, now)
+        run = self.active.get(call_sid)
+        notify = getattr(run, "on_answered_by", None)  # the session's reaction (the voicemail message)
+        if notify is None:
+            return False
+        notify(answered_by)
+        return True
+
+    def take_answered_by(self, call_sid: str) -> str | None:
+        """The AMD result that arrived before the call's run existed, if any (the run asks at start)."""
+        return self._answered_by.pop(call_sid)
+
+    # --- placeholders -----------------------------------------------------------------------------
+    def remember_call_values(
+        self, call_sid: str, *, caller: str, called: str, direction: str, context: Mapping[str, str] = {}
+    ) -> None:
+        """At a call's webhook: its placeholder values, kept until its stream starts (`call_texts`)."""
+        now = time.monotonic()
+        values = call_values(context, caller=caller, called=called, direction=direction)
+        self._values.put(call_sid, values, now + self.settings.stream_token_ttl + 1, now)
+
+    def call_texts(self, start: Start) -> CallTexts:
+        """INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE filled for this call: with the values its
+        webhook remembered, else (a stream whose webhook was served elsewhere) with the `from`,
+        `to` and `direction` of its stream parameters and no context."""
+        values = self._values.pop(start.call_sid)
+        if values is None:
+            params = start.custom_parameters
+            values = call_values(
+                {},
+                caller=params.get("from", ""),
+                called=params.get("to", ""),
+                direction=params.get("direction", "inbound"),
+            )
+        return texts_for_call(self.settings, values)
+
+    def opening_for(self, texts: CallTexts) -> Opening:
+        """The opening of a realtime session with these texts: the process's own (`opening`) when
+        the configured texts have no placeholders, else one built for the call."""
+        settings = self.settings
+        if not has_placeholders(settings.instructions, settings.greeting):
+            return self.opening
+        tools = self.registry.realtime_tools() if self.registry is not None else []
+        own = settings.model_copy(update={"instructions": texts.instructions, "greeting": texts.greeting})
+        return Opening.build(own, tools, self.adapter.dialect)
 
     @functools.cached_property
     def opening(self) -> Opening:
