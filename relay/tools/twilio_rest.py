@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from types import TracebackType
@@ -30,6 +31,8 @@ from relay.errors import ConfigError, ToolError
 __all__ = ["DEFAULT_TWILIO_API_BASE_URL", "CreatedCall", "TwilioCalls", "TwilioRefused"]
 
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
+# what the twilio package puts before Twilio's message ("Unable to create record: …")
+_PACKAGE_PREFIX = re.compile(r"^Unable to \w+ record: ")
 
 
 class TwilioRefused(ToolError):
@@ -205,6 +208,7 @@ def _rest_error(
     """The error for Twilio's answer; `call_sid` is the number dialled when `action` is "place"."""
     status = int(exc.status)
     detail = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
+    detail = _PACKAGE_PREFIX.sub("", str(detail))  # Twilio's own words, without the package's
     code = f", Twilio error {exc.code}" if exc.code else ""
     suffix = f" (HTTP {status}{code}: {detail})"
     if action == "place" and status != 401:
