@@ -158,7 +158,8 @@ async def test_without_machine_detection_no_amd_is_asked() -> None:
     async with outbound(outbound_machine_detection=False) as env:
         assert env.rest.outbound is not None
         assert (await env.post({"to": TO, "context": {"name": "Ada"}})).status_code == 201
-        assert (await env.post({"to": TO, "context": {"name": "Bo"}, "machine_detection": True})).status_code == 201
+        with_amd = {"to": TO, "context": {"name": "Bo"}, "machine_detection": True}
+        assert (await env.post(with_amd)).status_code == 201
         first, second = await env.rest.outbound.wait_answered(1), await env.rest.outbound.wait_answered(2)
         assert not {"MachineDetection", "AsyncAmd", "AsyncAmdStatusCallback"} & set(first.form)
         assert second.form["AsyncAmd"] == "true"
@@ -193,7 +194,8 @@ async def test_a_bad_request_is_400_with_its_reason_and_nothing_is_placed(body: 
 
 
 async def test_an_unknown_placeholder_of_the_voicemail_message_is_named() -> None:
-    async with outbound(instructions="Be brief.", greeting="Hi.", voicemail_message="Call {agent_name}.") as env:
+    texts = {"instructions": "Be brief.", "greeting": "Hi.", "voicemail_message": "Call {agent_name}."}
+    async with outbound(**texts) as env:
         response = await env.post({"to": TO})
         assert response.status_code == 400
         assert "unknown placeholder {agent_name} in VOICEMAIL_MESSAGE" in response.json()["error"]
