@@ -152,6 +152,21 @@ async def test_the_answer_webhook_fills_the_texts_for_the_call_and_amd_reaches_t
         record = await record_with(env, call_sid, "answered_by")
         assert record["answered_by"] == "machine_end_beep" and record["machine_detection_ms"] == 2300
         assert env.metric("relay_amd_results_total", answered_by="machine_end_beep") == 1
+        # no stream ran yet: the result waits for the call's run, once
+        assert env.app.state.manager.notes.take_answered_by(call_sid) == "machine_end_beep"
+        assert env.app.state.manager.notes.take_answered_by(call_sid) is None
+
+
+async def test_an_inbound_call_fills_caller_called_and_direction_and_records_its_direction() -> None:
+    async with outbound() as env:
+        caller = FakeTwilioCall(base_url=env.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, to=FROM)
+        twiml = await caller.fetch_twiml()
+        assert twiml.status_code == 200 and twiml.parameters["direction"] == "inbound"
+        start = Start(stream_sid="MZ" + "0" * 32, call_sid=caller.call_sid)
+        texts = env.app.state.manager.call_texts(start)
+        assert texts.instructions == f"You call  from ACME (inbound call to {FROM})."  # no context: empty
+        record = await record_with(env, caller.call_sid, "direction")
+        assert record["direction"] == "inbound" and record["from"] == caller.from_
 
 
 async def test_without_machine_detection_no_amd_is_asked() -> None:

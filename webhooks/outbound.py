@@ -63,7 +63,7 @@ async def outbound_answer(request: Request) -> Response:
         direction = form.get("Direction", "outbound-api")
         if not DIRECTION.fullmatch(direction):
             return PlainTextResponse("Direction must be a Twilio call direction", status_code=400)
-        context = request.app.state.manager.outbound_context(call_sid)
+        context = request.app.state.manager.notes.context(call_sid)
         if context is None:
             context = await _stored_context(request, call_sid)
         return await connect_call(request, form, direction=direction, context=context)

@@ -132,7 +132,7 @@ async def connect_call(
         "direction": direction,
         "token": mint_stream_token(call_sid, settings),
     }
-    state.manager.remember_call_values(
+    state.manager.notes.remember_values(
         call_sid, caller=params["from"], called=params["to"], direction=direction, context=context or {}
     )
     record = {"from": params["from"], "to": params["to"], "direction": direction}

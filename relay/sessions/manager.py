@@ -17,11 +17,11 @@ from typing import Any
 
 from relay.config import Settings
 from relay.errors import StoreError
-from relay.expiring import ExpiringValues
 from relay.logs import bind_call
 from relay.metrics import Metrics
-from relay.placeholders import CallTexts, call_values, has_placeholders, texts_for_call
+from relay.placeholders import CallTexts, has_placeholders
 from relay.sessions.call import TwilioSink
+from relay.sessions.call_notes import CallNotes
 from relay.sessions.call_run import CallRun, CascadeFactory
 from relay.sessions.early import EARLY_TTL_S, EarlyConnections
 from relay.sessions.limits import CallLimiter, MemoryLimiter
@@ -42,7 +42,6 @@ END_CALLS_MARGIN_S = 2.0  # the drain's bound on ending the remaining calls: one
 # lasts this long (Twilio rings 60 s by default, at most 600 s, after queueing) or CALL_SLOT_TTL if
 # longer. A call that is never answered gives it back at its final status callback.
 RINGING_SLOT_TTL_S = 660.0
-MAX_REMEMBERED_CALLS = 20_000  # placeholder values and outbound contexts kept at most (oldest first)
 
 
 class CallManager:
@@ -80,11 +79,8 @@ class CallManager:
         self.draining = False
         self._adapter: ProviderAdapter | None = None
         self.early_connections: EarlyConnections | None = None
-        # A call's placeholder values, from its webhook until its stream takes them (`call_texts`);
-        # an outbound call's context, from `POST /calls` until its answer webhook.
-        self._values: ExpiringValues[str, dict[str, str]] = ExpiringValues(MAX_REMEMBERED_CALLS)
-        self._contexts: ExpiringValues[str, dict[str, str]] = ExpiringValues(MAX_REMEMBERED_CALLS)
-        self._answered_by: ExpiringValues[str, str] = ExpiringValues(MAX_REMEMBERED_CALLS)
+        # placeholder values, outbound contexts and AMD results, until the call's stream takes them
+        self.notes = CallNotes(settings, ringing_ttl=self.ringing_slot_ttl)
         if settings.realtime_preconnect and settings.relay_mode != "cascade":
             self.early_connections = EarlyConnections(
                 lambda: open_early(self.adapter, settings, self.opening),
@@ -140,8 +136,7 @@ class CallManager:
         context is kept here for its answer webhook (the record has it too, for other instances).
         A limiter that does not answer leaves the slot to expire: the answer webhook admits the
         call again (failing open then as any admission does)."""
-        now = time.monotonic()
-        self._contexts.put(call_sid, dict(context), now + self.ringing_slot_ttl, now)
+        self.notes.keep_context(call_sid, context)
         try:
             async with asyncio.timeout(LIMITER_DEADLINE_S):
                 held = await self.limiter.rebind(reservation, call_sid, self.ringing_slot_ttl)
@@ -156,62 +151,32 @@ class CallManager:
         """A reservation whose call was not placed (Twilio refused it) gives its slot back."""
         await self._release_slot(reservation)
 
-    def outbound_context(self, call_sid: str) -> dict[str, str] | None:
-        """The context `POST /calls` gave the call, when it was placed by this instance (else None:
-        the answer webhook reads it from the call's record)."""
-        return self._contexts.get(call_sid, time.monotonic())
-
     async def call_not_answered(self, call_sid: str) -> None:
         """Twilio's final status for a call that never connected (busy, no-answer, failed,
         canceled): the slot it held while ringing is given back now rather than when it lapses.
         A call running here keeps its slot until it ends."""
         if call_sid not in self.active:
-            self._contexts.pop(call_sid)
+            self.notes.forget_context(call_sid)
             await self._release_slot(call_sid)
 
     def answered_by(self, call_sid: str, answered_by: str) -> bool:
         """Twilio's answering-machine detection result for a call (`AnsweredBy`: human,
-        machine_end_beep, machine_end_silence, machine_end_other, fax, unknown...). The result is
-        kept for the call's stream (`take_answered_by`) and handed to the call when it runs here
-        (`CallRun.on_answered_by`): True then. False when no run of this call is on this instance
-        (its stream has not started, or started on another instance): nothing else happens, the
-        record (written by the AMD route) holds the result."""
-        now = time.monotonic()
-        self._answered_by.put(call_sid, answered_by, now + self.ringing_slot_ttl, now)
+        machine_end_beep, machine_end_silence, machine_end_other, fax, unknown...), handed to the
+        call when it runs here (`CallRun.on_answered_by`): True then. Otherwise (its stream has not
+        started yet, or runs on another instance) it is kept for a run that starts here later
+        (`notes.take_answered_by`), and False; the record (written by the AMD route) has it anyway."""
         run = self.active.get(call_sid)
         notify = getattr(run, "on_answered_by", None)  # the session's reaction (the voicemail message)
         if notify is None:
+            self.notes.note_answered_by(call_sid, answered_by)
             return False
         notify(answered_by)
         return True
 
-    def take_answered_by(self, call_sid: str) -> str | None:
-        """The AMD result that arrived before the call's run existed, if any (the run asks at start)."""
-        return self._answered_by.pop(call_sid)
-
     # --- placeholders -----------------------------------------------------------------------------
-    def remember_call_values(
-        self, call_sid: str, *, caller: str, called: str, direction: str, context: Mapping[str, str] = {}
-    ) -> None:
-        """At a call's webhook: its placeholder values, kept until its stream starts (`call_texts`)."""
-        now = time.monotonic()
-        values = call_values(context, caller=caller, called=called, direction=direction)
-        self._values.put(call_sid, values, now + self.settings.stream_token_ttl + 1, now)
-
     def call_texts(self, start: Start) -> CallTexts:
-        """INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE filled for this call: with the values its
-        webhook remembered, else (a stream whose webhook was served elsewhere) with the `from`,
-        `to` and `direction` of its stream parameters and no context."""
-        values = self._values.pop(start.call_sid)
-        if values is None:
-            params = start.custom_parameters
-            values = call_values(
-                {},
-                caller=params.get("from", ""),
-                called=params.get("to", ""),
-                direction=params.get("direction", "inbound"),
-            )
-        return texts_for_call(self.settings, values)
+        """INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE filled for this call (`CallNotes.texts`)."""
+        return self.notes.texts(start)
 
     def opening_for(self, texts: CallTexts) -> Opening:
         """The opening of a realtime session with these texts: the process's own (`opening`) when
