@@ -247,6 +247,23 @@ async def test_at_max_concurrent_calls_it_is_503_until_an_unanswered_call_ends()
         assert env.metric("relay_outbound_calls_total", outcome="busy") == 1
 
 
+async def test_the_reserved_slot_is_the_callees_when_it_answers_at_capacity() -> None:
+    """The only slot is the ringing outbound call's: an inbound caller meanwhile hears that the
+    lines are busy, and the callee who answers gets the stream."""
+    async with outbound(max_concurrent_calls=1) as env:
+        assert env.rest.outbound is not None
+        env.rest.outbound.answer = False
+        assert (await env.post({"to": TO, "context": {"name": "Ada"}})).status_code == 201
+        inbound = await FakeTwilioCall(
+            base_url=env.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL
+        ).fetch_twiml()
+        assert inbound.stream_url is None and inbound.say is not None and "busy" in inbound.say
+        placed = await env.rest.outbound.wait_call()
+        twiml = await env.rest.outbound.answer_call(placed)
+        assert twiml.stream_url == "wss://relay.example.com/media-stream" and "busy" not in (twiml.say or "")
+        assert twiml.parameters["callSid"] == placed.call_sid
+
+
 async def test_while_draining_it_is_503() -> None:
     async with outbound() as env:
         assert await env.app.state.manager.drain(0) == 0
@@ -261,6 +278,7 @@ async def test_while_draining_it_is_503() -> None:
         ({"twilio_phone_number": ""}, "TWILIO_PHONE_NUMBER is not set"),
         ({"twilio_account_sid": ""}, "TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN are not set"),
         ({"public_url": ""}, "PUBLIC_URL is not set"),
+        ({"openai_api_key": None}, "no provider credentials"),
     ],
 )
 async def test_without_what_placing_a_call_needs_it_is_503_naming_it(
