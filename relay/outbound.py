@@ -41,13 +41,12 @@ from relay.placeholders import (
     unknown_placeholders,
 )
 from relay.tools.twilio_rest import TwilioRefused
+from webhooks.outbound import AMD_PATH, ANSWER_PATH
 
 log = logging.getLogger("relay.outbound")
 
 MAX_BODY_BYTES = 16 * 1024
 MAX_AGENT_CHARS = 64
-ANSWER_PATH = "/outbound-answer"  # webhooks/outbound.py serves these two
-AMD_PATH = "/amd-status"
 STATUS_PATH = "/call-status"
 FIELDS = ("to", "context", "machine_detection", "agent")
 _NO_STORE = {"Cache-Control": "no-store"}
@@ -227,8 +226,6 @@ def outbound_routes(settings: Settings) -> list[Route]:
 
 
 __all__ = [
-    "AMD_PATH",
-    "ANSWER_PATH",
     "BadRequest",
     "OutboundRequest",
     "outbound_routes",
