@@ -123,18 +123,20 @@ async def connect_call(
         state.metrics.observe_rejection(refusal)
         text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
         return say_and_hang_up(text)
+    caller, called = form.get("From", "")[:MAX_NUMBER_CHARS], form.get("To", "")[:MAX_NUMBER_CHARS]
+    # the call's placeholder values first: its early connection's opening may need them
+    state.manager.notes.remember_values(
+        call_sid, caller=caller, called=called, direction=direction, context=context or {}
+    )
     state.manager.open_early_connection(call_sid)  # the provider handshake overlaps Twilio's stream setup
     stream_url = public_base(request, settings, websocket=True) + "/media-stream"
     params = {
         "callSid": call_sid,
-        "from": form.get("From", "")[:MAX_NUMBER_CHARS],
-        "to": form.get("To", "")[:MAX_NUMBER_CHARS],
+        "from": caller,
+        "to": called,
         "direction": direction,
         "token": mint_stream_token(call_sid, settings),
     }
-    state.manager.notes.remember_values(
-        call_sid, caller=params["from"], called=params["to"], direction=direction, context=context or {}
-    )
     record = {"from": params["from"], "to": params["to"], "direction": direction}
     state.manager.outbox.put(call_sid, "upsert", **record)
     log.info("%s call from %s, connecting stream to %s", direction, params["from"], stream_url)

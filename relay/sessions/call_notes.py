@@ -15,7 +15,6 @@ from collections.abc import Mapping
 from relay.config import Settings
 from relay.expiring import ExpiringValues
 from relay.placeholders import CallTexts, call_values, texts_for_call
-from relay.twilio_messages import Start
 
 __all__ = ["MAX_REMEMBERED_CALLS", "CallNotes"]
 
@@ -46,13 +45,14 @@ class CallNotes:
         values = call_values(context or {}, caller=caller, called=called, direction=direction)
         self._values.put(call_sid, values, now + self.settings.stream_token_ttl + 1, now)
 
-    def texts(self, start: Start) -> CallTexts:
-        """INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE filled for the call of `start`: with the
-        values its webhook remembered (taken: asked once per call), else (a stream whose webhook
-        was served elsewhere) with its stream parameters `from`, `to`, `direction` and no context."""
-        values = self._values.pop(start.call_sid)
+    def texts(self, call_sid: str, stream_parameters: Mapping[str, str] | None = None) -> CallTexts:
+        """INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE filled for the call: with the values its
+        webhook remembered (for the early connection at the webhook, then at the stream's start),
+        else (a stream whose webhook was served elsewhere) with its stream parameters `from`, `to`
+        and `direction`, and no context."""
+        values = self._values.get(call_sid, time.monotonic())
         if values is None:
-            params = start.custom_parameters
+            params = stream_parameters or {}
             values = call_values(
                 {},
                 caller=params.get("from", ""),

@@ -176,7 +176,7 @@ class CallManager:
     # --- placeholders -----------------------------------------------------------------------------
     def call_texts(self, start: Start) -> CallTexts:
         """INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE filled for this call (`CallNotes.texts`)."""
-        return self.notes.texts(start)
+        return self.notes.texts(start.call_sid, start.custom_parameters)
 
     def opening_for(self, texts: CallTexts) -> Opening:
         """The opening of a realtime session with these texts: the process's own (`opening`) when
