@@ -40,6 +40,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/realtime_load.py
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/http_edge.py
+	$(BIN)/python bench/outbound.py
 
 demo: $(STAMP)
 	@scripts/sysdeps.sh espeak-ng:espeak-ng

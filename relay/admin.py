@@ -34,7 +34,7 @@ async def metrics_endpoint(request: Request) -> Response:
     return Response(body, headers={"Content-Type": content_type})
 
 
-def _bearer_ok(request: Request, settings: Settings) -> bool:
+def bearer_ok(request: Request, settings: Settings) -> bool:
     """True when the request carries `Authorization: Bearer <RELAY_ADMIN_TOKEN>` (constant time)."""
     token = settings.relay_admin_token
     if token is None:
@@ -53,7 +53,7 @@ async def call_record_endpoint(request: Request) -> Response:
     call_sid = request.path_params["call_sid"]
     if state.settings.relay_admin_token is None:  # the route is not mounted then; never serve it anyway
         return JSONResponse({"error": "not found"}, status_code=404)
-    if not _bearer_ok(request, state.settings):
+    if not bearer_ok(request, state.settings):
         client = request.client.host if request.client else "-"
         shown = call_sid if is_call_sid(call_sid) else "<not a call SID>"
         log.warning("refused GET /calls/%s from %s: missing or wrong admin bearer token", shown, client)
@@ -97,4 +97,4 @@ def admin_routes(settings: Settings) -> list[Route]:
     return routes
 
 
-__all__ = ["admin_routes", "call_record_endpoint", "metrics_endpoint"]
+__all__ = ["admin_routes", "bearer_ok", "call_record_endpoint", "metrics_endpoint"]

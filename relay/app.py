@@ -26,6 +26,7 @@ from relay.media_stream import PATHS as MEDIA_STREAM_PATHS
 from relay.media_stream import serve_media_stream
 from relay.metrics import Metrics
 from relay.post_call import DeliveryPolicy
+from relay.outbound import outbound_routes
 from relay.sessions.limits import make_limiter
 from relay.sessions.manager import CallManager
 from relay.sessions.outbox import StoreHealth
@@ -33,6 +34,7 @@ from relay.sessions.providers import AsyncTokenCredential, make_adapter
 from relay.sessions.store import CallStore, make_store
 from relay.transport.http import ForwardedHeaders, uvicorn_options
 from relay.transport.twilio import MediaStreamEntry
+from webhooks.outbound import routes as outbound_webhook_routes
 from webhooks.replay import make_stream_gate
 from webhooks.routes import routes as webhook_routes
 
@@ -172,7 +174,9 @@ def create_app(
             Route("/health", health),
             Route("/ready", ready),
             *admin_routes(settings),
+            *outbound_routes(settings),
             *webhook_routes,
+            *outbound_webhook_routes,
         ],
         middleware=[
             Middleware(ForwardedHeaders, allow_ips=settings.forwarded_allow_ips),

@@ -1,4 +1,5 @@
-"""`relay` command line: serve, call (a simulated Twilio caller), doctor (configuration checks), demo.
+"""`relay` command line: serve, call (a simulated Twilio caller), dial (an outbound call through a
+running relay), doctor (configuration checks), demo.
 
 Only `serve` runs the relay for real; `call`, `demo` and `serve --fakes` use the local fakes of
 `relay.testing`, imported lazily so `relay serve` (without --fakes) never loads them.
@@ -87,6 +88,53 @@ def _call(args: argparse.Namespace) -> int:
     )
     with _command_logging(args.verbose):
         return asyncio.run(call_command(options))
+
+
+def _dial(args: argparse.Namespace) -> int:
+    """`POST /calls` to a running relay; prints the new call's SID."""
+    import httpx
+
+    context: dict[str, str] = {}
+    for pair in args.context:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            sys.stderr.write(f"relay dial: --context takes name=value, not {pair!r}\n")
+            return 2
+        context[name] = value
+    token = args.token
+    if token is None:
+        from relay.config import load_settings
+
+        secret = load_settings().relay_admin_token
+        token = secret.get_secret_value() if secret is not None else None
+    if not token:
+        sys.stderr.write("relay dial: set RELAY_ADMIN_TOKEN (the relay's) or pass --token\n")
+        return 2
+    body: dict[str, object] = {"to": args.number, "context": context}
+    if args.machine_detection is not None:
+        body["machine_detection"] = args.machine_detection == "on"
+    try:
+        response = httpx.post(
+            args.url.rstrip("/") + "/calls",
+            json=body,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=args.timeout,
+        )
+    except httpx.HTTPError as exc:
+        sys.stderr.write(f"relay dial: could not reach the relay at {args.url}: {exc}\n")
+        return 1
+    if response.status_code == 404:
+        sys.stderr.write("relay dial: the relay has no POST /calls: set RELAY_ADMIN_TOKEN on it\n")
+        return 1
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = {"error": response.text[:200]}
+    if response.status_code != 201:
+        sys.stderr.write(f"relay dial: HTTP {response.status_code}: {answer.get('error', answer)}\n")
+        return 1
+    sys.stdout.write(f"{answer['call_sid']}\n")
+    return 0
 
 
 def _doctor(args: argparse.Namespace) -> int:
@@ -197,6 +245,34 @@ def build_parser() -> argparse.ArgumentParser:
     call.add_argument("--timeout", type=float, default=120.0, help="bound on the whole call, s (%(default)g)")
     call.add_argument("-v", "--verbose", action="store_true", help="log lines on stderr")
     call.set_defaults(func=_call)
+
+    dial = sub.add_parser(
+        "dial",
+        help="place an outbound call through a running relay (POST /calls); prints its call SID",
+        description="Asks the relay at --url to call NUMBER (E.164) with the admin token "
+        "(--token, else RELAY_ADMIN_TOKEN); --context fills the placeholders of INSTRUCTIONS, "
+        "GREETING and VOICEMAIL_MESSAGE.",
+    )
+    dial.add_argument("number", help="the number to call, E.164: +15551234567")
+    dial.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a placeholder value; repeatable",
+    )
+    dial.add_argument("--url", default="http://127.0.0.1:8000", help="the relay's base URL (%(default)s)")
+    dial.add_argument("--token", default=None, help="the admin token (default: RELAY_ADMIN_TOKEN)")
+    dial.add_argument(
+        "--machine-detection",
+        choices=["on", "off"],
+        default=None,
+        help="answering-machine detection (default: the relay's OUTBOUND_MACHINE_DETECTION)",
+    )
+    dial.add_argument(
+        "--timeout", type=float, default=15.0, help="seconds to wait for the relay (%(default)g)"
+    )
+    dial.set_defaults(func=_dial)
 
     doctor = sub.add_parser(
         "doctor",

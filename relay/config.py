@@ -39,6 +39,11 @@ DEFAULT_INSTRUCTIONS = (
     "conversational: one or two sentences. Speak in the caller's language."
 )
 
+DEFAULT_VOICEMAIL_MESSAGE = (
+    "Hello, this is an automated assistant returning your call. Sorry to have missed you; "
+    "we will try again later. Goodbye."
+)
+
 
 class Settings(BaseSettings):
     """The relay's settings. Field names are the environment variable names, case-insensitive."""
@@ -109,7 +114,11 @@ class Settings(BaseSettings):
     public_url: str = ""
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr | None = None
-    twilio_phone_number: str = ""
+    twilio_phone_number: str = ""  # the From of outbound calls (POST /calls)
+    # outbound calls: Twilio's async answering-machine detection by default (a request may say otherwise),
+    # and what the agent leaves on a machine ({name} placeholders from the call's context; empty: hang up)
+    outbound_machine_detection: bool = True
+    voicemail_message: str = DEFAULT_VOICEMAIL_MESSAGE
     twilio_api_base_url: str = "https://api.twilio.com"
     twilio_api_timeout: float = Field(10.0, gt=0, le=60)  # seconds per REST request (hang up, redirect)
     stream_token_secret: SecretStr | None = None  # defaults to a key derived from TWILIO_AUTH_TOKEN

@@ -43,6 +43,14 @@ class ExpiringKeys(Generic[K]):
         until = self._until.get(key)
         return until is not None and until > now
 
+    def __contains__(self, key: object) -> bool:
+        """True while `key` is held, expired or not (see `contains` for the deadline check)."""
+        return key in self._until
+
+    def discard(self, key: K) -> None:
+        """Forgets `key` now."""
+        self._until.pop(key, None)
+
     def prune(self, now: float) -> None:
         """Forgets the expired keys at the oldest end."""
         table = self._until
@@ -51,3 +59,42 @@ class ExpiringKeys(Generic[K]):
             if until > now:
                 return
             del table[key]
+
+
+V = TypeVar("V")
+
+
+class ExpiringValues(Generic[K, V]):
+    """A value per key, each remembered until its own deadline (see `ExpiringKeys`): the same
+    pruning and bound, and `get` never answers with an expired value."""
+
+    def __init__(self, max_keys: int) -> None:
+        self._keys: ExpiringKeys[K] = ExpiringKeys(max_keys)
+        self._values: dict[K, V] = {}
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def put(self, key: K, value: V, until: float, now: float) -> None:
+        """Remembers `value` for `key` until `until`."""
+        self._keys.add(key, until, now)
+        self._values[key] = value
+        self._forget_pruned()
+
+    def get(self, key: K, now: float) -> V | None:
+        """The value of `key` while it is remembered, else None."""
+        if not self._keys.contains(key, now):
+            self._values.pop(key, None)
+            self._forget_pruned()
+            return None
+        return self._values.get(key)
+
+    def pop(self, key: K) -> V | None:
+        """Forgets `key` now; its value, if it had one."""
+        self._keys.discard(key)
+        return self._values.pop(key, None)
+
+    def _forget_pruned(self) -> None:
+        if len(self._values) > len(self._keys):
+            for key in [k for k in self._values if k not in self._keys]:
+                del self._values[key]

@@ -69,6 +69,28 @@ POST_CALL_OUTCOMES: Final[tuple[str, ...]] = ("delivered", "rejected", "failed",
 """The `outcome` label values of `relay_post_call_deliveries_total`: delivered (2xx), rejected (the
 receiver answered a final 4xx), failed (every try failed, or no record), dropped (too many pending,
 or the relay stopped with no Redis to keep it)."""
+OUTBOUND_OUTCOMES: Final[tuple[str, ...]] = (
+    "created",  # Twilio accepted the call (201)
+    "bad_request",  # 400: the body, the number or a placeholder
+    "unauthorized",  # 401: no or a wrong admin token
+    "busy",  # 503: MAX_CONCURRENT_CALLS reached
+    "draining",  # 503: the instance is shutting down
+    "unconfigured",  # 503: no provider, or no Twilio number, credentials or PUBLIC_URL
+    "twilio_error",  # 502: Twilio refused the call or did not answer
+)
+"""The `outcome` label values of `relay_outbound_calls_total`, created at zero up front."""
+
+AMD_RESULTS: Final[tuple[str, ...]] = (
+    "human",
+    "machine_start",
+    "machine_end_beep",
+    "machine_end_silence",
+    "machine_end_other",
+    "fax",
+    "unknown",
+)
+"""Twilio's `AnsweredBy` values: the `answered_by` label of `relay_amd_results_total` (any other
+value is counted as `other`)."""
 
 
 class CallStatsLike(Protocol):
@@ -105,6 +127,21 @@ class Metrics:
         )
         for reason in REJECT_REASONS:
             self.calls_rejected_total.labels(reason=reason)
+        self.outbound_calls_total = Counter(
+            "relay_outbound_calls_total",
+            "POST /calls requests, by outcome: created, bad_request, unauthorized, busy, draining, "
+            "unconfigured, twilio_error.",
+            ["outcome"],
+            registry=reg,
+        )
+        for outcome in OUTBOUND_OUTCOMES:
+            self.outbound_calls_total.labels(outcome=outcome)
+        self.amd_results_total = Counter(
+            "relay_amd_results_total",
+            "Answering-machine detection results of outbound calls, by Twilio's AnsweredBy.",
+            ["answered_by"],
+            registry=reg,
+        )
         self.frames_in_total = Counter(
             "relay_frames_in_total", "Media frames received from Twilio (caller audio).", registry=reg
         )
@@ -282,6 +319,11 @@ class Metrics:
         """Counts a refused call: `manager.admit()`'s answer, or 'signature'."""
         self.calls_rejected_total.labels(reason=reason).inc()
 
+    def observe_amd(self, answered_by: str) -> None:
+        """Counts one AMD result; a value Twilio does not document is counted as `other`."""
+        label = answered_by if answered_by in AMD_RESULTS else "other"
+        self.amd_results_total.labels(answered_by=label).inc()
+
     def render(self) -> tuple[bytes, str]:
         """The Prometheus text exposition of this registry and its content type."""
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
@@ -289,6 +331,8 @@ class Metrics:
 
 __all__ = [
     "POST_CALL_OUTCOMES",
+    "AMD_RESULTS",
+    "OUTBOUND_OUTCOMES",
     "REJECT_REASONS",
     "TOOL_BUCKETS",
     "VOICE_BUCKETS",

@@ -18,3 +18,17 @@ def test_keys_are_remembered_until_their_deadline_and_bounded_oldest_first() -> 
     keys.add("c", until=60.0, now=14.0)  # added again: newer deadline, newest end
     keys.add("f", until=70.0, now=15.0)
     assert keys.contains("c", now=55.0) and not keys.contains("d", now=15.0)
+
+
+def test_values_are_kept_until_their_deadline_bounded_and_popped_once() -> None:
+    from relay.expiring import ExpiringValues
+
+    values: ExpiringValues[str, int] = ExpiringValues(max_keys=2)
+    values.put("a", 1, until=10.0, now=0.0)
+    values.put("b", 2, until=20.0, now=1.0)
+    assert values.get("a", now=5.0) == 1 and values.get("a", now=10.0) is None
+    values.put("c", 3, until=30.0, now=11.0)
+    values.put("d", 4, until=40.0, now=12.0)  # past two: the oldest ("b") goes, value and all
+    assert values.get("b", now=12.0) is None and len(values) == 2
+    assert values.pop("c") == 3 and values.pop("c") is None
+    assert values.get("d", now=13.0) == 4

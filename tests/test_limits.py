@@ -125,6 +125,26 @@ async def test_memory_refresh_and_reacquire_push_the_expiry() -> None:
     assert await limiter.acquire("CA2", 10)
 
 
+@pytest.mark.parametrize("kind", ["memory", "redis"])
+async def test_rebind_moves_a_reserved_slot_to_the_call_sid_at_capacity(
+    kind: str, limiters: Callable[..., CallLimiter]
+) -> None:
+    """An outbound call's slot, reserved before Twilio names the call, moves to its SID even when
+    every other slot is taken; a reservation that lapsed takes a free slot, if there is one."""
+    limiter = limiters(kind)
+    assert await limiter.acquire("outbound-1", TTL)
+    assert all([await limiter.acquire(f"CA{i}", TTL) for i in range(MAX - 1)])
+    assert await limiter.rebind("outbound-1", "CA-new", TTL)
+    assert await limiter.count() == MAX
+    assert not await limiter.acquire("outbound-1", TTL)  # the reservation is gone, its slot moved
+    assert await limiter.refresh("CA-new", TTL)
+    assert not await limiter.rebind("outbound-lapsed", "CA-other", TTL)  # held none, none free
+    await limiter.release("CA0")
+    assert await limiter.rebind("outbound-lapsed", "CA-other", TTL)
+    assert await limiter.rebind("CA-other", "CA-other", TTL)  # the same key: still held
+    assert await limiter.count() == MAX
+
+
 # --- RedisLimiter across instances -------------------------------------------------------------
 
 

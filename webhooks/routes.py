@@ -35,6 +35,7 @@ APOLOGY = "Sorry, our assistant is unavailable right now. Please call again late
 BUSY = "Sorry, all our lines are busy right now. Please call again in a few minutes."
 DRAINING = "Sorry, this service is restarting. Please call again in a moment."
 FINAL_STATUSES = {"completed", "busy", "failed", "no-answer", "canceled"}
+NOT_CONNECTED = FINAL_STATUSES - {"completed"}  # the call ended before anyone answered
 CALL_STATUS = re.compile("[a-z-]{1,20}")  # queued, ringing, in-progress, completed, no-answer...
 DURATION = re.compile("[0-9]{1,9}")
 MAX_NUMBER_CHARS = 64  # From/To: E.164 is 16 characters; client: and sip: identities are longer
@@ -91,38 +92,55 @@ async def signed_form(request: Request, route: str) -> dict[str, str] | Response
 
 
 async def incoming_call(request: Request) -> Response:
-    state = request.app.state
-    settings = state.settings
     form = await signed_form(request, "/incoming-call")
     if isinstance(form, Response):
         return form
+    with bind_call(form["CallSid"]):
+        return await connect_call(request, form, direction="inbound")
+
+
+async def connect_call(
+    request: Request, form: dict[str, str], *, direction: str, context: dict[str, str] | None = None
+) -> Response:
+    """The TwiML that connects a signed, answered call (inbound, or outbound once answered) to the
+    Media Stream: refused when replayed or not admitted; otherwise its early provider connection
+    starts, its placeholder values are remembered for its stream, and its record gets its parties."""
+    state = request.app.state
+    settings = state.settings
     call_sid = form["CallSid"]
-    with bind_call(call_sid):
-        if await state.stream_gate.had_stream(call_sid):  # a replay: no fresh token for this call
-            log.warning(
-                "refusing a replayed /incoming-call: call %s already had its Media Stream; "
-                "answering with the apology and a hang-up, no new stream token",
-                call_sid,
-            )
-            state.metrics.observe_rejection("replayed_webhook")
-            return say_and_hang_up(APOLOGY)
-        refusal = await state.manager.admit(call_sid)
-        if refusal is not None:
-            log.warning("refusing call: %s", refusal)
-            state.metrics.observe_rejection(refusal)
-            text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
-            return say_and_hang_up(text)
-        state.manager.open_early_connection(call_sid)  # the provider handshake overlaps Twilio's stream setup
-        stream_url = public_base(request, settings, websocket=True) + "/media-stream"
-        params = {
-            "callSid": call_sid,
-            "from": form.get("From", "")[:MAX_NUMBER_CHARS],
-            "to": form.get("To", "")[:MAX_NUMBER_CHARS],
-            "token": mint_stream_token(call_sid, settings),
-        }
-        state.manager.outbox.put(call_sid, "upsert", **{"from": params["from"], "to": params["to"]})
-        log.info("incoming call from %s, connecting stream to %s", params["from"], stream_url)
-        return Response(connect_twiml(stream_url, params, APOLOGY), media_type=TWIML)
+    if await state.stream_gate.had_stream(call_sid):  # a replay: no fresh token for this call
+        log.warning(
+            "refusing a replayed %s: call %s already had its Media Stream; "
+            "answering with the apology and a hang-up, no new stream token",
+            request.url.path,
+            call_sid,
+        )
+        state.metrics.observe_rejection("replayed_webhook")
+        return say_and_hang_up(APOLOGY)
+    refusal = await state.manager.admit(call_sid)
+    if refusal is not None:
+        log.warning("refusing call: %s", refusal)
+        state.metrics.observe_rejection(refusal)
+        text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
+        return say_and_hang_up(text)
+    caller, called = form.get("From", "")[:MAX_NUMBER_CHARS], form.get("To", "")[:MAX_NUMBER_CHARS]
+    # the call's placeholder values first: its early connection's opening may need them
+    state.manager.notes.remember_values(
+        call_sid, caller=caller, called=called, direction=direction, context=context or {}
+    )
+    state.manager.open_early_connection(call_sid)  # the provider handshake overlaps Twilio's stream setup
+    stream_url = public_base(request, settings, websocket=True) + "/media-stream"
+    params = {
+        "callSid": call_sid,
+        "from": caller,
+        "to": called,
+        "direction": direction,
+        "token": mint_stream_token(call_sid, settings),
+    }
+    record = {"from": params["from"], "to": params["to"], "direction": direction}
+    state.manager.outbox.put(call_sid, "upsert", **record)
+    log.info("%s call from %s, connecting stream to %s", direction, params["from"], stream_url)
+    return Response(connect_twiml(stream_url, params, APOLOGY), media_type=TWIML)
 
 
 async def call_status(request: Request) -> Response:
@@ -143,6 +161,9 @@ async def call_status(request: Request) -> Response:
             fields["duration_s"] = duration
         if status in FINAL_STATUSES:
             fields["ended_at"] = time.time()
+        if status in NOT_CONNECTED:  # no stream ever ran: this is the call's end
+            fields.update(status="ended", outcome=status)
+            await state.manager.call_not_answered(call_sid)
         state.manager.outbox.put(call_sid, "upsert", **fields)
         log.info("call status %s", status)
         return Response(status_code=204)

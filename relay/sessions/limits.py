@@ -89,6 +89,24 @@ return marked
 """
 )
 
+# A slot moved from one key to another (an outbound call's reservation to its new call SID), in one
+# step, so no other call can take it in between. ARGV[3] the old key, then as _HOLD: ARGV[4] the new
+# SID, ARGV[5] ttl in ms, ARGV[6] max_calls (the slot is taken anew when the old key held none).
+_REBIND = (
+    _PURGE
+    + """
+local marked = purge()
+redis.call('ZREM', KEYS[1], ARGV[3])
+local holds = 0
+if redis.call('ZSCORE', KEYS[1], ARGV[4]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[6]) then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), ARGV[4])
+  holds = 1
+end
+table.insert(marked, 1, holds)
+return marked
+"""
+)
+
 # Answer: the slots still held.
 _SWEEP = (
     _PURGE
@@ -124,6 +142,11 @@ class CallLimiter(Protocol):
 
     async def refresh(self, call_sid: str, ttl: float) -> bool:
         """Extends the slot to `ttl` seconds from now; False when the SID no longer holds one."""
+
+    async def rebind(self, old: str, new: str, ttl: float) -> bool:
+        """Moves the slot held under `old` to `new` for `ttl` seconds, in one step (no other call
+        can take it in between); when `old` held none (it lapsed), takes a free one. False when
+        `new` holds no slot afterwards."""
 
     async def release(self, call_sid: str) -> None:
         """Frees the slot (nothing happens when the SID holds none)."""
@@ -173,6 +196,10 @@ class MemoryLimiter:
         self._expiry[call_sid] = now + _positive(ttl)
         return True
 
+    async def rebind(self, old: str, new: str, ttl: float) -> bool:
+        self._expiry.pop(old, None)
+        return await self.acquire(new, ttl)
+
     async def release(self, call_sid: str) -> None:
         self._expiry.pop(call_sid, None)
 
@@ -218,6 +245,7 @@ class RedisLimiter:
         # Scripts run by EVALSHA and are loaded again by themselves after a Redis restart.
         self._hold = self._client.register_script(_HOLD)
         self._sweep = self._client.register_script(_SWEEP)
+        self._rebind = self._client.register_script(_REBIND)
         self._count = self._client.register_script(_COUNT)
 
     async def acquire(self, call_sid: str, ttl: float) -> bool:
@@ -226,6 +254,10 @@ class RedisLimiter:
 
     async def refresh(self, call_sid: str, ttl: float) -> bool:
         held, _ = await self._purging(self._hold, "refreshing a call slot", call_sid, _ms(ttl), 0)
+        return bool(held)
+
+    async def rebind(self, old: str, new: str, ttl: float) -> bool:
+        held, _ = await self._purging(self._rebind, "moving a call slot", old, new, _ms(ttl), self.max_calls)
         return bool(held)
 
     async def sweep(self) -> list[str]:

@@ -1,6 +1,7 @@
-"""The process's calls: admission (the shared call limit), the slots that hold it, the early
-connections, which provider serves a call and which serves its fallback, and the drain at
-shutdown. One call's own life is `relay.sessions.call_run.CallRun`.
+"""The process's calls: admission (the shared call limit), the slots that hold it (an outbound
+call's from before Twilio names it), the early connections, each call's placeholder values, which
+provider serves a call and which serves its fallback, and the drain at shutdown. One call's own
+life is `relay.sessions.call_run.CallRun`.
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from relay.config import Settings
@@ -18,7 +20,9 @@ from relay.errors import StoreError
 from relay.logs import bind_call
 from relay.metrics import Metrics
 from relay.post_call import DeliveryPolicy, PostCallWebhook
+from relay.placeholders import CallTexts, has_placeholders
 from relay.sessions.call import TwilioSink
+from relay.sessions.call_notes import CallNotes
 from relay.sessions.call_run import CallRun, CascadeFactory
 from relay.sessions.early import EARLY_TTL_S, EarlyConnections
 from relay.sessions.limits import CallLimiter, MemoryLimiter
@@ -36,6 +40,10 @@ OUTBOX_CLOSE_DOWN_S = 1.0  # ...and while it is known to be down: two more tries
 POST_CALL_RECORD_WAIT_S = 5.0  # a post-call delivery waits this long for the record's writes, then retries
 GOODBYE_SHUTDOWN = "Sorry, this service is restarting. Please call again in a moment. Goodbye."
 END_CALLS_MARGIN_S = 2.0  # the drain's bound on ending the remaining calls: one REST timeout plus this
+# An outbound call holds its slot from `POST /calls` on; while it rings nobody refreshes it, so it
+# lasts this long (Twilio rings 60 s by default, at most 600 s, after queueing) or CALL_SLOT_TTL if
+# longer. A call that is never answered gives it back at its final status callback.
+RINGING_SLOT_TTL_S = 660.0
 
 
 class CallManager:
@@ -77,6 +85,8 @@ class CallManager:
         self.draining = False
         self._adapter: ProviderAdapter | None = None
         self.early_connections: EarlyConnections | None = None
+        # placeholder values, outbound contexts and AMD results, until the call's stream takes them
+        self.notes = CallNotes(settings, ringing_ttl=self.ringing_slot_ttl)
         if settings.realtime_preconnect and settings.relay_mode != "cascade":
             self.early_connections = EarlyConnections(
                 lambda: open_early(self.adapter, settings, self.opening),
@@ -93,18 +103,19 @@ class CallManager:
             self._adapter = self.adapter_factory()
         return self._adapter
 
-    async def admit(self, call_sid: str) -> str | None:
-        """None when the call is admitted (a slot is held for it), else why not: draining, unconfigured
-        or busy. The slot is shared by every instance when Redis is used; if Redis does not answer
-        within LIMITER_DEADLINE_S the relay fails open, bounded by this instance's own
-        MAX_CONCURRENT_CALLS (counted in relay_calls_admitted_fail_open_total)."""
+    async def admit(self, call_sid: str, *, ttl: float | None = None) -> str | None:
+        """None when the call is admitted (a slot is held for it, `ttl` seconds, CALL_SLOT_TTL by
+        default), else why not: draining, unconfigured or busy. The slot is shared by every instance
+        when Redis is used; if Redis does not answer within LIMITER_DEADLINE_S the relay fails open,
+        bounded by this instance's own MAX_CONCURRENT_CALLS (counted in
+        relay_calls_admitted_fail_open_total)."""
         if self.draining:
             return "draining"
         if not self.settings.provider_configured:
             return "unconfigured"
         try:
             async with asyncio.timeout(LIMITER_DEADLINE_S):
-                ok = await self.limiter.acquire(call_sid, self.settings.call_slot_ttl)
+                ok = await self.limiter.acquire(call_sid, ttl or self.settings.call_slot_ttl)
             self.store_health.succeeded()
         except (StoreError, TimeoutError) as exc:
             self.store_health.failed(exc, "taking a call slot")
@@ -113,6 +124,75 @@ class CallManager:
                 self.metrics.calls_admitted_fail_open_total.inc()
                 log.info("admitted on this instance's own limit: the call limiter did not answer")
         return None if ok else "busy"
+
+    # --- outbound calls ---------------------------------------------------------------------------
+    @property
+    def ringing_slot_ttl(self) -> float:
+        return max(RINGING_SLOT_TTL_S, self.settings.call_slot_ttl)
+
+    async def reserve_outbound(self) -> tuple[str, str | None]:
+        """Admission for a call the relay is about to place: a slot held under a reservation key
+        until Twilio names the call (`bind_outbound`), so that the callee who answers finds one.
+        Returns the key and None, or the key and why not (`admit`'s reasons)."""
+        reservation = f"outbound-{uuid.uuid4().hex}"
+        return reservation, await self.admit(reservation, ttl=self.ringing_slot_ttl)
+
+    async def bind_outbound(self, reservation: str, call_sid: str, context: Mapping[str, str]) -> None:
+        """The placed call's slot moves from its reservation to its call SID, in one step, and its
+        context is kept here for its answer webhook (the record has it too, for other instances).
+        A limiter that does not answer leaves the slot to expire: the answer webhook admits the
+        call again (failing open then as any admission does)."""
+        self.notes.keep_context(call_sid, context)
+        try:
+            async with asyncio.timeout(LIMITER_DEADLINE_S):
+                held = await self.limiter.rebind(reservation, call_sid, self.ringing_slot_ttl)
+            self.store_health.succeeded()
+        except (StoreError, TimeoutError) as exc:
+            self.store_health.failed(exc, "moving an outbound call's slot")
+            return
+        if not held:
+            log.warning("outbound call %s: its reserved slot had lapsed and none was free", call_sid)
+
+    async def release_reservation(self, reservation: str) -> None:
+        """A reservation whose call was not placed (Twilio refused it) gives its slot back."""
+        await self._release_slot(reservation)
+
+    async def call_not_answered(self, call_sid: str) -> None:
+        """Twilio's final status for a call that never connected (busy, no-answer, failed,
+        canceled): the slot it held while ringing is given back now rather than when it lapses.
+        A call running here keeps its slot until it ends."""
+        if call_sid not in self.active:
+            self.notes.forget_context(call_sid)
+            await self._release_slot(call_sid)
+
+    def answered_by(self, call_sid: str, answered_by: str) -> bool:
+        """Twilio's answering-machine detection result for a call (`AnsweredBy`: human,
+        machine_end_beep, machine_end_silence, machine_end_other, fax, unknown...), handed to the
+        call when it runs here (`CallRun.on_answered_by`): True then. Otherwise (its stream has not
+        started yet, or runs on another instance) it is kept for a run that starts here later
+        (`notes.take_answered_by`), and False; the record (written by the AMD route) has it anyway."""
+        run = self.active.get(call_sid)
+        notify = getattr(run, "on_answered_by", None)  # the session's reaction (the voicemail message)
+        if notify is None:
+            self.notes.note_answered_by(call_sid, answered_by)
+            return False
+        notify(answered_by)
+        return True
+
+    # --- placeholders -----------------------------------------------------------------------------
+    def call_texts(self, start: Start) -> CallTexts:
+        """INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE filled for this call (`CallNotes.texts`)."""
+        return self.notes.texts(start.call_sid, start.custom_parameters)
+
+    def opening_for(self, texts: CallTexts) -> Opening:
+        """The opening of a realtime session with these texts: the process's own (`opening`) when
+        the configured texts have no placeholders, else one built for the call."""
+        settings = self.settings
+        if not has_placeholders(settings.instructions, settings.greeting):
+            return self.opening
+        tools = self.registry.realtime_tools() if self.registry is not None else []
+        own = settings.model_copy(update={"instructions": texts.instructions, "greeting": texts.greeting})
+        return Opening.build(own, tools, self.adapter.dialect)
 
     @functools.cached_property
     def opening(self) -> Opening:

@@ -1,4 +1,6 @@
-"""A fake of Twilio's REST call update (`POST /2010-04-01/Accounts/{sid}/Calls/{CallSid}.json`).
+"""A fake of Twilio's REST calls: update (`POST /2010-04-01/Accounts/{sid}/Calls/{CallSid}.json`),
+and create (`POST …/Calls.json`, with the callbacks Twilio then sends: relay/testing/twilio_rest_calls.py,
+`fake.outbound`).
 
 It checks HTTP Basic auth (account SID and auth token), reads the form fields `Status` / `Twiml`,
 records each update and answers a call resource. Errors use Twilio's JSON shape
@@ -29,6 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from relay.testing.server import serve_app
+from relay.testing.twilio_rest_calls import FakeOutbound
 
 __all__ = ["CallUpdate", "FakeTwilioRest", "TwilioRestRequest"]
 
@@ -41,6 +44,11 @@ _ERRORS = {
     404: (20404, "The requested resource was not found"),
     429: (20429, "Too Many Requests"),
     500: (20500, "Internal Server Error"),
+}
+
+# a create refused with this status: (message, code), as Twilio words it
+_CREATE_ERRORS = {
+    400: ("The 'To' number +15550000000 is not a valid phone number.", 21211),
 }
 
 
@@ -87,13 +95,23 @@ class FakeTwilioRest:
     """Failure knob: never answer (until the fake stops), so the client's timeout fires."""
     requests: list[TwilioRestRequest] = field(default_factory=list)
     updates: list[CallUpdate] = field(default_factory=list)
+    outbound: FakeOutbound | None = None
+    """Created calls and their callbacks (a FakeOutbound signing with `auth_token` by default)."""
 
     def __post_init__(self) -> None:
+        if self.outbound is None:
+            self.outbound = FakeOutbound(auth_token=self.auth_token)
         self._updated = asyncio.Event()
         self._received = asyncio.Event()
         self._stopping = asyncio.Event()
         path = f"/{API_VERSION}/Accounts/{{account_sid}}/Calls/{{call_sid}}.json"
-        self.app = Starlette(routes=[Route(path, self._update_call, methods=["POST"])])
+        create = f"/{API_VERSION}/Accounts/{{account_sid}}/Calls.json"
+        self.app = Starlette(
+            routes=[
+                Route(create, self._create_call, methods=["POST"]),
+                Route(path, self._update_call, methods=["POST"]),
+            ]
+        )
 
     @contextlib.asynccontextmanager
     async def serve(self) -> AsyncIterator[str]:
@@ -103,6 +121,8 @@ class FakeTwilioRest:
                 yield url
             finally:
                 self._stopping.set()  # a hanging answer returns, so the server can stop
+                if self.outbound is not None:
+                    await self.outbound.aclose()
 
     async def wait_update(self, n: int = 1, timeout: float = 5.0) -> CallUpdate:  # noqa: ASYNC109
         """The `n`-th accepted update, waiting for it; TimeoutError says what was seen."""
@@ -126,9 +146,20 @@ class FakeTwilioRest:
             raise TimeoutError(f"request #{n} not received in {timeout}s; got {self.requests}") from None
         return self.requests[:n]
 
-    async def _update_call(self, request: Request) -> JSONResponse:
+    async def _create_call(self, request: Request) -> JSONResponse:
+        form, refusal = await self._receive(request, call_sid="")
+        if refusal is not None:
+            return refusal
+        assert self.outbound is not None
+        status, body = self.outbound.create(request.path_params["account_sid"], form)
+        if status >= 400:
+            return _error(status, body["message"], code=body["code"])
+        return JSONResponse(body, status_code=status)
+
+    async def _receive(self, request: Request, call_sid: str) -> tuple[dict[str, str], JSONResponse | None]:
+        """Records the request; its form, and the error answer when it is to be refused (the knobs,
+        the credentials, the account)."""
         account_sid = request.path_params["account_sid"]
-        call_sid = request.path_params["call_sid"]
         form = dict(parse_qsl((await request.body()).decode(), keep_blank_values=True))
         username, password = _basic_auth(request.headers.get("authorization", ""))
         self.requests.append(TwilioRestRequest(account_sid, call_sid, username, password, form))
@@ -138,18 +169,29 @@ class FakeTwilioRest:
                 async with asyncio.timeout(None if self.hang else self.delay):
                     await self._stopping.wait()
             if self.hang:  # released by the fake's stop: the update never took effect
-                return _error(503)
+                return form, _error(503)
         if not (
             username is not None
             and password is not None
             and secrets.compare_digest(username, self.account_sid)
             and secrets.compare_digest(password, self.auth_token)
         ):
-            return _error(401)
+            return form, _error(401)
         if account_sid != self.account_sid:
-            return _error(404)
+            return form, _error(404)
         if self.status is not None and self.status != 200:
-            return _error(self.status)
+            if not call_sid and self.status in _CREATE_ERRORS:  # a create
+                text, code = _CREATE_ERRORS[self.status]
+                return form, _error(self.status, text, code=code)
+            return form, _error(self.status)
+        return form, None
+
+    async def _update_call(self, request: Request) -> JSONResponse:
+        account_sid = request.path_params["account_sid"]
+        call_sid = request.path_params["call_sid"]
+        form, refusal = await self._receive(request, call_sid)
+        if refusal is not None:
+            return refusal
         if "Status" not in form and "Twiml" not in form and "Url" not in form:
             return _error(400, "Nothing to update: send Status, Twiml or Url.", code=21201)
         self.updates.append(CallUpdate(account_sid, call_sid, form, time.monotonic()))

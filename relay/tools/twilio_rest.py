@@ -1,4 +1,5 @@
-"""Live-call control over Twilio's REST API: hang up, or replace the call's TwiML (transfer).
+"""Call control over Twilio's REST API: place a call (outbound), hang up, or replace a live call's
+TwiML (transfer).
 
 Uses the twilio package's async client. The REST base URL comes from TWILIO_API_BASE_URL: it is
 set as the `base_url` of the client's `Api` domain (`client.api.base_url`), which is where the
@@ -10,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import re
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
@@ -24,9 +28,29 @@ from twilio.rest import Client
 from relay.config import Settings
 from relay.errors import ConfigError, ToolError
 
-__all__ = ["DEFAULT_TWILIO_API_BASE_URL", "TwilioCalls"]
+__all__ = ["DEFAULT_TWILIO_API_BASE_URL", "CreatedCall", "TwilioCalls", "TwilioRefused"]
 
 DEFAULT_TWILIO_API_BASE_URL = "https://api.twilio.com"
+# what the twilio package puts before Twilio's message ("Unable to create record: …")
+_PACKAGE_PREFIX = re.compile(r"^Unable to \w+ record: ")
+
+
+class TwilioRefused(ToolError):
+    """Twilio answered a REST request with an error: `status` its HTTP status, `twilio_message`
+    its own words (what `POST /calls` hands back to its client)."""
+
+    def __init__(self, message: str, *, status: int, twilio_message: str, retryable: bool) -> None:
+        super().__init__(message, retryable=retryable)
+        self.status = status
+        self.twilio_message = twilio_message
+
+
+@dataclass(frozen=True, slots=True)
+class CreatedCall:
+    """A call Twilio accepted to place: its SID and status (`queued`)."""
+
+    call_sid: str
+    status: str
 
 
 class _BasicAuth(AuthStrategy, CredentialProvider):
@@ -99,6 +123,35 @@ class TwilioCalls:
             self._client = client
         return self._client
 
+    async def create_call(
+        self,
+        *,
+        to: str,
+        from_: str,
+        url: str,
+        status_callback: str,
+        amd_callback: str | None = None,
+    ) -> CreatedCall:
+        """Places a call (`POST …/Calls.json`): Twilio requests `url` when `to` answers, and
+        `status_callback` when it ends. With `amd_callback`, asynchronous answering-machine
+        detection (`MachineDetection=DetectMessageEnd`, `AsyncAmd=true`) reports to it."""
+        amd: dict[str, Any] = {}
+        if amd_callback is not None:
+            amd = {
+                "machine_detection": "DetectMessageEnd",
+                "async_amd": "true",
+                "async_amd_status_callback": amd_callback,
+                "async_amd_status_callback_method": "POST",
+            }
+        call = await self._request(
+            "place",
+            to,
+            self._rest().calls.create_async(
+                to=to, from_=from_, url=url, method="POST", status_callback=status_callback, **amd
+            ),
+        )
+        return CreatedCall(str(call.sid), str(call.status or "queued"))
+
     async def hang_up(self, call_sid: str) -> None:
         """Ends the call now (`Status=completed`)."""
         await self._update(call_sid, "hang up", status="completed")
@@ -108,9 +161,14 @@ class TwilioCalls:
         await self._update(call_sid, "redirect", twiml=twiml)
 
     async def _update(self, call_sid: str, action: str, **fields: Any) -> None:
+        await self._request(action, call_sid, self._rest().calls(call_sid).update_async(**fields))
+
+    async def _request(self, action: str, call_sid: str, request: Coroutine[Any, Any, Any]) -> Any:
+        """Awaits one REST request within the timeout; every failure becomes a ToolError (a
+        TwilioRefused when Twilio answered with an error)."""
         try:
             async with asyncio.timeout(self._timeout):
-                await self._rest().calls(call_sid).update_async(**fields)
+                return await request
         except (TwilioRestException, TwilioServiceException) as exc:
             raise _rest_error(exc, call_sid, action) from exc
         except TimeoutError as exc:
@@ -144,12 +202,18 @@ class TwilioCalls:
         await self.aclose()
 
 
-def _rest_error(exc: TwilioRestException | TwilioServiceException, call_sid: str, action: str) -> ToolError:
+def _rest_error(
+    exc: TwilioRestException | TwilioServiceException, call_sid: str, action: str
+) -> TwilioRefused:
+    """The error for Twilio's answer; `call_sid` is the number dialled when `action` is "place"."""
     status = int(exc.status)
     detail = exc.msg if isinstance(exc, TwilioRestException) else (exc.detail or exc.title)
+    detail = _PACKAGE_PREFIX.sub("", str(detail))  # Twilio's own words, without the package's
     code = f", Twilio error {exc.code}" if exc.code else ""
     suffix = f" (HTTP {status}{code}: {detail})"
-    if status == 401:
+    if action == "place" and status != 401:
+        message = f"Twilio refused to place a call to {call_sid}"
+    elif status == 401:
         message = "Twilio rejected TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN; check them in the Twilio console"
     elif status == 403:
         message = f"Twilio refused to {action} call {call_sid} for this account"
@@ -161,4 +225,5 @@ def _rest_error(exc: TwilioRestException | TwilioServiceException, call_sid: str
         message = f"Twilio rate-limited the {action} request for call {call_sid}"
     else:
         message = f"Twilio failed to {action} call {call_sid}"
-    return ToolError(message + suffix, retryable=status >= 500 or status in (408, 429))
+    retryable = status >= 500 or status in (408, 429)
+    return TwilioRefused(message + suffix, status=status, twilio_message=str(detail), retryable=retryable)

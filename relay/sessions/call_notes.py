@@ -1,0 +1,83 @@
+"""What the relay learns about a call before its stream starts, kept for the stream: the call's
+placeholder values (from its webhook), an outbound call's context (from `POST /calls` until its
+answer webhook) and its answering-machine result when that comes first.
+
+Each is kept in memory, bounded (oldest first) and for a while only: the values until the
+stream token can no longer be used, the context and the AMD result while the call may ring.
+Another instance learns the context from the call's record (webhooks/outbound.py).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+
+from relay.config import Settings
+from relay.expiring import ExpiringValues
+from relay.placeholders import CallTexts, call_values, texts_for_call
+
+__all__ = ["MAX_REMEMBERED_CALLS", "CallNotes"]
+
+MAX_REMEMBERED_CALLS = 20_000  # calls remembered at most, per kind of note (the oldest first)
+
+
+class CallNotes:
+    """Per-call notes of one process, each forgotten after its own deadline."""
+
+    def __init__(self, settings: Settings, *, ringing_ttl: float) -> None:
+        self.settings = settings
+        self.ringing_ttl = ringing_ttl
+        self._values: ExpiringValues[str, dict[str, str]] = ExpiringValues(MAX_REMEMBERED_CALLS)
+        self._contexts: ExpiringValues[str, dict[str, str]] = ExpiringValues(MAX_REMEMBERED_CALLS)
+        self._answered_by: ExpiringValues[str, str] = ExpiringValues(MAX_REMEMBERED_CALLS)
+
+    def remember_values(
+        self,
+        call_sid: str,
+        *,
+        caller: str,
+        called: str,
+        direction: str,
+        context: Mapping[str, str] | None = None,
+    ) -> None:
+        """At a call's webhook: its placeholder values, until its stream starts (`texts`)."""
+        now = time.monotonic()
+        values = call_values(context or {}, caller=caller, called=called, direction=direction)
+        self._values.put(call_sid, values, now + self.settings.stream_token_ttl + 1, now)
+
+    def texts(self, call_sid: str, stream_parameters: Mapping[str, str] | None = None) -> CallTexts:
+        """INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE filled for the call: with the values its
+        webhook remembered (for the early connection at the webhook, then at the stream's start),
+        else (a stream whose webhook was served elsewhere) with its stream parameters `from`, `to`
+        and `direction`, and no context."""
+        values = self._values.get(call_sid, time.monotonic())
+        if values is None:
+            params = stream_parameters or {}
+            values = call_values(
+                {},
+                caller=params.get("from", ""),
+                called=params.get("to", ""),
+                direction=params.get("direction", "inbound"),
+            )
+        return texts_for_call(self.settings, values)
+
+    def keep_context(self, call_sid: str, context: Mapping[str, str]) -> None:
+        """An outbound call's context, until its answer webhook (`context`)."""
+        now = time.monotonic()
+        self._contexts.put(call_sid, dict(context), now + self.ringing_ttl, now)
+
+    def context(self, call_sid: str) -> dict[str, str] | None:
+        """The context of a call this instance placed; None for any other call."""
+        return self._contexts.get(call_sid, time.monotonic())
+
+    def forget_context(self, call_sid: str) -> None:
+        self._contexts.pop(call_sid)
+
+    def note_answered_by(self, call_sid: str, answered_by: str) -> None:
+        """An AMD result, for a run that starts after it arrived (`take_answered_by`)."""
+        now = time.monotonic()
+        self._answered_by.put(call_sid, answered_by, now + self.ringing_ttl, now)
+
+    def take_answered_by(self, call_sid: str) -> str | None:
+        """The AMD result that arrived before the call's run asked, if any (taken)."""
+        return self._answered_by.pop(call_sid)
