@@ -25,8 +25,8 @@ from relay.loop_lag import watch_event_loop
 from relay.media_stream import PATHS as MEDIA_STREAM_PATHS
 from relay.media_stream import serve_media_stream
 from relay.metrics import Metrics
-from relay.post_call import DeliveryPolicy
 from relay.outbound import outbound_routes
+from relay.post_call import DeliveryPolicy
 from relay.sessions.limits import make_limiter
 from relay.sessions.manager import CallManager
 from relay.sessions.outbox import StoreHealth

@@ -61,6 +61,11 @@ class CallTexts:
     instructions: str
     greeting: str
     voicemail_message: str
+    direction: str = "inbound"  # inbound | outbound-api
+
+    @property
+    def outbound(self) -> bool:
+        return self.direction == "outbound-api"
 
 
 def placeholder_names(text: str) -> list[str]:
@@ -152,4 +157,5 @@ def texts_for_call(settings: Settings, values: Mapping[str, str]) -> CallTexts:
         fill(settings.instructions, values),
         fill(settings.greeting, values),
         fill(settings.voicemail_message, values),
+        values.get("direction") or "inbound",
     )

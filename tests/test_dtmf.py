@@ -80,7 +80,8 @@ async def test_keys_reach_the_realtime_model_as_the_callers_turn(kind: str) -> N
         r.caller() as call,
     ):
         conn = await r.dial(call)
-        await conn.wait_for("session.update", direction="received")
+        update = await conn.wait_for("session.update", direction="received")
+        assert "send_digits" not in str(update)  # an inbound call without DTMF_TOOL
         for digit in "1234":
             assert await call.send_dtmf(digit)
         hashed_at = time.monotonic()

@@ -17,7 +17,7 @@ import pytest
 from relay.app import create_app
 from relay.placeholders import call_values, texts_for_call
 from relay.sids import is_call_sid
-from relay.testing.realtime import FakeRealtimeServer
+from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import serve_app
 from relay.testing.twilio import FakeTwilioCall
 from relay.testing.twilio_rest import FakeTwilioRest
@@ -60,9 +60,10 @@ class Outbound:
 
 
 @contextlib.asynccontextmanager
-async def outbound(**settings: Any) -> AsyncIterator[Outbound]:
+async def outbound(replies: list[Any] | None = None, **settings: Any) -> AsyncIterator[Outbound]:
     rest = FakeTwilioRest(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
-    async with FakeRealtimeServer() as server, rest.serve() as rest_url:
+    server_kw = {"responses": replies} if replies is not None else {}
+    async with FakeRealtimeServer(**server_kw) as server, rest.serve() as rest_url:
         config: dict[str, Any] = {
             "relay_mode": "realtime",
             "openai_base_url": server.openai_base_url,
@@ -127,7 +128,8 @@ async def test_post_calls_places_the_call_and_the_answer_connects_a_stream() -> 
         async with callee:
             assert await callee.connect(twiml)
             conn = await env.server.wait_connection()  # opened early, at the answer webhook
-            await conn.wait_for("session.update", direction="received")
+            update = await conn.wait_for("session.update", direction="received")
+            assert "send_digits" in [tool["name"] for tool in update["session"]["tools"]]  # outbound
             record = await record_with(env, call_sid, "answered_by")
             assert record["direction"] == "outbound-api" and record["from"] == FROM and record["to"] == TO
             assert record["context"] == {"name": "Ada"} and record["machine_detection"] is True
@@ -364,3 +366,65 @@ async def test_relay_dial_says_why_the_relay_refused(tmp_path) -> None:
         out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
         assert proc.returncode == 1 and out == b""
         assert "HTTP 400" in err.decode() and "E.164" in err.decode()
+
+
+def callee_for(env: Outbound, call_sid: str) -> FakeTwilioCall:
+    return FakeTwilioCall(
+        base_url=env.url,
+        auth_token=AUTH_TOKEN,
+        public_url=PUBLIC_URL,
+        call_sid=call_sid,
+        account_sid=ACCOUNT_SID,
+        from_=FROM,
+        to=TO,
+    )
+
+
+@pytest.mark.parametrize("early_greeting", [True, False])
+async def test_a_machine_gets_the_voicemail_message_and_the_call_ends_after_it_played(
+    early_greeting: bool,
+) -> None:
+    """AnsweredBy machine_end_beep: the agent says VOICEMAIL_MESSAGE (placeholders filled) instead
+    of going on with the greeting, and the relay hangs up once it has played, as end_call does."""
+    message = "Hello Ada, ACME here. Please call us back."
+    replies = [
+        Say("Hi Ada, this is ACME calling about your order.", audio_ms=2000),
+        Say(message, audio_ms=800),
+    ]
+    async with outbound(replies, realtime_early_greeting=early_greeting) as env:
+        assert env.rest.outbound is not None
+        env.rest.outbound.answered_by = "machine_end_beep"
+        call_sid = (await env.post({"to": TO, "context": {"name": "Ada"}})).json()["call_sid"]
+        placed = await env.rest.outbound.wait_answered()
+        assert placed.answer is not None
+        async with callee_for(env, call_sid) as callee:
+            assert await callee.connect(placed.answer)
+            conn = await env.server.wait_connection()
+            asked = await conn.wait_for(
+                "response.create",
+                direction="received",
+                predicate=lambda e: message in str((e.get("response") or {}).get("instructions", "")),
+            )
+            assert asked["response"]["instructions"].endswith(message)
+            hang_up = await env.rest.wait_update(timeout=15)
+            assert hang_up.status == "completed" and hang_up.call_sid == call_sid
+            said = conn.audio_sent[list(conn.audio_sent)[-1]]
+            chunks = [c for c in callee.outbound_chunks if c.stopped_at is not None]
+            assert len(said) == 800 * 8 and sum(c.played_bytes for c in chunks) >= len(said)
+            assert hang_up.at >= max(c.stopped_at for c in chunks)  # after the message played
+            await callee.stop()
+        assert conn.active_response_conflicts == 0
+
+
+async def test_a_machine_with_no_voicemail_message_is_hung_up_at_once() -> None:
+    async with outbound(voicemail_message="") as env:
+        assert env.rest.outbound is not None
+        env.rest.outbound.answered_by = "machine_end_silence"
+        call_sid = (await env.post({"to": TO, "context": {"name": "Ada"}})).json()["call_sid"]
+        placed = await env.rest.outbound.wait_answered()
+        assert placed.answer is not None
+        async with callee_for(env, call_sid) as callee:
+            assert await callee.connect(placed.answer)
+            hang_up = await env.rest.wait_update(timeout=5)
+            assert hang_up.status == "completed" and hang_up.call_sid == call_sid
+            await callee.stop()

@@ -160,7 +160,7 @@ async def test_shutdown_closes_waiting_connections() -> None:
 def connector(rt: FakeRealtimeServer):
     url = f"{rt.url}/v1/realtime?model=gpt-realtime"
 
-    async def connect() -> ProviderSocket:
+    async def connect(call_sid: str) -> ProviderSocket:
         headers = {"Authorization": "Bearer sk-test"}
         return await connect_provider(url, headers=headers, open_timeout=5, user_agent="test")
 

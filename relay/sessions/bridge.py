@@ -88,6 +88,7 @@ class BridgeCore:
         self._expect_since: float | None = None  # a response.create or server-VAD response is coming
         self._want_response = False
         self._next_response: dict[str, Any] | None = None  # what the next response.create asks for
+        self._cancel_next = False  # cancel the next response that starts (not the one asked for)
         self._pending_tools: dict[str, str] = {}  # call_id -> response_id
         self._tool_responses: set[str] = set()  # responses that called tools and are not finished
         self._cut_responses: set[str] = set()
@@ -140,12 +141,16 @@ class BridgeCore:
         if greeting:
             self._greeting_sent = True
             self._expect_since = now
+        elif early and self._greeting and self._next_response is not None:
+            self._cancel_next = True  # the early connection's greeting is coming: `say_now` comes first
+            self._expect_since = now
         self._to_provider += carried
         while self._prebuffer:
             self._to_provider.append(append_event(self._prebuffer.popleft()))
         if self._prebuffer_dropped:
             self._effects.append(PrebufferDropped(self._prebuffer_dropped))
             self._prebuffer_dropped = 0
+        self._maybe_continue(now)  # a response asked for while the provider was away
 
     def drop_buffered_audio(self) -> None:
         """The shell hands a replacement socket the caller audio since the old provider's last sign
@@ -193,6 +198,10 @@ class BridgeCore:
         elif isinstance(event, ev.ResponseStarted):
             self._active = event.response_id
             self._expect_since = None
+            if self._cancel_next:  # one that `say_now` did not want: cancelled as it starts
+                self._cancel_next = False
+                self._cut_responses.add(event.response_id)
+                self._to_provider.append(RESPONSE_CANCEL)
         elif isinstance(event, ev.ResponseDone):
             self._on_response_done(event, now)
         elif isinstance(event, ev.ToolCall):
@@ -287,7 +296,9 @@ class BridgeCore:
         self._send_mark(now)  # the response's last audio is covered by a mark
         if event.response_id == self._active:
             self._active = None
-        self._effects.append(ResponseDone(event.response_id, event.status, event.error))
+        cut = event.response_id in self._cut_responses  # not heard to its end: cancelled, for the call
+        status = "cancelled" if cut else event.status
+        self._effects.append(ResponseDone(event.response_id, status, event.error))
         current = self._spoken.get(self._current_item)
         if current is not None:
             current.audio_done = True
@@ -313,7 +324,7 @@ class BridgeCore:
         self._maybe_continue(now)
 
     def _maybe_continue(self, now: float) -> None:
-        if not self._want_response or self._pending_tools:
+        if not self._want_response or self._pending_tools or not self._provider_ready:
             return
         if self._active is not None:
             return
@@ -323,15 +334,19 @@ class BridgeCore:
         self._expect_since = now
         self._to_provider.append(response_event(self._next_response))
         self._next_response = None
+        self._cancel_next = False  # this one is ours
 
     def say_now(self, text: str, now: float) -> None:
         """Interrupts whatever the agent is saying and has it say `text`, word for word (e.g. a
         voicemail message), once no response is active."""
         self._on_interrupted(now, cancel=True)
+        if not self._provider_ready:
+            self._greeting_sent = True  # not opened yet: the text comes instead of the greeting
+        elif self._active is None and self._expect_since is not None:
+            self._cancel_next = True  # a response is on its way (the greeting, or server VAD's)
         self._pending_tools.clear()  # the call's course changed: outputs still coming are dropped
         self._next_response = {"instructions": f"Say exactly this, word for word, and nothing else: {text}"}
         self._want_response = True
-        self._expect_since = None
         self._maybe_continue(now)
 
     def tick(self, now: float) -> None:

@@ -43,6 +43,7 @@ log = logging.getLogger("relay.manager")
 
 HANGUP_GRACE_S = 15.0  # longest wait for the goodbye to play before hanging up anyway
 RECORD_WAIT_S = 2.0  # an ended call waits this long at most for its record (not at all if the store is down)
+MACHINE_ENDS = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other"})
 GOODBYE_DURATION = "We have reached the time limit for this call. Thank you for calling, goodbye."
 
 
@@ -140,6 +141,7 @@ class CallRun:
         self._tasks: set[asyncio.Task[None]] = set()
         self._goodbye: Goodbye | None = None
         self._tones = 0  # DTMF tone sequences played
+        self.texts = manager.call_texts(start)  # INSTRUCTIONS, GREETING, VOICEMAIL_MESSAGE for this call
         self.earlier_stats: list[CallStats] = []  # the realtime phase's figures, after a fallback
         self.ending = ""
 
@@ -182,6 +184,32 @@ class CallRun:
             act = self.manager.redirect(self.start.call_sid, effect.twiml)
         self._goodbye = Goodbye(effect.after_response)
         self._spawn(self._after_goodbye(self._goodbye, act), type(effect).__name__.lower())
+
+    def on_answered_by(self, answered_by: str) -> None:
+        """Twilio's answering-machine detection: on a machine (after its beep or silence) the agent
+        leaves VOICEMAIL_MESSAGE and the call is hung up once it has played; with no message, at
+        once. A person (`human`) or `unknown`: the conversation goes on."""
+        if answered_by in MACHINE_ENDS or answered_by == "fax":
+            self._spawn(self._leave_voicemail(answered_by), "voicemail")
+
+    async def _leave_voicemail(self, answered_by: str) -> None:
+        message = self.texts.voicemail_message if answered_by != "fax" else ""
+        session = self.session
+        if not message or session is None:
+            log.info("answered by %s: hanging up", answered_by)
+            await self.manager.hang_up(self.start.call_sid)
+            return
+        log.info("answered by %s: leaving the voicemail message, then hanging up", answered_by)
+        self._goodbye = Goodbye(after_response="")  # the next response that completes is the message
+        await session.say(message)
+        await self._after_goodbye(self._goodbye, self.manager.hang_up(self.start.call_sid))
+
+    def _answered_early(self) -> None:
+        """An answering-machine result that came before this call's stream started (kept by the
+        manager's notes)."""
+        answered_by = self.manager.notes.take_answered_by(self.start.call_sid)
+        if answered_by:
+            self.on_answered_by(answered_by)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.get_running_loop().create_task(coro, name=f"{name}-{self.start.call_sid}")
@@ -307,12 +335,13 @@ class CallRun:
             adapter=adapter,
             start=self.start,
             twilio=self.stream,
-            opening=self.manager.opening,
+            opening=self.manager.opening_for(self.texts),
             on_effect=self.apply,
             history=self.turns,
             early=early.take(self.start.call_sid) if early is not None else None,
         )
         self.session = realtime
+        self._answered_early()
         try:
             return await realtime.run()
         except ProviderError as exc:
@@ -347,19 +376,19 @@ class CallRun:
         return fallback
 
     async def _cascade(self, adapter: ProviderAdapter, *, greet: bool, unheard: Sequence[Media] = ()) -> str:
-        registry = self.manager.registry
         cascade = self.manager.cascade_factory(
-            settings=self.settings,
+            settings=self.manager.call_settings(self.texts),
             adapter=adapter,
             start=self.start,
             twilio=self.stream,
-            tools=registry.chat_tools() if registry is not None else [],
+            tools=self.manager.chat_tools(self.texts),
             on_effect=self.apply,
             history=list(self.turns),
             greet=greet,
             unheard=unheard,
         )
         self.session = cascade
+        self._answered_early()
         return await cascade.run()
 
 

@@ -35,7 +35,7 @@ log = logging.getLogger("relay.early")
 EARLY_TTL_S = 15.0  # Twilio opens the stream well within this after the TwiML answer
 MAX_REMEMBERED = 100_000  # call SIDs remembered at most (the oldest is forgotten first)
 
-Connect = Callable[[], Coroutine[Any, Any, ProviderSocket]]
+Connect = Callable[[str], Coroutine[Any, Any, ProviderSocket]]  # the call SID's connection
 Outcome = Callable[[str], None]
 
 
@@ -71,7 +71,7 @@ class EarlyConnections:
             self.on_outcome("full")
             return False
         loop = asyncio.get_running_loop()
-        task = loop.create_task(self._connect(), name=f"early-{call_sid}")
+        task = loop.create_task(self._connect(call_sid), name=f"early-{call_sid}")
         task.add_done_callback(self._log_failure)
         timer = loop.call_later(self.ttl, self._expire, call_sid)
         self._waiting[call_sid] = (task, timer)

@@ -19,8 +19,8 @@ from relay.config import Settings
 from relay.errors import StoreError
 from relay.logs import bind_call
 from relay.metrics import Metrics
-from relay.post_call import DeliveryPolicy, PostCallWebhook
 from relay.placeholders import CallTexts, has_placeholders
+from relay.post_call import DeliveryPolicy, PostCallWebhook
 from relay.sessions.call import TwilioSink
 from relay.sessions.call_notes import CallNotes
 from relay.sessions.call_run import CallRun, CascadeFactory
@@ -30,6 +30,7 @@ from relay.sessions.outbox import Outbox, StoreHealth
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime_setup import Opening, open_early
 from relay.sessions.store import CallStore
+from relay.transport.provider import ProviderSocket
 from relay.twilio_messages import Start
 
 log = logging.getLogger("relay.manager")
@@ -89,7 +90,9 @@ class CallManager:
         self.notes = CallNotes(settings, ringing_ttl=self.ringing_slot_ttl)
         if settings.realtime_preconnect and settings.relay_mode != "cascade":
             self.early_connections = EarlyConnections(
-                lambda: open_early(self.adapter, settings, self.opening),
+                lambda call_sid: open_early(
+                    self.adapter, settings, self.opening_for(self.notes.texts(call_sid))
+                ),
                 limit=settings.max_concurrent_calls,
                 ttl=min(EARLY_TTL_S, settings.stream_token_ttl),  # a token lives < 1 s longer at most
                 remember=settings.stream_token_ttl + 1,  # one per call SID while its token can be valid
@@ -172,11 +175,10 @@ class CallManager:
         started yet, or runs on another instance) it is kept for a run that starts here later
         (`notes.take_answered_by`), and False; the record (written by the AMD route) has it anyway."""
         run = self.active.get(call_sid)
-        notify = getattr(run, "on_answered_by", None)  # the session's reaction (the voicemail message)
-        if notify is None:
+        if run is None or run.session is None:
             self.notes.note_answered_by(call_sid, answered_by)
             return False
-        notify(answered_by)
+        run.on_answered_by(answered_by)
         return True
 
     # --- placeholders -----------------------------------------------------------------------------
@@ -184,21 +186,40 @@ class CallManager:
         """INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE filled for this call (`CallNotes.texts`)."""
         return self.notes.texts(start.call_sid, start.custom_parameters)
 
+    async def _open_early(self, call_sid: str) -> ProviderSocket:
+        """An early connection, opened with the call's own texts (its webhook stored their values)."""
+        return await open_early(self.adapter, self.settings, self.opening_for(self.notes.texts(call_sid)))
+
+    def hidden_tools(self, texts: CallTexts) -> frozenset[str]:
+        """Tools a call is not offered: `send_digits` unless it is outbound or DTMF_TOOL is on."""
+        return frozenset() if self.settings.dtmf_tool or texts.outbound else frozenset({"send_digits"})
+
+    def realtime_tools(self, texts: CallTexts) -> list[dict[str, Any]]:
+        return self.registry.realtime_tools(self.hidden_tools(texts)) if self.registry is not None else []
+
+    def chat_tools(self, texts: CallTexts) -> list[dict[str, Any]]:
+        return self.registry.chat_tools(self.hidden_tools(texts)) if self.registry is not None else []
+
+    def call_settings(self, texts: CallTexts) -> Settings:
+        """The settings with this call's INSTRUCTIONS and GREETING (placeholders filled)."""
+        if not has_placeholders(self.settings.instructions, self.settings.greeting):
+            return self.settings
+        return self.settings.model_copy(
+            update={"instructions": texts.instructions, "greeting": texts.greeting}
+        )
+
     def opening_for(self, texts: CallTexts) -> Opening:
-        """The opening of a realtime session with these texts: the process's own (`opening`) when
-        the configured texts have no placeholders, else one built for the call."""
-        settings = self.settings
-        if not has_placeholders(settings.instructions, settings.greeting):
+        """The opening of a realtime session with these texts: the process's own (`opening`) for an
+        inbound call when the configured texts have no placeholders, else one built for the call."""
+        if not texts.outbound and not has_placeholders(self.settings.instructions, self.settings.greeting):
             return self.opening
-        tools = self.registry.realtime_tools() if self.registry is not None else []
-        own = settings.model_copy(update={"instructions": texts.instructions, "greeting": texts.greeting})
-        return Opening.build(own, tools, self.adapter.dialect)
+        return Opening.build(self.call_settings(texts), self.realtime_tools(texts), self.adapter.dialect)
 
     @functools.cached_property
     def opening(self) -> Opening:
-        """What every realtime session opens with (its configuration, with the tools; the greeting)."""
-        tools = self.registry.realtime_tools() if self.registry is not None else []
-        return Opening.build(self.settings, tools, self.adapter.dialect)
+        """What an inbound call's realtime session opens with when the texts have no placeholders."""
+        inbound = CallTexts(self.settings.instructions, self.settings.greeting, "")
+        return Opening.build(self.settings, self.realtime_tools(inbound), self.adapter.dialect)
 
     def open_early_connection(self, call_sid: str) -> None:
         """An admitted call: open its realtime connection now, while Twilio sets up the stream."""

@@ -56,8 +56,7 @@ def builtin_tools(settings: Settings) -> list[Tool]:
     tools.append(end_call_tool())
     if settings.transfer_targets:
         tools.append(transfer_call_tool(settings.transfer_targets))
-    if settings.dtmf_tool:
-        tools.append(send_digits_tool())
+    tools.append(send_digits_tool())  # offered on outbound calls, or on every call with DTMF_TOOL
     return tools
 
 

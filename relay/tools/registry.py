@@ -18,7 +18,7 @@ import asyncio
 import importlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterator, Sequence
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -145,21 +145,24 @@ class ToolRegistry:
     def __contains__(self, name: object) -> bool:
         return name in self._tools
 
-    def realtime_tools(self) -> list[dict[str, Any]]:
-        """Realtime `session.tools`: flat `{type, name, description, parameters}`."""
+    def realtime_tools(self, hidden: Collection[str] = ()) -> list[dict[str, Any]]:
+        """Realtime `session.tools`: flat `{type, name, description, parameters}` (all but `hidden`)."""
         return [
             {"type": "function", "name": t.name, "description": t.description, "parameters": t.parameters}
             for t in self._tools.values()
+            if t.name not in hidden
         ]
 
-    def chat_tools(self) -> list[dict[str, Any]]:
-        """Chat Completions `tools`: `{type: "function", function: {name, description, parameters}}`."""
+    def chat_tools(self, hidden: Collection[str] = ()) -> list[dict[str, Any]]:
+        """Chat Completions `tools`: `{type: "function", function: {name, description, parameters}}`
+        (all but `hidden`)."""
         return [
             {
                 "type": "function",
                 "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
             }
             for t in self._tools.values()
+            if t.name not in hidden
         ]
 
     async def dispatch(self, call: ToolCallRequest, ctx: ToolContext) -> ToolResult:
