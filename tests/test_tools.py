@@ -603,13 +603,20 @@ def test_missing_tool_module_is_a_clear_error() -> None:
 def test_build_registry_offers_only_configured_builtins() -> None:
     empty = ToolRegistry()
     bare = build_registry(make_settings(), user_tools=empty)
-    assert bare.names() == ["end_call"]
+    assert bare.names() == ["end_call", "send_digits"]  # send_digits: offered per call (outbound, DTMF_TOOL)
 
     full = build_registry(
         make_settings(tavily_api_key="tvly-key", transfer_allowlist="sales=+15557654321"), user_tools=empty
     )
-    assert full.names() == ["web_search", "end_call", "transfer_call"]
+    assert full.names() == ["web_search", "end_call", "transfer_call", "send_digits"]
     assert [t["name"] for t in full.realtime_tools()] == full.names()
+    hidden = {"send_digits"}
+    assert [t["name"] for t in full.realtime_tools(hidden)] == ["web_search", "end_call", "transfer_call"]
+    assert [t["function"]["name"] for t in full.chat_tools(hidden)] == [
+        "web_search",
+        "end_call",
+        "transfer_call",
+    ]
 
 
 def test_user_tool_may_not_shadow_a_builtin() -> None:
@@ -624,10 +631,8 @@ def test_user_tool_may_not_shadow_a_builtin() -> None:
         build_registry(make_settings(), user_tools=user)
 
 
-async def test_send_digits_is_offered_with_dtmf_tool_and_takes_keypad_keys_only() -> None:
-    assert "send_digits" not in build_registry(make_settings()).names()
-    registry = build_registry(make_settings(dtmf_tool=True))
-    assert "send_digits" in registry.names()
+async def test_send_digits_takes_keypad_keys_only() -> None:
+    registry = build_registry(make_settings())
     control = RecordingControl()
     ok = await registry.dispatch(call("send_digits", {"digits": "1#"}), make_ctx(control=control))
     assert ok.ok and control.digits == ["1#"]
