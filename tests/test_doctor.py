@@ -339,7 +339,9 @@ async def test_run_doctor_all_configured_exits_zero() -> None:
     statuses = {c.name: c.status for c in report.checks}
     assert statuses["realtime"] == statuses["twilio"] == statuses["twilio number"] == "OK"
     assert statuses["tavily"] == statuses["tools"] == "OK"
-    assert only(report.checks, "tools").message.endswith("web_search, end_call")
+    assert only(report.checks, "tools").message.endswith(
+        "web_search, end_call (and on outbound calls: send_digits)"
+    )
 
 
 async def test_relay_doctor_command_reports_and_exits_nonzero(monkeypatch, tmp_path: Path, capsys) -> None:

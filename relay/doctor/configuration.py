@@ -185,4 +185,7 @@ def check_tools(settings: Settings) -> Check:
         return fail("tools", str(exc))
     except Exception as exc:  # a user module may raise anything at import
         return fail("tools", f"building the tool registry failed: {first_line(exc)}")
-    return ok("tools", "the model is offered: " + (", ".join(registry.names()) or "no tools"))
+    per_call = [] if settings.dtmf_tool else ["send_digits"]  # offered on outbound calls only
+    offered = [name for name in registry.names() if name not in per_call]
+    also = f" (and on outbound calls: {', '.join(per_call)})" if per_call else ""
+    return ok("tools", "the model is offered: " + (", ".join(offered) or "no tools") + also)
