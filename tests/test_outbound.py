@@ -116,15 +116,7 @@ async def test_post_calls_places_the_call_and_the_answer_connects_a_stream() -> 
         assert twiml.parameters["from"] == FROM and twiml.parameters["to"] == TO
         verify_stream_token(twiml.parameters["token"], call_sid, env.app.state.settings)
 
-        callee = FakeTwilioCall(
-            base_url=env.url,
-            auth_token=AUTH_TOKEN,
-            public_url=PUBLIC_URL,
-            call_sid=call_sid,
-            account_sid=ACCOUNT_SID,
-            from_=FROM,
-            to=TO,
-        )
+        callee = callee_for(env, call_sid)
         async with callee:
             assert await callee.connect(twiml)
             conn = await env.server.wait_connection()  # opened early, at the answer webhook
