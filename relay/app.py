@@ -35,6 +35,7 @@ from relay.sessions.store import CallStore, make_store
 from relay.transport.http import ForwardedHeaders, uvicorn_options
 from relay.transport.twilio import MediaStreamEntry
 from webhooks.outbound import routes as outbound_webhook_routes
+from webhooks.recording import routes as recording_webhook_routes
 from webhooks.replay import make_stream_gate
 from webhooks.routes import routes as webhook_routes
 
@@ -177,6 +178,7 @@ def create_app(
             *outbound_routes(settings),
             *webhook_routes,
             *outbound_webhook_routes,
+            *recording_webhook_routes,
         ],
         middleware=[
             Middleware(ForwardedHeaders, allow_ips=settings.forwarded_allow_ips),

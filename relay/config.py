@@ -119,6 +119,9 @@ class Settings(BaseSettings):
     # and what the agent leaves on a machine ({name} placeholders from the call's context; empty: hang up)
     outbound_machine_detection: bool = True
     voicemail_message: str = DEFAULT_VOICEMAIL_MESSAGE
+    record_calls: bool = False  # a dual-channel Twilio recording of every call, started at stream start
+    recording_notice: str = ""  # said, word for word, before the greeting (recording consent)
+    recording_wait_s: float = Field(60.0, ge=0, le=600)  # the post-call webhook's wait for the recording
     twilio_api_base_url: str = "https://api.twilio.com"
     twilio_api_timeout: float = Field(10.0, gt=0, le=60)  # seconds per REST request (hang up, redirect)
     stream_token_secret: SecretStr | None = None  # defaults to a key derived from TWILIO_AUTH_TOKEN

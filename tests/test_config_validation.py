@@ -78,6 +78,8 @@ BAD_VALUES = [
     ("TWILIO_ACCOUNT_SID", "AC123", "'AC' and 32 hex digits"),
     ("TWILIO_PHONE_NUMBER", "555-1234", "'+15551234567'"),
     ("OUTBOUND_MACHINE_DETECTION", "maybe", "true or false"),
+    ("RECORD_CALLS", "sometimes", "true or false"),
+    ("RECORDING_WAIT_S", "-1", "from 0 to 600"),
     ("RELAY_TOOLS", "my-tools.py", "importable modules"),
     ("TRANSFER_ALLOWLIST", "sales=front desk", "'+15551234567,sales=+15557654321'"),
     ("POST_CALL_WEBHOOK_URL", "crm.example.com/hooks", "'https://crm.example.com/hooks/calls'"),
@@ -111,7 +113,13 @@ def test_every_setting_of_the_table_is_covered() -> None:
     """The table above goes through every setting that can be wrong (free text and secrets cannot)."""
     from relay.config import Settings
 
-    free_text = {"instructions", "greeting", "voicemail_message", "input_transcription_model"}
+    free_text = {
+        "instructions",
+        "greeting",
+        "voicemail_message",
+        "recording_notice",
+        "input_transcription_model",
+    }
     free_text |= {"azure_openai_endpoint"}
     free_text |= {name for name in Settings.model_fields if name.startswith("azure_openai_")}
     secrets = {n for n, f in Settings.model_fields.items() if "SecretStr" in str(f.annotation)}

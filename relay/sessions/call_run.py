@@ -204,6 +204,9 @@ class CallRun:
         await session.say(message)
         await self._after_goodbye(self._goodbye, self.manager.hang_up(self.start.call_sid))
 
+    def _recording_started(self, recording_sid: str) -> None:
+        self.recorder.put("upsert", recording_sid=recording_sid)
+
     def _answered_early(self) -> None:
         """An answering-machine result that came before this call's stream started (kept by the
         manager's notes)."""
@@ -299,6 +302,9 @@ class CallRun:
             started_at=time.time(),
             status="in-progress",
         )
+        recordings = self.manager.recordings
+        if self.settings.record_calls and recordings.can_record():
+            self._spawn(recordings.record(self.start.call_sid, self._recording_started), "record")
         outcome = "error"
         try:
             async with asyncio.timeout(self.settings.max_call_duration):

@@ -29,6 +29,7 @@ from relay.sessions.limits import CallLimiter, MemoryLimiter
 from relay.sessions.outbox import Outbox, StoreHealth
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime_setup import Opening, open_early
+from relay.sessions.recordings import Recordings
 from relay.sessions.store import CallStore
 from relay.transport.provider import ProviderSocket
 from relay.twilio_messages import Start
@@ -79,9 +80,11 @@ class CallManager:
         self.store_health = StoreHealth(self.metrics)
         self.outbox = Outbox(store, self.store_health)
         self.limiter.on_lost = self._on_lost
+        self.recordings = Recordings(settings, twilio_calls)
         self.post_call = PostCallWebhook(
             settings, metrics=self.metrics, load_record=self.stored_record, policy=post_call_policy
         )
+        self.post_call.ready = self.recordings.ready
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False
         self._adapter: ProviderAdapter | None = None
@@ -201,12 +204,16 @@ class CallManager:
         return self.registry.chat_tools(self.hidden_tools(texts)) if self.registry is not None else []
 
     def call_settings(self, texts: CallTexts) -> Settings:
-        """The settings with this call's INSTRUCTIONS and GREETING (placeholders filled)."""
-        if not has_placeholders(self.settings.instructions, self.settings.greeting):
-            return self.settings
-        return self.settings.model_copy(
-            update={"instructions": texts.instructions, "greeting": texts.greeting}
-        )
+        """The settings with this call's INSTRUCTIONS and GREETING (placeholders filled; the
+        RECORDING_NOTICE first, when calls are recorded)."""
+        settings = self.settings
+        notice = settings.recording_notice.strip() if settings.record_calls else ""
+        if not notice and not has_placeholders(settings.instructions, settings.greeting):
+            return settings
+        greeting = texts.greeting
+        if notice:
+            greeting = f'First say this notice, word for word: "{notice}" Then: {greeting}'
+        return settings.model_copy(update={"instructions": texts.instructions, "greeting": greeting})
 
     def opening_for(self, texts: CallTexts) -> Opening:
         """The opening of a realtime session with these texts: the process's own (`opening`) for an
@@ -219,7 +226,7 @@ class CallManager:
     def opening(self) -> Opening:
         """What an inbound call's realtime session opens with when the texts have no placeholders."""
         inbound = CallTexts(self.settings.instructions, self.settings.greeting, "")
-        return Opening.build(self.settings, self.realtime_tools(inbound), self.adapter.dialect)
+        return Opening.build(self.call_settings(inbound), self.realtime_tools(inbound), self.adapter.dialect)
 
     def open_early_connection(self, call_sid: str) -> None:
         """An admitted call: open its realtime connection now, while Twilio sets up the stream."""

@@ -32,6 +32,7 @@ from starlette.routing import Route
 
 from relay.testing.server import serve_app
 from relay.testing.twilio_rest_calls import FakeOutbound
+from relay.testing.twilio_rest_recordings import FakeRecordings
 
 __all__ = ["CallUpdate", "FakeTwilioRest", "TwilioRestRequest"]
 
@@ -97,18 +98,24 @@ class FakeTwilioRest:
     updates: list[CallUpdate] = field(default_factory=list)
     outbound: FakeOutbound | None = None
     """Created calls and their callbacks (a FakeOutbound signing with `auth_token` by default)."""
+    recordings: FakeRecordings | None = None
+    """Started recordings and their callbacks (signing with `auth_token` by default)."""
 
     def __post_init__(self) -> None:
         if self.outbound is None:
             self.outbound = FakeOutbound(auth_token=self.auth_token)
+        if self.recordings is None:
+            self.recordings = FakeRecordings(auth_token=self.auth_token)
         self._updated = asyncio.Event()
         self._received = asyncio.Event()
         self._stopping = asyncio.Event()
         path = f"/{API_VERSION}/Accounts/{{account_sid}}/Calls/{{call_sid}}.json"
         create = f"/{API_VERSION}/Accounts/{{account_sid}}/Calls.json"
+        record = f"/{API_VERSION}/Accounts/{{account_sid}}/Calls/{{call_sid}}/Recordings.json"
         self.app = Starlette(
             routes=[
                 Route(create, self._create_call, methods=["POST"]),
+                Route(record, self._start_recording, methods=["POST"]),
                 Route(path, self._update_call, methods=["POST"]),
             ]
         )
@@ -154,6 +161,15 @@ class FakeTwilioRest:
         status, body = self.outbound.create(request.path_params["account_sid"], form)
         if status >= 400:
             return _error(status, body["message"], code=body["code"])
+        return JSONResponse(body, status_code=status)
+
+    async def _start_recording(self, request: Request) -> JSONResponse:
+        call_sid = request.path_params["call_sid"]
+        form, refusal = await self._receive(request, call_sid)
+        if refusal is not None:
+            return refusal
+        assert self.recordings is not None
+        status, body = self.recordings.create(request.path_params["account_sid"], call_sid, form)
         return JSONResponse(body, status_code=status)
 
     async def _receive(self, request: Request, call_sid: str) -> tuple[dict[str, str], JSONResponse | None]:

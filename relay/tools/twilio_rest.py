@@ -152,6 +152,25 @@ class TwilioCalls:
         )
         return CreatedCall(str(call.sid), str(call.status or "queued"))
 
+    async def start_recording(self, call_sid: str, status_callback: str) -> str:
+        """Starts a dual-channel recording of the live call (`POST …/Calls/{sid}/Recordings.json`):
+        caller and agent on separate channels; Twilio requests `status_callback` when it is
+        complete (after the call ends). Returns the recording SID."""
+        recording = await self._request(
+            "record",
+            call_sid,
+            self._rest()
+            .calls(call_sid)
+            .recordings.create_async(
+                recording_channels="dual",
+                recording_track="both",
+                recording_status_callback=status_callback,
+                recording_status_callback_event=["completed"],
+                recording_status_callback_method="POST",
+            ),
+        )
+        return str(recording.sid)
+
     async def hang_up(self, call_sid: str) -> None:
         """Ends the call now (`Status=completed`)."""
         await self._update(call_sid, "hang up", status="completed")
