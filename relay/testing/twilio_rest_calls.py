@@ -43,6 +43,7 @@ class PlacedCall:
     account_sid: str
     form: dict[str, str]
     received_at: float  # time.monotonic() when the create request arrived
+    answered_at: float | None = None  # time.monotonic() when the fake requested the Url (the answer)
     answer: Twiml | None = None  # the relay's answer to the call's Url
     amd_status: int | None = None  # the HTTP status of the AMD callback, once sent
     callbacks: list[tuple[str, int]] = field(default_factory=list)  # (url, HTTP status) in order
@@ -72,6 +73,7 @@ class FakeOutbound:
     def __post_init__(self) -> None:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._client: httpx.AsyncClient | None = None
 
     def create(self, account_sid: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """A create request (already authenticated): (HTTP status, JSON body) as Twilio answers."""
@@ -91,6 +93,7 @@ class FakeOutbound:
     async def answer_call(self, call: PlacedCall) -> Twiml:
         """The callee answers: Twilio requests the Url (its TwiML is kept), then reports AMD."""
         params = {**self._base_params(call), "CallStatus": "in-progress"}
+        call.answered_at = time.monotonic()
         status, body = await self._post(call, call.form["Url"], params)
         call.answer = Twiml.parse(status, body, call.form["Url"])
         self._notify()
@@ -130,6 +133,9 @@ class FakeOutbound:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
     def _base_params(self, call: PlacedCall) -> dict[str, str]:
         return {
@@ -148,8 +154,9 @@ class FakeOutbound:
             relay = urlsplit(self.relay_url)
             parts = urlsplit(url)
             target = urlunsplit((relay.scheme, relay.netloc, parts.path, parts.query, ""))
-        async with httpx.AsyncClient(timeout=10.0) as client:
-            response = await client.post(target, data=params, headers={"X-Twilio-Signature": signature})
+        if self._client is None:  # one client, like Twilio's warm connections (a new one per request
+            self._client = httpx.AsyncClient(timeout=10.0)  # would build an SSL context each time)
+        response = await self._client.post(target, data=params, headers={"X-Twilio-Signature": signature})
         call.callbacks.append((url, response.status_code))
         log.debug("callback %s -> %d", url, response.status_code)
         return response.status_code, response.text
