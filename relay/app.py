@@ -37,6 +37,7 @@ from relay.transport.twilio import MediaStreamEntry
 from webhooks.outbound import routes as outbound_webhook_routes
 from webhooks.replay import make_stream_gate
 from webhooks.routes import routes as webhook_routes
+from webhooks.whisper import routes as whisper_routes
 
 log = logging.getLogger("relay.app")
 
@@ -177,6 +178,7 @@ def create_app(
             *outbound_routes(settings),
             *webhook_routes,
             *outbound_webhook_routes,
+            *whisper_routes,
         ],
         middleware=[
             Middleware(ForwardedHeaders, allow_ips=settings.forwarded_allow_ips),
