@@ -524,7 +524,7 @@ async def test_a_summary_without_public_url_is_refused_with_a_way_out() -> None:
 
 def test_whisper_token_carries_the_summary_and_refuses_forgeries() -> None:
     settings = make_settings(public_url="https://relay.example.com")
-    token = mint_whisper_token("CA123", "  Ada\n\twants  a refund. ", settings, now=1000.0)
+    token = mint_whisper_token("CA123", "  Ada\n\twants\x00 a refund.\u200b ", settings, now=1000.0)
 
     whisper = verify_whisper_token(token, settings, now=1000.0 + WHISPER_TTL_S)
     assert (whisper.call_sid, whisper.summary) == ("CA123", "Ada wants a refund.")

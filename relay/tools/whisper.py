@@ -79,8 +79,9 @@ def _unb64(text: str) -> bytes:
 
 
 def clean_summary(summary: str) -> str:
-    """The summary as spoken: whitespace (newlines included) collapsed to single spaces."""
-    return " ".join(summary.split())
+    """The summary as spoken: whitespace (newlines included) collapsed to single spaces, and
+    characters XML cannot carry or a voice cannot say (controls, format characters) left out."""
+    return " ".join("".join(ch if ch.isprintable() else " " for ch in summary).split())
 
 
 def mint_whisper_token(call_sid: str, summary: str, settings: Settings, now: float | None = None) -> str:
