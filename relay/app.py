@@ -38,6 +38,7 @@ from webhooks.outbound import routes as outbound_webhook_routes
 from webhooks.recording import routes as recording_webhook_routes
 from webhooks.replay import make_stream_gate
 from webhooks.routes import routes as webhook_routes
+from webhooks.whisper import routes as whisper_routes
 
 log = logging.getLogger("relay.app")
 
@@ -179,6 +180,7 @@ def create_app(
             *webhook_routes,
             *outbound_webhook_routes,
             *recording_webhook_routes,
+            *whisper_routes,
         ],
         middleware=[
             Middleware(ForwardedHeaders, allow_ips=settings.forwarded_allow_ips),

@@ -307,6 +307,7 @@ async def test_cascade_failure_ends_the_call_with_a_clear_log(caplog) -> None:
     [
         ("end_call", {"reason": "caller said bye"}, "Goodbye!"),
         ("transfer_call", {"destination": "sales"}, "Connecting you to sales now."),
+        ("transfer_call", {"destination": "sales", "summary": "Ada, order A-42."}, "Connecting you now."),
     ],
 )
 async def test_cascade_hang_up_and_transfer_wait_for_the_answer_to_play(
@@ -336,6 +337,11 @@ async def test_cascade_hang_up_and_transfer_wait_for_the_answer_to_play(
         update = await rest.wait_update(timeout=15)
         if tool == "end_call":
             assert update.status == "completed"
+        elif "summary" in arguments:  # warm: a hold message, then a dial with the whisper's URL
+            assert (update.twiml or "").startswith("<Response><Say>")
+            assert '<Number method="POST" url="https://relay.example.com/transfer-whisper?t=' in (
+                update.twiml or ""
+            )
         else:
             assert "<Dial>+15557654321</Dial>" in (update.twiml or "")
         spoken = [req for req in http.speech_requests if req.input == answer]

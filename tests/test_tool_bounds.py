@@ -27,6 +27,7 @@ def test_builtin_string_arguments_have_a_max_length() -> None:
     schemas = {t.name: t.parameters["properties"] for t in builtin_tools(settings)}
     assert schemas["web_search"]["query"]["maxLength"] == 400
     assert schemas["transfer_call"]["destination"]["maxLength"] == 100
+    assert schemas["transfer_call"]["summary"]["maxLength"] == 300
     assert schemas["end_call"]["reason"]["maxLength"] == 200
 
 

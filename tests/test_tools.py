@@ -8,6 +8,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from xml.etree import ElementTree
 
 import orjson
 import pytest
@@ -27,6 +28,16 @@ from relay.tools import (
 )
 from relay.tools.builtin import SNIPPET_CHARS, end_call_tool, transfer_call_tool, web_search_tool
 from relay.tools.twilio_rest import TwilioCalls
+from relay.tools.whisper import (
+    HOLD_MESSAGE,
+    SUMMARY_CHARS,
+    WHISPER_TTL_S,
+    WhisperTokenError,
+    mint_whisper_token,
+    verify_whisper_token,
+    warm_dial_twiml,
+)
+from webhooks.token import mint_stream_token
 
 ROOT = Path(__file__).resolve().parent.parent
 ACCOUNT_SID = "AC" + "1" * 32
@@ -495,6 +506,50 @@ async def test_transfer_off_the_list_is_refused() -> None:
     message = error_of(result.output)
     assert "can't transfer" in message and "sales, support" in message
     assert control.transfers == [] and control.hang_ups == []
+
+
+async def test_a_summary_without_public_url_is_refused_with_a_way_out() -> None:
+    """The whisper's URL lives under PUBLIC_URL: without it, the model is told to transfer cold."""
+    settings = make_settings(transfer_allowlist="sales=+15557654321", public_url="")
+    control = RecordingControl()
+
+    result = await _transfer_registry(settings).dispatch(
+        call("transfer_call", {"destination": "sales", "summary": "Ada, order A-42"}),
+        make_ctx(settings, control),
+    )
+
+    assert result.outcome == "error" and "without a summary" in error_of(result.output)
+    assert control.transfers == []
+
+
+def test_whisper_token_carries_the_summary_and_refuses_forgeries() -> None:
+    settings = make_settings(public_url="https://relay.example.com")
+    token = mint_whisper_token("CA123", "  Ada\n\twants\x00 a refund.\u200b ", settings, now=1000.0)
+
+    whisper = verify_whisper_token(token, settings, now=1000.0 + WHISPER_TTL_S)
+    assert (whisper.call_sid, whisper.summary) == ("CA123", "Ada wants a refund.")
+    with pytest.raises(WhisperTokenError, match="expired"):
+        verify_whisper_token(token, settings, now=1001.0 + WHISPER_TTL_S)
+    with pytest.raises(WhisperTokenError, match="signature"):
+        verify_whisper_token(token, make_settings(twilio_auth_token="another-token"), now=1000.0)
+    with pytest.raises(WhisperTokenError, match="signature"):  # a stream token is not a whisper token
+        verify_whisper_token(mint_stream_token("CA123", settings, now=1000.0), settings, now=1000.0)
+    for garbage in ("", "a.b.c", "!!!.???", token.replace(".", "")):
+        with pytest.raises(WhisperTokenError):
+            verify_whisper_token(garbage, settings, now=1000.0)
+
+
+def test_warm_dial_twiml_has_the_hold_message_and_a_bounded_whisper_url() -> None:
+    settings = make_settings(public_url="https://relay.example.com")
+    twiml = warm_dial_twiml("+15557654321", "CA123", "é" * 1000, settings)  # cut to SUMMARY_CHARS
+    root = ElementTree.fromstring(twiml)
+    assert root[0].tag == "Say" and root[0].text == HOLD_MESSAGE
+    number = root.find("./Dial/Number")
+    assert number is not None and number.text == "+15557654321"
+    url = number.attrib["url"]
+    assert url.startswith("https://relay.example.com/transfer-whisper?t=") and len(url) < 1800
+    token = url.partition("?t=")[2]
+    assert verify_whisper_token(token, settings).summary == "é" * SUMMARY_CHARS
 
 
 def test_recording_control_satisfies_the_protocol() -> None:

@@ -3,19 +3,25 @@ fake Tavily / Twilio REST → the output goes back with the same call_id → one
 
 from __future__ import annotations
 
+import base64
 import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
+from xml.etree import ElementTree
 
+import httpx
 import orjson
 import pytest
+from twilio.request_validator import RequestValidator
 
 from relay.testing.realtime import Call, Calls, FakeConnection, Say
 from relay.testing.tavily import FakeTavily
 from relay.testing.twilio_rest import FakeTwilioRest
+from relay.tools.whisper import HOLD_MESSAGE
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN
-from tests.rig import Rig, rig, speak
+from tests.rig import PUBLIC_URL, Rig, rig, speak
 
 
 @dataclass
@@ -169,6 +175,111 @@ async def test_transfer_off_allowlist_refused_and_allowed_one_redirects() -> Non
         chunks = [c for c in call.outbound_chunks if c.stopped_at is not None]
         assert sum(c.played_bytes for c in chunks) >= len(confirmation) == 200 * 8
         assert update.at >= max(c.stopped_at for c in chunks)  # "connecting you" was heard first
+        await call.stop()
+
+
+def _whisper_url(twiml: str) -> str:
+    number = ElementTree.fromstring(twiml).find("./Dial/Number")
+    assert number is not None, twiml
+    return number.attrib["url"]
+
+
+async def _post_whisper(
+    rt: Rig, url: str, form: dict[str, str], *, signed_url: str | None = None
+) -> httpx.Response:
+    """POSTs the whisper request as Twilio does: signed over the whole public URL (query included)."""
+    signature = RequestValidator(AUTH_TOKEN).compute_signature(signed_url or url, form)
+    parts = urlsplit(url)
+    async with httpx.AsyncClient(timeout=10) as client:
+        return await client.post(
+            f"{rt.url}{parts.path}?{parts.query}", data=form, headers={"X-Twilio-Signature": signature}
+        )
+
+
+async def test_warm_transfer_holds_the_caller_and_whispers_the_summary() -> None:
+    """With a summary: the caller hears a hold message, the person dialled hears the summary (the
+    signed `<Number url>` route) before the call is bridged; unsigned or tampered requests get 403."""
+    summary = "Ada Lovelace\n wants to upgrade order A-42 & asks about <express> delivery."
+    replies = [
+        Call("transfer_call", {"destination": "sales", "summary": "x" * 301}, call_id="long"),
+        Say("Let me try that again.", audio_ms=200),
+        Call("transfer_call", {"destination": "sales", "summary": summary}, call_id="warm"),
+        Say("Connecting you to sales.", audio_ms=200),
+    ]
+    async with tool_rig(replies, transfer_allowlist="sales=+15557654321") as t, t.rt.caller() as call:
+        conn = await t.rt.dial(call)
+        await speak(call)
+        await conn.wait_for("response.done", n=2)
+        refusal = output(conn, "long")["error"]
+        assert "summary" in refusal and "300" in refusal and not t.rest.updates
+        await speak(call)
+        update = await t.rest.wait_update(timeout=10)
+        assert output(conn, "warm")["warm"] is True
+        twiml = update.twiml or ""
+        root = ElementTree.fromstring(twiml)
+        assert [child.tag for child in root] == ["Say", "Dial"]
+        assert root[0].text == HOLD_MESSAGE
+        assert root.find("./Dial/Number").text == "+15557654321"  # type: ignore[union-attr]
+        url = _whisper_url(twiml)
+        assert url.startswith(PUBLIC_URL + "/transfer-whisper?") and len(url) < 2000
+        assert summary not in url  # carried in the signed token, not readable in the URL
+        chunks = [c for c in call.outbound_chunks if c.stopped_at is not None]
+        assert update.at >= max(c.stopped_at for c in chunks)  # "connecting you" was heard first
+        await call.stop()
+
+        form = {  # the new leg's webhook: its own CallSid, the transferred call as ParentCallSid
+            "CallSid": "CA" + "f" * 32,
+            "ParentCallSid": call.call_sid,
+            "AccountSid": ACCOUNT_SID,
+            "From": "+15550001111",
+            "To": "+15557654321",
+            "CallStatus": "in-progress",
+            "Direction": "outbound-dial",
+        }
+        answer = await _post_whisper(t.rt, url, form)
+        assert answer.status_code == 200 and answer.headers["content-type"].startswith("application/xml")
+        spoken = ElementTree.fromstring(answer.text)
+        assert [child.tag for child in spoken] == ["Say"]
+        assert spoken[0].text == " ".join(summary.split())
+
+        async with httpx.AsyncClient(timeout=10) as client:  # unsigned
+            unsigned = await client.post(t.rt.url + urlsplit(url).path + "?" + urlsplit(url).query, data=form)
+        assert unsigned.status_code == 403
+        token = urlsplit(url).query.removeprefix("t=")
+        body, sig = token.split(".")
+        forged_body = (
+            base64.urlsafe_b64encode(
+                base64.urlsafe_b64decode(body + "=" * (-len(body) % 4)).replace(b"Ada", b"Bob")
+            )
+            .rstrip(b"=")
+            .decode()
+        )
+        forged = f"{PUBLIC_URL}/transfer-whisper?t={forged_body}.{sig}"
+        assert (await _post_whisper(t.rt, forged, form)).status_code == 403  # Twilio-signed, token forged
+        other_url = url + "x"  # signed for another URL than the one requested
+        assert (await _post_whisper(t.rt, url, form, signed_url=other_url)).status_code == 403
+        stranger = {**form, "ParentCallSid": "CA" + "e" * 32}
+        assert (await _post_whisper(t.rt, url, stranger)).status_code == 400
+    record = await t.rt.app.state.store.get(call.call_sid)
+    audits = {entry["call_id"]: entry for entry in record["tools"]}
+    assert audits["long"]["outcome"] == "invalid_arguments"
+    assert audits["warm"]["outcome"] == "ok" and audits["warm"]["arguments"]["summary"]
+
+
+async def test_a_transfer_without_summary_stays_a_plain_dial() -> None:
+    replies = [
+        Call("transfer_call", {"destination": "sales", "summary": "  "}, call_id="t1"),
+        Say("Connecting you to sales.", audio_ms=200),
+    ]
+    async with tool_rig(replies, transfer_allowlist="sales=+15557654321") as t, t.rt.caller() as call:
+        conn = await t.rt.dial(call)
+        await conn.wait_for("session.updated")
+        (schema,) = [tool["parameters"] for tool in conn.session["tools"] if tool["name"] == "transfer_call"]
+        assert schema["properties"]["summary"]["maxLength"] == 300 and schema["required"] == ["destination"]
+        await speak(call)
+        update = await t.rest.wait_update(timeout=10)
+        assert update.twiml == "<Response><Dial>+15557654321</Dial></Response>"
+        assert output(conn, "t1")["warm"] is False
         await call.stop()
 
 

@@ -1,7 +1,8 @@
-"""`/incoming-call`, `/call-status`, `/health`, `/ready` over a real uvicorn server."""
+"""`/incoming-call`, `/call-status`, `/transfer-whisper`, `/health`, `/ready` over a real uvicorn server."""
 
 from __future__ import annotations
 
+import time
 import xml.etree.ElementTree as ET
 
 import httpx
@@ -9,6 +10,7 @@ from twilio.request_validator import RequestValidator
 
 from relay.app import create_app
 from relay.testing.server import serve_app
+from relay.tools.whisper import WHISPER_TTL_S, mint_whisper_token
 from tests.conftest import AUTH_TOKEN, make_settings
 from webhooks.token import verify_stream_token
 
@@ -124,3 +126,24 @@ async def test_health_and_ready(relay_url: str) -> None:
         assert (await client.get("/health")).json() == {"status": "ok"}
         r = await client.get("/ready")
     assert r.status_code == 200 and r.json()["status"] == "ready"
+
+
+async def test_transfer_whisper_refuses_a_stale_or_missing_token_even_when_twilio_signed(
+    relay_url: str,
+) -> None:
+    settings = make_settings()
+    leg = {**FORM, "CallSid": "CA" + "2" * 32, "ParentCallSid": FORM["CallSid"]}
+    good = mint_whisper_token(FORM["CallSid"], "Ada, order A-42.", settings)
+    stale = mint_whisper_token(
+        FORM["CallSid"], "Ada, order A-42.", settings, now=time.time() - WHISPER_TTL_S - 5
+    )
+    for query, status in ((f"t={good}", 200), (f"t={stale}", 403), ("", 403), ("t=", 403)):
+        path = f"/transfer-whisper?{query}" if query else "/transfer-whisper"
+        r = await post(relay_url, path, leg, signed(f"https://relay.example.com{path}", leg))
+        assert r.status_code == status, (query, r.text)
+    r = await post(relay_url, f"/transfer-whisper?t={good}", leg, {})  # unsigned
+    assert r.status_code == 403
+    no_parent = {k: v for k, v in leg.items() if k != "ParentCallSid"}
+    path = f"/transfer-whisper?t={good}"
+    r = await post(relay_url, path, no_parent, signed(f"https://relay.example.com{path}", no_parent))
+    assert r.status_code == 200 and ET.fromstring(r.text).findtext("Say") == "Ada, order A-42."

@@ -27,6 +27,7 @@ from relay.errors import ToolError
 from relay.phone_numbers import normalize_number
 from relay.tools.context import ToolContext
 from relay.tools.spec import Tool
+from relay.tools.whisper import SUMMARY_CHARS, clean_summary, warm_dial_twiml
 
 __all__ = [
     "SNIPPET_CHARS",
@@ -216,9 +217,21 @@ def transfer_call_tool(targets: Mapping[str, str], *, timeout: float = 10.0) -> 
                 description=f"Who to transfer the caller to; one of: {allowed}.",
             ),
         ],
-    ) -> dict[str, str]:
+        summary: Annotated[
+            str,
+            Field(
+                max_length=SUMMARY_CHARS,
+                description=(
+                    "Optional: one or two sentences for the person taking the call, said to them "
+                    "before the caller is connected (who is calling and what they need). "
+                    "Leave it out for a plain transfer."
+                ),
+            ),
+        ] = "",
+    ) -> dict[str, Any]:
         """Transfer the caller to a person or department (allowed destinations are listed in the
-        parameter). Use it only when the caller asks to be transferred or needs a human."""
+        parameter). Use it only when the caller asks to be transferred or needs a human. With a
+        summary, the person taking the call hears it first while the caller is asked to hold."""
         targets = ctx.settings.transfer_targets
         number = resolve_transfer_target(destination, targets)
         if number is None:
@@ -226,10 +239,21 @@ def transfer_call_tool(targets: Mapping[str, str], *, timeout: float = 10.0) -> 
                 f"I can't transfer calls to {destination.strip()!r}. "
                 f"I can transfer you to: {', '.join(_allowed_names(targets))}."
             )
-        await ctx.control.transfer(dial_twiml(number))
+        summary = clean_summary(summary)
+        if summary and not ctx.settings.public_url:
+            logger.warning("a transfer with a summary needs PUBLIC_URL (the whisper's URL); it is not set")
+            raise ToolError(
+                "I can't pass a summary on from this line; call transfer_call again without a summary."
+            )
+        if summary:
+            twiml = warm_dial_twiml(number, ctx.call_sid, summary, ctx.settings)
+        else:
+            twiml = dial_twiml(number)
+        await ctx.control.transfer(twiml)
         return {
             "status": "transferring",
             "destination": destination.strip(),
+            "warm": bool(summary),
             "instruction": "Tell the caller in one short sentence that you are connecting them now.",
         }
 
