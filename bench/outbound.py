@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -34,7 +35,6 @@ async def measure(calls: int, redis_url: str | None) -> list[float]:
     import httpx
 
     from relay.app import create_app
-    from relay.config import load_settings
     from relay.logs import configure_logging
     from relay.testing.server import serve_app
     from relay.testing.twilio_rest import FakeTwilioRest
@@ -44,19 +44,8 @@ async def measure(calls: int, redis_url: str | None) -> list[float]:
     assert rest.outbound is not None
     rest.outbound.answer = False
     async with rest.serve() as rest_url:
-        settings = load_settings(
-            _env_file=None,
-            openai_api_key="sk-bench",
-            twilio_account_sid=ACCOUNT,
-            twilio_auth_token=TOKEN,
-            twilio_api_base_url=rest_url,
-            twilio_phone_number="+15550001000",
-            public_url="https://relay.example.com",
-            relay_admin_token=ADMIN,
-            realtime_preconnect=False,
-            max_concurrent_calls=100_000,
-            redis_url=redis_url,
-            log_level="WARNING",
+        settings = bench_settings(
+            rest_url, realtime_preconnect=False, max_concurrent_calls=100_000, redis_url=redis_url
         )
         app = create_app(settings)
         async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as client:
@@ -76,7 +65,6 @@ async def measure(calls: int, redis_url: str | None) -> list[float]:
 async def measure_answered(calls: int) -> list[float]:
     """Answer webhook → first greeting frame at the callee, less the provider's latency, per call."""
     from relay.app import create_app
-    from relay.config import load_settings
     from relay.logs import configure_logging
     from relay.testing.realtime import FakeRealtimeServer, Say
     from relay.testing.server import serve_app
@@ -88,18 +76,7 @@ async def measure_answered(calls: int) -> list[float]:
     assert rest.outbound is not None
     greeting = [Say("Hello, this is ACME.", audio_ms=300) for _ in range(WARM_UP + calls)]
     async with FakeRealtimeServer(responses=greeting) as fake, rest.serve() as rest_url:
-        settings = load_settings(
-            _env_file=None,
-            openai_base_url=fake.openai_base_url,
-            openai_api_key="sk-test",
-            twilio_account_sid=ACCOUNT,
-            twilio_auth_token=TOKEN,
-            twilio_api_base_url=rest_url,
-            twilio_phone_number="+15550001000",
-            public_url="https://relay.example.com",
-            relay_admin_token=ADMIN,
-            log_level="WARNING",
-        )
+        settings = bench_settings(rest_url, openai_base_url=fake.openai_base_url)
         app = create_app(settings)
         async with serve_app(app) as url, httpx_client(url) as client:
             rest.outbound.relay_url = url
@@ -133,6 +110,24 @@ async def measure_answered(calls: int) -> list[float]:
 
 
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
+
+
+def bench_settings(rest_url: str, **more: Any) -> Any:
+    """The relay's settings for these runs: the REST fake at `rest_url`, an admin token, a number."""
+    from relay.config import load_settings
+
+    return load_settings(
+        _env_file=None,
+        openai_api_key="sk-test",  # the fake realtime server's key (phase 1 never connects)
+        twilio_account_sid=ACCOUNT,
+        twilio_auth_token=TOKEN,
+        twilio_api_base_url=rest_url,
+        twilio_phone_number="+15550001000",
+        public_url="https://relay.example.com",
+        relay_admin_token=ADMIN,
+        log_level="WARNING",
+        **more,
+    )
 
 
 def httpx_client(url: str):  # type: ignore[no-untyped-def]
