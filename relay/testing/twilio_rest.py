@@ -130,6 +130,8 @@ class FakeTwilioRest:
                 self._stopping.set()  # a hanging answer returns, so the server can stop
                 if self.outbound is not None:
                     await self.outbound.aclose()
+                if self.recordings is not None:
+                    await self.recordings.aclose()
 
     async def wait_update(self, n: int = 1, timeout: float = 5.0) -> CallUpdate:  # noqa: ASYNC109
         """The `n`-th accepted update, waiting for it; TimeoutError says what was seen."""

@@ -21,11 +21,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-from twilio.request_validator import RequestValidator
-
+from relay.testing.twilio_callbacks import TwilioCallbacks
 from relay.testing.twilio_twiml import Twiml
 
 __all__ = ["FakeOutbound", "PlacedCall"]
@@ -73,7 +70,7 @@ class FakeOutbound:
     def __post_init__(self) -> None:
         self._changed = asyncio.Event()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._client: httpx.AsyncClient | None = None
+        self._callbacks = TwilioCallbacks(self.auth_token)
 
     def create(self, account_sid: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         """A create request (already authenticated): (HTTP status, JSON body) as Twilio answers."""
@@ -133,9 +130,7 @@ class FakeOutbound:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        await self._callbacks.aclose()
 
     def _base_params(self, call: PlacedCall) -> dict[str, str]:
         return {
@@ -148,15 +143,7 @@ class FakeOutbound:
         }
 
     async def _post(self, call: PlacedCall, url: str, params: dict[str, str]) -> tuple[int, str]:
-        signature = RequestValidator(self.auth_token).compute_signature(url, params)
-        target = url
-        if self.relay_url is not None:
-            relay = urlsplit(self.relay_url)
-            parts = urlsplit(url)
-            target = urlunsplit((relay.scheme, relay.netloc, parts.path, parts.query, ""))
-        if self._client is None:  # one client, like Twilio's warm connections (a new one per request
-            self._client = httpx.AsyncClient(timeout=10.0)  # would build an SSL context each time)
-        response = await self._client.post(target, data=params, headers={"X-Twilio-Signature": signature})
+        response = await self._callbacks.post(url, params, self.relay_url)
         call.callbacks.append((url, response.status_code))
         log.debug("callback %s -> %d", url, response.status_code)
         return response.status_code, response.text

@@ -8,10 +8,8 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-from twilio.request_validator import RequestValidator
+from relay.testing.twilio_callbacks import TwilioCallbacks
 
 API_VERSION = "2010-04-01"
 _SIDS = itertools.count(1)
@@ -36,6 +34,9 @@ class FakeRecordings:
     relay_url: str | None = None
     """Where callbacks really go: the relay's base URL replaces `PUBLIC_URL`'s scheme and host."""
     started: list[StartedRecording] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self._callbacks = TwilioCallbacks(self.auth_token)
 
     def create(self, account_sid: str, call_sid: str, form: dict[str, str]) -> tuple[int, dict[str, Any]]:
         sid = f"RE{next(_SIDS):032x}"
@@ -65,15 +66,12 @@ class FakeRecordings:
             "RecordingChannels": "2",
             "RecordingSource": "StartCallRecordingAPI",
         }
-        signature = RequestValidator(self.auth_token).compute_signature(url, params)
-        target = url
-        if self.relay_url is not None:
-            relay, parts = urlsplit(self.relay_url), urlsplit(url)
-            target = urlunsplit((relay.scheme, relay.netloc, parts.path, parts.query, ""))
-        async with httpx.AsyncClient(timeout=10.0) as client:
-            response = await client.post(target, data=params, headers={"X-Twilio-Signature": signature})
+        response = await self._callbacks.post(url, params, self.relay_url)
         recording.callbacks.append((url, response.status_code))
         return response.status_code
+
+    async def aclose(self) -> None:
+        await self._callbacks.aclose()
 
 
 __all__ = ["FakeRecordings", "StartedRecording"]
