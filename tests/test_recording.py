@@ -90,3 +90,22 @@ async def test_an_unsigned_recording_report_is_refused_and_stores_nothing() -> N
             response = await client.post("/recording-status", data=form)
         assert response.status_code == 403
         assert await r.app.state.store.get(call_sid) is None
+
+
+async def test_a_recording_twilio_refuses_is_logged_and_neither_the_call_nor_its_webhook_waits(
+    caplog,
+) -> None:
+    async with recorded() as (r, rest, receiver), r.caller() as call:
+        rest.status = 500  # Twilio fails the recording request
+        conn = await r.dial(call)
+        await rest.wait_requests(1)
+        await conn.wait_for("response.done")
+        await call.wait_playback_idle(min_bytes=conn.audio_sent_bytes)  # the call went on
+        await call.stop()
+        ended = time.monotonic()
+        [delivery] = await receiver.wait_accepted(1)
+    assert time.monotonic() - ended < 10  # not the 30 s RECORDING_WAIT_S: nothing was recording
+    assert delivery.json()["recording_url"] is None
+    assert "could not start the call's recording" in caplog.text
+    record = await r.app.state.store.get(call.call_sid)
+    assert "recording_sid" not in record and record["outcome"] == "twilio_stop"
