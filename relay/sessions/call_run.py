@@ -197,7 +197,7 @@ class CallRun:
         session = self.session
         if not message or session is None:
             log.info("answered by %s: hanging up", answered_by)
-            await self.manager.hang_up(self.start.call_sid)
+            await self._carry_out(self.manager.hang_up(self.start.call_sid))
             return
         log.info("answered by %s: leaving the voicemail message, then hanging up", answered_by)
         self._goodbye = Goodbye(after_response="")  # the next response that completes is the message
@@ -230,6 +230,11 @@ class CallRun:
         except asyncio.CancelledError:
             act.close()
             raise
+        await self._carry_out(act)
+
+    @staticmethod
+    async def _carry_out(act: Coroutine[Any, Any, None]) -> None:
+        """A hang-up or redirect through Twilio's REST API; a refusal is logged, the call goes on."""
         try:
             await act
         except ToolError as exc:  # Twilio refused or did not answer: the call goes on as it is
