@@ -116,11 +116,7 @@ class CascadeSession:
         await self._send_all(self.hold_tone.start(f"hold:{self._turn}", self.clock()))
 
     async def play(self, ulaw: bytes, label: str) -> None:
-        await self._send_all(self.hold_tone.stop(self.clock()))
-        mark = self.playback.on_audio_sent(label, len(ulaw), self.clock())
-        sid = self.start.stream_sid
-        await self.twilio.send(media_message(sid, base64.b64encode(ulaw).decode()))
-        await self.twilio.send(mark_message(sid, mark or ""))
+        await self._send_marked(label, ulaw)
 
     async def say(self, text: str) -> None:
         """Interrupts the agent and says `text` as it is (e.g. a voicemail message)."""
@@ -345,19 +341,24 @@ class CascadeSession:
     async def _send_audio(self, item: str, frames: list[bytes], timing: dict[str, float]) -> None:
         if not frames:
             return
-        await self._send_all(self.hold_tone.stop(self.clock()))
-        ulaw = b"".join(frames)
-        now = self.clock()
-        mark = self.playback.on_audio_sent(item, len(ulaw), now)
-        sid = self.start.stream_sid
-        await self.twilio.send(media_message(sid, base64.b64encode(ulaw).decode()))
-        await self.twilio.send(mark_message(sid, mark or ""))
+        now = await self._send_marked(item, b"".join(frames))
         self.stats.frames_out += len(frames)
         if "first_frame" not in timing and "stt_sent" in timing:
             self.stats.response_latencies_ms.append((now - timing["vad_end"]) * 1000)
         timing.setdefault("first_frame", now)
         if self.stats.first_audio_ms is None:
             self.stats.first_audio_ms = (now - self._t0) * 1000
+
+    async def _send_marked(self, item: str, ulaw: bytes) -> float:
+        """Sends audio of `item` to Twilio followed by its mark (the hold tone stops first); returns
+        the time it was counted as sent."""
+        await self._send_all(self.hold_tone.stop(self.clock()))
+        now = self.clock()
+        mark = self.playback.on_audio_sent(item, len(ulaw), now)
+        sid = self.start.stream_sid
+        await self.twilio.send(media_message(sid, base64.b64encode(ulaw).decode()))
+        await self.twilio.send(mark_message(sid, mark or ""))
+        return now
 
     # --- barge-in and history -------------------------------------------------------------------
     async def _barge_in(self) -> None:
