@@ -30,7 +30,7 @@ from relay.config import Settings
 from relay.errors import ProviderError
 from relay.sessions import events as ev
 from relay.sessions.call import CallStats, EffectSink, Turn, TwilioSink
-from relay.sessions.dtmf import DigitCollector, entry_text
+from relay.sessions.dtmf import DigitCollector, EntryTimer, entry_text
 from relay.sessions.effects import BargeIn, PlaybackIdle, ResponseDone, Role, RunTool, SaveTurn
 from relay.sessions.heard import SpokenItems
 from relay.sessions.hold import HoldTone
@@ -99,7 +99,7 @@ class CascadeSession:
         self._turn = 0
         self.hold_tone = HoldTone(self.playback, start.stream_sid)
         self._digits = DigitCollector(settings.dtmf_timeout_ms / 1000)
-        self._dtmf_timer: asyncio.Task[None] | None = None
+        self._key_timer = EntryTimer(clock, self._keys_due)
         self._failure: BaseException | None = None
         self._failed = asyncio.Event()
 
@@ -151,7 +151,8 @@ class CascadeSession:
                 return reader.result()
             raise ProviderError(f"the cascade failed: {self._failure!r}", retryable=False)
         finally:
-            for task in (reader, failed, self._reply, self._dtmf_timer):
+            self._key_timer.cancel()
+            for task in (reader, failed, self._reply):
                 if task is not None:
                     task.cancel()
             await asyncio.gather(
@@ -185,19 +186,14 @@ class CascadeSession:
         if self.playing:
             await self._barge_in()
         entry = self._digits.press(digit, self.clock())
-        if self._dtmf_timer is not None:
-            self._dtmf_timer.cancel()
-            self._dtmf_timer = None
+        self._key_timer.arm(self._digits.deadline)
         if entry is not None:
             self._start_reply(entry)
-        elif self._digits.deadline is not None:
-            self._dtmf_timer = asyncio.create_task(self._dtmf_after(self._digits.deadline))
 
-    async def _dtmf_after(self, deadline: float) -> None:
-        await asyncio.sleep(max(0.0, deadline - self.clock()))
-        entry = self._digits.due(max(self.clock(), deadline))  # the loop's timer may fire a hair early
+    async def _keys_due(self, now: float) -> None:
+        """The entry being typed had its quiet time (DTMF_TIMEOUT_MS): the reply to it starts."""
+        entry = self._digits.due(now)
         if entry is not None:
-            self._dtmf_timer = None
             self._start_reply(entry)
 
     async def _hear(self, ulaw: bytes, end_ms: int) -> None:

@@ -1,12 +1,15 @@
 """Key presses from the caller (Twilio `dtmf` events), collected into one entry for the model.
 
 An entry ends at `#` (kept, so the model sees how it was ended) or after DTMF_TIMEOUT_MS without a
-key. Sans-I/O: the session feeds each key with its clock and asks for the entry when its timer
-fires; the same collector serves the realtime and the cascade paths.
+key. The collector is sans-I/O: the session feeds each key with its clock; `EntryTimer` (the only
+I/O here, a task per key press) tells the session when the quiet time has passed. Both serve the
+realtime and the cascade paths.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 MAX_DIGITS = 64  # a longer entry is ended at this many keys: nothing a phone menu asks for is longer
@@ -42,4 +45,31 @@ class DigitCollector:
         return entry
 
 
-__all__ = ["MAX_DIGITS", "DigitCollector", "entry_text"]
+class EntryTimer:
+    """Ends the entry being typed at its deadline, not at a later periodic tick: after every key
+    press the session `arm`s it with the collector's deadline and what to do then (`due`, given
+    the time, never before the deadline). Key presses are rare: a task each."""
+
+    def __init__(self, clock: Callable[[], float], due: Callable[[float], Awaitable[None]]) -> None:
+        self.clock = clock
+        self.due = due
+        self._task: asyncio.Task[None] | None = None
+
+    def arm(self, deadline: float | None) -> None:
+        """Replaces the pending wait with one for `deadline` (None: no entry is being typed)."""
+        self.cancel()
+        if deadline is not None:
+            self._task = asyncio.get_running_loop().create_task(self._wait(deadline))
+
+    def cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+
+    async def _wait(self, deadline: float) -> None:
+        await asyncio.sleep(max(0.0, deadline - self.clock()))
+        self._task = None
+        await self.due(max(self.clock(), deadline))  # the loop's timer may fire a hair early
+
+
+__all__ = ["MAX_DIGITS", "DigitCollector", "EntryTimer", "entry_text"]

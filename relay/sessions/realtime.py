@@ -32,6 +32,7 @@ from relay.sessions.bridge import BridgeCore
 from relay.sessions.call import CallStats, EffectSink, Turn, TwilioSink
 from relay.sessions.client_events import AUDIO_APPEND, append_event
 from relay.sessions.dialects import parse_event
+from relay.sessions.dtmf import EntryTimer
 from relay.sessions.early import discard
 from relay.sessions.effects import Effect, PrebufferDropped, SessionExpired
 from relay.sessions.liveness import Liveness, heartbeat_event
@@ -85,7 +86,7 @@ class RealtimeSession:
         self._speech_ended_at: float | None = None
         self._t0 = clock()
         self._faults_reopened = 0
-        self._dtmf_timer: asyncio.Task[None] | None = None
+        self._key_timer = EntryTimer(clock, self._keys_due)
 
     # --- what the call sees (CallSession) -------------------------------------------------------
     @property
@@ -159,23 +160,15 @@ class RealtimeSession:
                 return "twilio_stop"
             elif isinstance(event, Dtmf):
                 core.on_dtmf(event.digit, self.clock())
-                self._arm_dtmf_timer()
+                self._key_timer.arm(core.dtmf_deadline)
             else:
                 continue
             await flush()
         return "twilio_closed"
 
-    def _arm_dtmf_timer(self) -> None:
-        """The entry being typed ends after DTMF_TIMEOUT_MS of quiet: a timer per key press (rare),
-        so it reaches the model then, not at the next half-second tick."""
-        if self._dtmf_timer is not None:
-            self._dtmf_timer.cancel()
-        deadline = self.core.dtmf_deadline
-        self._dtmf_timer = None if deadline is None else asyncio.create_task(self._dtmf_after(deadline))
-
-    async def _dtmf_after(self, deadline: float) -> None:
-        await asyncio.sleep(max(0.0, deadline - self.clock()))
-        self.core.dtmf_due(max(self.clock(), deadline))  # the loop's timer may fire a hair early
+    async def _keys_due(self, now: float) -> None:
+        """The entry being typed had its quiet time (DTMF_TIMEOUT_MS): it goes to the model now."""
+        self.core.dtmf_due(now)
         await self._flush()
 
     async def _read_provider(self, socket: ProviderSocket) -> NoReturn:
@@ -342,8 +335,7 @@ class RealtimeSession:
                 await old.close()
         finally:
             twilio_reader.cancel()
-            if self._dtmf_timer is not None:
-                self._dtmf_timer.cancel()
+            self._key_timer.cancel()
             await asyncio.gather(twilio_reader, return_exceptions=True)
             if socket is None and connect is not None:  # cancelled, or closed if it opened as the call ended
                 await discard(connect)
