@@ -121,7 +121,7 @@ async def test_a_key_press_interrupts_the_realtime_agent() -> None:
 
 @pytest.mark.slow
 async def test_keys_reach_the_cascade_model_as_the_callers_turn() -> None:
-    http = FakeOpenAIHTTP(replies=[Text("You pressed four two.")])
+    http = FakeOpenAIHTTP(replies=[Text("You pressed four two."), Text("And seven.")])
     async with (
         cascade_rig("openai", http, greeting_enabled=False, dtmf_timeout_ms=300) as r,
         r.caller() as call,
@@ -132,9 +132,14 @@ async def test_keys_reach_the_cascade_model_as_the_callers_turn() -> None:
             assert await call.send_dtmf(digit)
         await call.wait_for_media(min_bytes=8000, timeout=10)
         await call.wait_playback_idle()
+        heard = len(call.received_audio)
+        assert await call.send_dtmf("7")  # no '#': the entry ends after DTMF_TIMEOUT_MS of quiet
+        await call.wait_for_media(min_bytes=heard + 2000, timeout=10)
+        await call.wait_playback_idle()
         await call.stop()
     chat = http.chat_requests[0]
     assert chat.messages[-1] == {"role": "user", "content": "The caller pressed 42#"}
+    assert http.chat_requests[1].messages[-1] == {"role": "user", "content": "The caller pressed 7"}
     assert not http.transcription_requests  # no speech to transcribe
     record = await r.app.state.store.get(call.call_sid)
     assert [t["text"] for t in record["transcript"]][:2] == [
