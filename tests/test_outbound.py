@@ -372,6 +372,20 @@ def callee_for(env: Outbound, call_sid: str) -> FakeTwilioCall:
     )
 
 
+@contextlib.asynccontextmanager
+async def answered_by_machine(env: Outbound, answered_by: str) -> AsyncIterator[FakeTwilioCall]:
+    """An outbound call to Ada that a machine answers (AMD reports `answered_by`), its stream open."""
+    assert env.rest.outbound is not None
+    env.rest.outbound.answered_by = answered_by
+    call_sid = (await env.post({"to": TO, "context": {"name": "Ada"}})).json()["call_sid"]
+    placed = await env.rest.outbound.wait_answered()
+    assert placed.answer is not None
+    async with callee_for(env, call_sid) as callee:
+        assert await callee.connect(placed.answer)
+        yield callee
+        await callee.stop()
+
+
 @pytest.mark.parametrize("early_greeting", [True, False])
 async def test_a_machine_gets_the_voicemail_message_and_the_call_ends_after_it_played(
     early_greeting: bool,
@@ -383,40 +397,30 @@ async def test_a_machine_gets_the_voicemail_message_and_the_call_ends_after_it_p
         Say("Hi Ada, this is ACME calling about your order.", audio_ms=2000),
         Say(message, audio_ms=800),
     ]
-    async with outbound(replies, realtime_early_greeting=early_greeting) as env:
-        assert env.rest.outbound is not None
-        env.rest.outbound.answered_by = "machine_end_beep"
-        call_sid = (await env.post({"to": TO, "context": {"name": "Ada"}})).json()["call_sid"]
-        placed = await env.rest.outbound.wait_answered()
-        assert placed.answer is not None
-        async with callee_for(env, call_sid) as callee:
-            assert await callee.connect(placed.answer)
-            conn = await env.server.wait_connection()
-            asked = await conn.wait_for(
-                "response.create",
-                direction="received",
-                predicate=lambda e: message in str((e.get("response") or {}).get("instructions", "")),
-            )
-            assert asked["response"]["instructions"].endswith(message)
-            hang_up = await env.rest.wait_update(timeout=15)
-            assert hang_up.status == "completed" and hang_up.call_sid == call_sid
-            said = conn.audio_sent[list(conn.audio_sent)[-1]]
-            chunks = [c for c in callee.outbound_chunks if c.stopped_at is not None]
-            assert len(said) == 800 * 8 and sum(c.played_bytes for c in chunks) >= len(said)
-            assert hang_up.at >= max(c.stopped_at for c in chunks)  # after the message played
-            await callee.stop()
-        assert conn.active_response_conflicts == 0
+    async with (
+        outbound(replies, realtime_early_greeting=early_greeting) as env,
+        answered_by_machine(env, "machine_end_beep") as callee,
+    ):
+        conn = await env.server.wait_connection()
+        asked = await conn.wait_for(
+            "response.create",
+            direction="received",
+            predicate=lambda e: message in str((e.get("response") or {}).get("instructions", "")),
+        )
+        assert asked["response"]["instructions"].endswith(message)
+        hang_up = await env.rest.wait_update(timeout=15)
+        assert hang_up.status == "completed" and hang_up.call_sid == callee.call_sid
+        said = conn.audio_sent[list(conn.audio_sent)[-1]]
+        chunks = [c for c in callee.outbound_chunks if c.stopped_at is not None]
+        assert len(said) == 800 * 8 and sum(c.played_bytes for c in chunks) >= len(said)
+        assert hang_up.at >= max(c.stopped_at for c in chunks)  # after the message played
+    assert conn.active_response_conflicts == 0
 
 
 async def test_a_machine_with_no_voicemail_message_is_hung_up_at_once() -> None:
-    async with outbound(voicemail_message="") as env:
-        assert env.rest.outbound is not None
-        env.rest.outbound.answered_by = "machine_end_silence"
-        call_sid = (await env.post({"to": TO, "context": {"name": "Ada"}})).json()["call_sid"]
-        placed = await env.rest.outbound.wait_answered()
-        assert placed.answer is not None
-        async with callee_for(env, call_sid) as callee:
-            assert await callee.connect(placed.answer)
-            hang_up = await env.rest.wait_update(timeout=5)
-            assert hang_up.status == "completed" and hang_up.call_sid == call_sid
-            await callee.stop()
+    async with (
+        outbound(voicemail_message="") as env,
+        answered_by_machine(env, "machine_end_silence") as callee,
+    ):
+        hang_up = await env.rest.wait_update(timeout=5)
+        assert hang_up.status == "completed" and hang_up.call_sid == callee.call_sid
