@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
+from twilio.request_validator import RequestValidator
 
 from relay.testing.realtime import Say
 from relay.testing.twilio_rest import FakeTwilioRest
@@ -109,3 +110,23 @@ async def test_a_recording_twilio_refuses_is_logged_and_neither_the_call_nor_its
     assert "could not start the call's recording" in caplog.text
     record = await r.app.state.store.get(call.call_sid)
     assert "recording_sid" not in record and record["outcome"] == "twilio_stop"
+
+
+async def test_a_signed_but_malformed_recording_report_is_refused_and_stores_nothing() -> None:
+    async with recorded() as (r, _rest, _receiver):
+        call_sid = "CA" + "8" * 32
+        form = {
+            "CallSid": call_sid,
+            "AccountSid": ACCOUNT_SID,
+            "RecordingSid": "not-a-recording-sid",
+            "RecordingUrl": "https://api.twilio.com/2010-04-01/Accounts/x/Recordings/y",
+            "RecordingStatus": "completed",
+            "RecordingDuration": "9",
+        }
+        signature = RequestValidator(AUTH_TOKEN).compute_signature(f"{PUBLIC_URL}/recording-status", form)
+        async with httpx.AsyncClient(base_url=r.url) as client:
+            response = await client.post(
+                "/recording-status", data=form, headers={"X-Twilio-Signature": signature}
+            )
+        assert response.status_code == 400 and "RecordingSid" in response.text
+        assert await r.app.state.store.get(call_sid) is None
