@@ -29,7 +29,7 @@ from cascade.vad import SpeechStarted, TurnDetector, Utterance
 from relay.config import Settings
 from relay.errors import ProviderError
 from relay.sessions import events as ev
-from relay.sessions.call import CallStats, EffectSink, Turn, TwilioSink
+from relay.sessions.call import AgentSwitch, CallStats, EffectSink, Turn, TwilioSink
 from relay.sessions.dtmf import DigitCollector, EntryTimer, entry_text
 from relay.sessions.effects import BargeIn, PlaybackIdle, ResponseDone, Role, RunTool, SaveTurn
 from relay.sessions.heard import SpokenItems
@@ -401,3 +401,15 @@ class CascadeSession:
     def _save(self, role: Role, text: str, meta: dict[str, Any]) -> None:
         self.messages.append({"role": role, "content": text})
         self.on_effect(SaveTurn(role, text, meta))
+
+    # --- handoff ----------------------------------------------------------------------------------
+    async def hand_off(self, switch: AgentSwitch) -> bool:
+        """Another agent takes the call: its instructions (the system message), tools, models and
+        voice apply from the next request on. The handoff tool's output still goes to the chat
+        model, so the answer to it is already the new agent's."""
+        self.settings = switch.settings
+        self.tools = switch.chat_tools
+        self.client = switch.adapter.cascade_client()
+        self.models = switch.adapter.cascade_models()
+        self.messages[0] = {"role": "system", "content": switch.settings.instructions}
+        return True

@@ -128,7 +128,7 @@ def create_app(
     manager = CallManager(
         settings,
         store=store,
-        adapter_factory=lambda: make_adapter(settings, azure_credential=azure_credential),
+        adapter_factory=lambda for_agent: make_adapter(for_agent, azure_credential=azure_credential),
         cascade_factory=CascadeSession,
         registry=registry,
         twilio_calls=twilio_calls,
@@ -140,7 +140,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if settings.provider_configured:
-            adapter = manager.adapter
+            adapter = manager.agents.default.adapter
             log.info("Using %s for voice calls", adapter.display_name)
             log.info("realtime endpoint: %s", adapter.realtime_url)
             manager.prepare_cascade()  # not on the event loop at a call's first fallback

@@ -116,7 +116,10 @@ class Metrics:
         reg = self.registry
         self.active_calls = Gauge("relay_active_calls", "Calls being bridged right now.", registry=reg)
         self.calls_total = Counter(
-            "relay_calls_total", "Calls that ended, by mode and outcome.", ["mode", "outcome"], registry=reg
+            "relay_calls_total",
+            "Calls that ended, by agent (the last one it had), mode and outcome.",
+            ["agent", "mode", "outcome"],
+            registry=reg,
         )
         self.calls_rejected_total = Counter(
             "relay_calls_rejected_total",
@@ -185,6 +188,12 @@ class Metrics:
             "expired (no stream came to this instance), failed, or not started (full; repeated: "
             "the call already had one, its webhook was replayed).",
             ["outcome"],
+            registry=reg,
+        )
+        self.handoffs_total = Counter(
+            "relay_handoffs_total",
+            "Calls handed from one agent to another (the handoff tool), by agent.",
+            ["from_agent", "to_agent"],
             registry=reg,
         )
         self.fallbacks_total = Counter(
@@ -274,17 +283,25 @@ class Metrics:
         )
 
     def observe_call_end(
-        self, stats: CallStatsLike | None, mode: str, outcome: str, *, provider: str = "", count: bool = True
+        self,
+        stats: CallStatsLike | None,
+        mode: str,
+        outcome: str,
+        *,
+        provider: str = "",
+        count: bool = True,
+        agent: str = "default",
     ) -> None:
         """Counts an ended call and its figures; call once per call, after the session has run.
 
         `stats` is None when the call ended before a session existed: only the call is counted.
+        `agent` labels the count (the call's last agent: `default` without AGENTS_FILE).
         `provider` labels the connect time (`adapter.vendor`: openai, azure); the connect time is
         observed only when the provider was reached (`stats.connect_ms` set). `count=False` adds the
         figures of one phase (realtime before a fallback) without counting the call again.
         """
         if count:
-            self.calls_total.labels(mode=mode, outcome=outcome).inc()
+            self.calls_total.labels(agent=agent, mode=mode, outcome=outcome).inc()
         if stats is None:
             return
         self.frames_in_total.inc(stats.frames_in)

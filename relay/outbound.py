@@ -2,8 +2,9 @@
 
 The body is JSON `{"to": "+15551234567", "context": {"name": "Ada"}, "machine_detection": true,
 "agent": "sales"}`; only `to` is required. `context` fills the `{name}`-style placeholders of
-INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE (relay.placeholders); `machine_detection` defaults to
-OUTBOUND_MACHINE_DETECTION; `agent` is accepted and not used yet (agents are a later issue).
+INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE of the call's agent (relay.placeholders);
+`machine_detection` defaults to OUTBOUND_MACHINE_DETECTION; `agent` names the agent that makes the
+call (default: the default agent; an unknown name is refused).
 
 Order of work, for the time to Twilio's REST request: the token, the body, the configuration, a
 concurrency slot reserved under a key of its own (`CallManager.reserve_outbound`), then the REST
@@ -11,7 +12,8 @@ request; only then the slot moves to the SID Twilio gave the call and the record
 (`direction`, `from`, `to`, `context`, `machine_detection`), never awaited.
 
 Answers: 201 `{"call_sid", "status": "queued"}`; 400 with the reason (not JSON, unknown or
-malformed fields, a number that is not E.164, an unknown placeholder); 401 without the token;
+malformed fields, a number that is not E.164, an unknown agent, an unknown placeholder); 401
+without the token;
 503 with the reason (busy, draining, no provider, no TWILIO_PHONE_NUMBER, Twilio credentials or
 PUBLIC_URL); 502 with Twilio's own message when Twilio refuses or does not answer.
 """
@@ -94,8 +96,8 @@ async def _read_body(request: Request, within: float) -> bytes:
 
 
 def parse_request(body: bytes, settings: Settings) -> OutboundRequest:
-    """The body checked field by field, and the configured texts' placeholders against its
-    context; BadRequest with the reason otherwise."""
+    """The body checked field by field; BadRequest with the reason otherwise. (The placeholders of
+    the agent's texts are checked against its context by `check_placeholders`.)"""
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -119,6 +121,23 @@ def parse_request(body: bytes, settings: Settings) -> OutboundRequest:
     agent = data.get("agent")
     if agent is not None and not (isinstance(agent, str) and 0 < len(agent) <= MAX_AGENT_CHARS):
         raise BadRequest(f"'agent' must be a name of at most {MAX_AGENT_CHARS} characters")
+    return OutboundRequest(to, context, detection, agent)
+
+
+def resolve_agent(call: OutboundRequest, manager: Any) -> Any:
+    """The agent that makes the call (an `AgentRuntime`): the one named, else the default; an
+    unknown name, or texts with placeholders the context does not fill, are a BadRequest."""
+    if call.agent is not None and call.agent not in manager.agents:
+        names = ", ".join(sorted(manager.agents.names))
+        raise BadRequest(f"unknown agent {call.agent[:MAX_AGENT_CHARS]!r}: the agents are {names}")
+    agent = manager.agents.named(call.agent)
+    check_placeholders(agent.settings, call.context)
+    return agent
+
+
+def check_placeholders(settings: Settings, context: dict[str, str]) -> None:
+    """The texts' placeholders against the call's context and the built-in names; BadRequest
+    naming the first one nothing fills."""
     known = set(context) | set(BUILTIN_NAMES)
     missing = unknown_placeholders(configured_texts(settings), known)
     if missing:
@@ -127,7 +146,6 @@ def parse_request(body: bytes, settings: Settings) -> OutboundRequest:
             f"unknown placeholder {{{name}}} in {setting}: add {name!r} to the context "
             f"(or use one of {', '.join('{' + n + '}' for n in BUILTIN_NAMES)})"
         )
-    return OutboundRequest(to, context, detection, agent)
 
 
 def _missing_configuration(settings: Settings, twilio_calls: Any) -> str | None:
@@ -159,6 +177,7 @@ async def place_call_endpoint(request: Request) -> Response:
         )
     try:
         call = parse_request(await _read_body(request, settings.webhook_body_timeout), settings)
+        agent = resolve_agent(call, manager)
     except BadRequest as exc:
         log.info("refused POST /calls: %s", exc)
         count.labels(outcome="bad_request").inc()
@@ -168,15 +187,15 @@ async def place_call_endpoint(request: Request) -> Response:
         log.warning("refused POST /calls: %s", problem)
         count.labels(outcome="unconfigured").inc()
         return _answer(503, {"error": problem})
-    reservation, refusal = await manager.reserve_outbound()
+    reservation, refusal = await manager.reserve_outbound(agent)
     if refusal is not None:
         log.warning("refused POST /calls: %s", refusal)
         count.labels(outcome=refusal).inc()
         return _answer(503, {"error": REFUSALS.get(refusal, refusal)}, **{"Retry-After": "5"})
-    return await _place(request, call, reservation)
+    return await _place(request, call, agent.name, reservation)
 
 
-async def _place(request: Request, call: OutboundRequest, reservation: str) -> Response:
+async def _place(request: Request, call: OutboundRequest, agent: str, reservation: str) -> Response:
     state = request.app.state
     settings: Settings = state.settings
     manager = state.manager
@@ -199,7 +218,7 @@ async def _place(request: Request, call: OutboundRequest, reservation: str) -> R
             body.update(twilio_status=exc.status, twilio_message=exc.twilio_message)
         return _answer(502, body)
     call_sid = created.call_sid
-    await manager.bind_outbound(reservation, call_sid, call.context)
+    await manager.bind_outbound(reservation, call_sid, call.context, agent)
     fields: dict[str, Any] = {
         "direction": "outbound-api",
         "from": settings.twilio_phone_number,
@@ -208,9 +227,8 @@ async def _place(request: Request, call: OutboundRequest, reservation: str) -> R
         "machine_detection": call.machine_detection,
         "status": "queued",
         "twilio_status": created.status,
+        "agent": agent,
     }
-    if call.agent is not None:
-        fields["agent"] = call.agent
     manager.outbox.put(call_sid, "upsert", **fields)
     count.labels(outcome="created").inc()
     with bind_call(call_sid):
@@ -228,7 +246,9 @@ def outbound_routes(settings: Settings) -> list[Route]:
 __all__ = [
     "BadRequest",
     "OutboundRequest",
+    "check_placeholders",
     "outbound_routes",
     "parse_request",
     "place_call_endpoint",
+    "resolve_agent",
 ]

@@ -3,19 +3,22 @@
 A placeholder is `{` + a name (a letter or `_`, then letters, digits or `_`, at most
 MAX_KEY_CHARS) + `}`; `{{` and `}}` are a literal brace. Any other brace is text as it is, so
 instructions that quote JSON keep working. The values of a call are its context (the `context` of
-`POST /calls`) plus three the relay knows itself: `{caller}` (the call's `From`), `{called}` (its
-`To`) and `{direction}` (Twilio's: `inbound` or `outbound-api`).
+`POST /calls`) plus four the relay knows itself: `{caller}` (the call's `From`), `{called}` (its
+`To`), `{direction}` (Twilio's: `inbound` or `outbound-api`) and `{now}` (the date and time the
+call was answered, UTC, e.g. "Saturday 05 December 2026, 20:51 UTC").
 
 `POST /calls` refuses a context that leaves a placeholder of the configured texts unfilled
 (`unknown_placeholders`), so an outbound call never starts with a hole in its instructions. An
 inbound call has no context: a context placeholder is filled with an empty string there.
 
-Pure functions: no I/O, no settings read here beyond the texts handed in.
+Pure functions: no I/O, no settings read here beyond the texts handed in (`call_values` reads the
+clock for `{now}` unless it is given).
 """
 
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,7 +46,8 @@ __all__ = [
 MAX_CONTEXT_KEYS = 32
 MAX_KEY_CHARS = 64
 MAX_VALUE_CHARS = 1000
-BUILTIN_NAMES = ("caller", "called", "direction")
+BUILTIN_NAMES = ("caller", "called", "direction", "now")
+NOW_FORMAT = "%A %d %B %Y, %H:%M UTC"  # {now}: spoken-friendly, unambiguous for a model
 
 _NAME = rf"[A-Za-z_][A-Za-z0-9_]{{0,{MAX_KEY_CHARS - 1}}}"
 _TOKEN = re.compile(rf"\{{\{{|\}}\}}|\{{({_NAME})\}}")
@@ -107,7 +111,7 @@ def unknown_placeholders(texts: Mapping[str, str], known: set[str]) -> list[tupl
 def check_context(raw: Any) -> dict[str, str]:
     """The `context` of an outbound request as name -> text: an object of at most MAX_CONTEXT_KEYS
     placeholder names, each mapped to a string, number or boolean of at most MAX_VALUE_CHARS
-    characters. `caller`, `called` and `direction` are the relay's own. ContextError otherwise."""
+    characters. `caller`, `called`, `direction` and `now` are the relay's own. ContextError otherwise."""
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -136,9 +140,13 @@ def check_context(raw: Any) -> dict[str, str]:
     return context
 
 
-def call_values(context: Mapping[str, str], *, caller: str, called: str, direction: str) -> dict[str, str]:
-    """A call's placeholder values: its context and the relay's own three."""
-    return {**context, "caller": caller, "called": called, "direction": direction}
+def call_values(
+    context: Mapping[str, str], *, caller: str, called: str, direction: str, now: float | None = None
+) -> dict[str, str]:
+    """A call's placeholder values: its context and the relay's own four (`now`: unix time, the
+    clock's when None)."""
+    stamp = time.strftime(NOW_FORMAT, time.gmtime(now))
+    return {**context, "caller": caller, "called": called, "direction": direction, "now": stamp}
 
 
 def configured_texts(settings: Settings) -> dict[str, str]:

@@ -121,8 +121,8 @@ def test_observe_call_end_counts_the_call_and_its_figures() -> None:
     m.observe_call_end(stats, "realtime", "twilio_stop", provider="azure")
     m.observe_call_end(CallStats(), "realtime", "provider_error")  # never reached the provider
 
-    assert sample(m, "relay_calls_total", mode="realtime", outcome="twilio_stop") == 1
-    assert sample(m, "relay_calls_total", mode="realtime", outcome="provider_error") == 1
+    assert sample(m, "relay_calls_total", agent="default", mode="realtime", outcome="twilio_stop") == 1
+    assert sample(m, "relay_calls_total", agent="default", mode="realtime", outcome="provider_error") == 1
     assert sample(m, "relay_frames_in_total") == 500
     assert sample(m, "relay_frames_out_total") == 120
     assert sample(m, "relay_barge_ins_total") == 2
@@ -141,7 +141,7 @@ def test_observe_call_end_counts_the_call_and_its_figures() -> None:
 def test_observe_call_end_without_a_session_counts_only_the_call() -> None:
     m = Metrics()
     m.observe_call_end(None, "realtime", "error", provider="openai")
-    assert sample(m, "relay_calls_total", mode="realtime", outcome="error") == 1
+    assert sample(m, "relay_calls_total", agent="default", mode="realtime", outcome="error") == 1
     assert sample(m, "relay_frames_in_total") == 0
     assert sample(m, "relay_provider_connect_seconds_count", provider="openai") is None
     assert sample(m, "relay_first_audio_seconds_count") == 0
@@ -199,10 +199,10 @@ def test_two_instances_do_not_collide() -> None:
     a, b = Metrics(), Metrics()  # the default registry would raise "Duplicated timeseries" here
     assert a.registry is not b.registry
     a.active_calls.inc()
-    a.calls_total.labels(mode="realtime", outcome="twilio_stop").inc()
+    a.calls_total.labels(agent="default", mode="realtime", outcome="twilio_stop").inc()
     assert sample(a, "relay_active_calls") == 1
     assert sample(b, "relay_active_calls") == 0
-    assert sample(b, "relay_calls_total", mode="realtime", outcome="twilio_stop") is None
+    assert sample(b, "relay_calls_total", agent="default", mode="realtime", outcome="twilio_stop") is None
     assert REGISTRY.get_sample_value("relay_active_calls") is None  # the process-wide registry is untouched
 
 
@@ -231,7 +231,10 @@ async def test_metrics_endpoint_shows_every_metric(admin_app: AppFactory) -> Non
         assert f"# TYPE {name} " in r.text, name
     samples = parse(r.text)
     assert samples["relay_active_calls"][()] == 1
-    assert samples["relay_calls_total"][(("mode", "realtime"), ("outcome", "twilio_stop"))] == 1
+    assert (
+        samples["relay_calls_total"][(("agent", "default"), ("mode", "realtime"), ("outcome", "twilio_stop"))]
+        == 1
+    )
     assert samples["relay_frames_in_total"][()] == 3
     assert samples["relay_tool_calls_total"][(("name", "web_search"), ("outcome", "ok"))] == 1
     assert samples["relay_tool_duration_seconds_count"][(("name", "web_search"),)] == 1

@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from relay.app import create_app
-from relay.placeholders import call_values, texts_for_call
+from relay.placeholders import CallTexts, call_values, texts_for_call
 from relay.sids import is_call_sid
 from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import serve_app
@@ -81,6 +81,12 @@ async def outbound(replies: list[Any] | None = None, **settings: Any) -> AsyncIt
             yield Outbound(url, app, rest, server)
 
 
+def texts_of(manager: Any, start: Start) -> CallTexts:
+    """The texts a call starting with `start` gets from its agent."""
+    agent, values = manager.call_agent(start)
+    return agent.texts(values)
+
+
 async def record_with(env: Outbound, call_sid: str, field: str) -> dict[str, Any]:
     """The call's record once it has `field` (record writes are queued, not awaited)."""
     seq = env.app.state.manager.outbox.put(call_sid, "upsert")  # a marker behind the writes so far
@@ -137,7 +143,7 @@ async def test_the_answer_webhook_fills_the_texts_for_the_call_and_amd_reaches_t
         response = await env.post({"to": TO, "context": {"name": "Ada", "ref": 42}})
         call_sid = response.json()["call_sid"]
         await env.rest.outbound.wait_answered()
-        texts = env.app.state.manager.call_texts(Start(stream_sid="MZ" + "0" * 32, call_sid=call_sid))
+        texts = texts_of(env.app.state.manager, Start(stream_sid="MZ" + "0" * 32, call_sid=call_sid))
         values = call_values({"name": "Ada", "ref": "42"}, caller=FROM, called=TO, direction="outbound-api")
         assert texts == texts_for_call(env.app.state.settings, values)
         assert texts.instructions == f"You call Ada from ACME (outbound-api call to {TO})."
@@ -157,7 +163,7 @@ async def test_an_inbound_call_fills_caller_called_and_direction_and_records_its
         twiml = await caller.fetch_twiml()
         assert twiml.status_code == 200 and twiml.parameters["direction"] == "inbound"
         start = Start(stream_sid="MZ" + "0" * 32, call_sid=caller.call_sid)
-        texts = env.app.state.manager.call_texts(start)
+        texts = texts_of(env.app.state.manager, start)
         assert texts.instructions == f"You call  from ACME (inbound call to {FROM})."  # no context: empty
         record = await record_with(env, caller.call_sid, "direction")
         assert record["direction"] == "inbound" and record["from"] == caller.from_
@@ -330,7 +336,7 @@ async def test_another_instance_answers_with_the_context_from_redis(redis_server
             placed = await placing.rest.outbound.wait_call()
             twiml = await placing.rest.outbound.answer_call(placed)
             assert twiml.status_code == 200 and twiml.parameters["callSid"] == call_sid
-            texts = other.state.manager.call_texts(Start(stream_sid="MZ" + "0" * 32, call_sid=call_sid))
+            texts = texts_of(other.state.manager, Start(stream_sid="MZ" + "0" * 32, call_sid=call_sid))
             assert texts.greeting == "Greet Ada by name."
 
 

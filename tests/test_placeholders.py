@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from relay.placeholders import (
+    BUILTIN_NAMES,
     ContextError,
     call_values,
     check_context,
@@ -53,6 +54,13 @@ def test_texts_for_call_fill_all_three_with_the_relays_own_values() -> None:
     texts = texts_for_call(settings, values)
     assert texts.instructions == "inbound call from +15550001111 to +15550002222 for Ada"
     assert (texts.greeting, texts.voicemail_message) == ("Greet Ada", "Bye Ada")
+
+
+def test_now_is_the_answer_time_in_words_utc() -> None:
+    settings = make_settings(instructions="Today is {now}.", greeting="Hi", voicemail_message="")
+    values = call_values({}, caller="", called="", direction="inbound", now=1_796_503_860.0)
+    assert texts_for_call(settings, values).instructions == "Today is Saturday 05 December 2026, 20:51 UTC."
+    assert "now" in BUILTIN_NAMES  # so POST /calls accepts it without a context key
 
 
 def test_a_context_is_text_by_name_and_bounded() -> None:

@@ -2,9 +2,9 @@
 
 `POST /outbound-answer` is the call's `Url`: Twilio requests it when the callee answers, and it
 answers the same `<Connect><Stream>` TwiML as `/incoming-call` (`webhooks.routes.connect_call`),
-the stream token bound to the call SID, with the call's context for its placeholders: from this
-instance's memory when it placed the call, else from the call's record (another instance placed
-it; with Redis every instance reads it).
+the stream token bound to the call SID, with the call's context for its placeholders and the agent
+it asked for: from this instance's memory when it placed the call, else from the call's record
+(another instance placed it; with Redis every instance reads it).
 
 `POST /amd-status` is the `AsyncAmdStatusCallback` of answering-machine detection: `AnsweredBy`
 goes on the call's record, is counted (`relay_amd_results_total`) and is handed to the running
@@ -36,9 +36,10 @@ DIRECTION = re.compile("[a-z-]{1,20}")
 DURATION_MS = re.compile("[0-9]{1,7}")
 
 
-async def _stored_context(request: Request, call_sid: str) -> dict[str, str]:
-    """The call's context from its record (placed by another instance); {} when there is none or
-    the store does not answer in time (its placeholders are then filled with empty text)."""
+async def _stored_context(request: Request, call_sid: str) -> tuple[dict[str, str], str | None]:
+    """The call's context and agent from its record (placed by another instance); no context and
+    the default agent when there is none or the store does not answer in time (its placeholders
+    are then filled with empty text)."""
     state = request.app.state
     try:
         async with asyncio.timeout(CONTEXT_READ_TIMEOUT_S):
@@ -46,12 +47,13 @@ async def _stored_context(request: Request, call_sid: str) -> dict[str, str]:
     except (StoreError, TimeoutError) as exc:
         state.manager.store_health.failed(exc, "reading an outbound call's context")
         log.warning("answering without the call's context: the call store did not answer")
-        return {}
+        return {}, None
     context = (record or {}).get("context")
+    agent = (record or {}).get("agent")
     if not isinstance(context, dict):
         log.warning("answering without a context: the call's record has none (not placed by a relay?)")
-        return {}
-    return {str(k): str(v) for k, v in context.items()}
+        return {}, None
+    return {str(k): str(v) for k, v in context.items()}, agent if isinstance(agent, str) else None
 
 
 async def outbound_answer(request: Request) -> Response:
@@ -63,10 +65,11 @@ async def outbound_answer(request: Request) -> Response:
         direction = form.get("Direction", "outbound-api")
         if not DIRECTION.fullmatch(direction):
             return PlainTextResponse("Direction must be a Twilio call direction", status_code=400)
-        context = request.app.state.manager.notes.context(call_sid)
-        if context is None:
-            context = await _stored_context(request, call_sid)
-        return await connect_call(request, form, direction=direction, context=context)
+        placed = request.app.state.manager.notes.context(call_sid)
+        if placed is None:
+            placed = await _stored_context(request, call_sid)
+        context, agent = placed
+        return await connect_call(request, form, direction=direction, context=context, agent=agent)
 
 
 async def amd_status(request: Request) -> Response:

@@ -100,11 +100,18 @@ async def incoming_call(request: Request) -> Response:
 
 
 async def connect_call(
-    request: Request, form: dict[str, str], *, direction: str, context: dict[str, str] | None = None
+    request: Request,
+    form: dict[str, str],
+    *,
+    direction: str,
+    context: dict[str, str] | None = None,
+    agent: str | None = None,
 ) -> Response:
     """The TwiML that connects a signed, answered call (inbound, or outbound once answered) to the
-    Media Stream: refused when replayed or not admitted; otherwise its early provider connection
-    starts, its placeholder values are remembered for its stream, and its record gets its parties."""
+    Media Stream: refused when replayed or not admitted; otherwise its agent is chosen (the one an
+    outbound call asked for, else by the number called), its early provider connection starts,
+    its agent and placeholder values are remembered for its stream (and named in the stream's
+    parameters, for an instance that did not see this webhook), and its record gets its parties."""
     state = request.app.state
     settings = state.settings
     call_sid = form["CallSid"]
@@ -117,27 +124,31 @@ async def connect_call(
         )
         state.metrics.observe_rejection("replayed_webhook")
         return say_and_hang_up(APOLOGY)
-    refusal = await state.manager.admit(call_sid)
+    caller, called = form.get("From", "")[:MAX_NUMBER_CHARS], form.get("To", "")[:MAX_NUMBER_CHARS]
+    chosen = state.manager.agents.for_call(called if direction == "inbound" else caller, agent)
+    refusal = await state.manager.admit(call_sid, agent=chosen)
     if refusal is not None:
         log.warning("refusing call: %s", refusal)
         state.metrics.observe_rejection(refusal)
         text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
         return say_and_hang_up(text)
-    caller, called = form.get("From", "")[:MAX_NUMBER_CHARS], form.get("To", "")[:MAX_NUMBER_CHARS]
-    # the call's placeholder values first: its early connection's opening may need them
-    state.manager.notes.remember_values(
-        call_sid, caller=caller, called=called, direction=direction, context=context or {}
+    # the call's agent and placeholder values first: its early connection's opening needs them
+    state.manager.notes.remember_call(
+        call_sid, agent=chosen.name, caller=caller, called=called, direction=direction, context=context
     )
-    state.manager.open_early_connection(call_sid)  # the provider handshake overlaps Twilio's stream setup
+    state.manager.open_early_connection(
+        call_sid, chosen
+    )  # the provider handshake overlaps Twilio's stream setup
     stream_url = public_base(request, settings, websocket=True) + "/media-stream"
     params = {
         "callSid": call_sid,
         "from": caller,
         "to": called,
         "direction": direction,
+        "agent": chosen.name,
         "token": mint_stream_token(call_sid, settings),
     }
-    record = {"from": params["from"], "to": params["to"], "direction": direction}
+    record = {"from": params["from"], "to": params["to"], "direction": direction, "agent": chosen.name}
     state.manager.outbox.put(call_sid, "upsert", **record)
     log.info("%s call from %s, connecting stream to %s", direction, params["from"], stream_url)
     return Response(connect_twiml(stream_url, params, APOLOGY), media_type=TWIML)

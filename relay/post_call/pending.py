@@ -47,21 +47,30 @@ return out
 
 @dataclass
 class Pending:
-    """One delivery: the call, its body once built from the record, and the tries made so far."""
+    """One delivery: the call, its body once built from the record, the tries made so far, and
+    where it goes when not to POST_CALL_WEBHOOK_URL (its agent's `post_call_webhook_url`)."""
 
     call_sid: str
     body: bytes | None = None
     tries: int = 0
+    url: str | None = None
 
     def dumps(self) -> str:
         body = None if self.body is None else self.body.decode()
-        return orjson.dumps({"call_sid": self.call_sid, "body": body, "tries": self.tries}).decode()
+        fields = {"call_sid": self.call_sid, "body": body, "tries": self.tries, "url": self.url}
+        return orjson.dumps(fields).decode()
 
     @classmethod
     def loads(cls, text: str) -> Pending:
         data: dict[str, Any] = orjson.loads(text)
         body = data.get("body")
-        return cls(str(data["call_sid"]), None if body is None else str(body).encode(), int(data["tries"]))
+        url = data.get("url")
+        return cls(
+            str(data["call_sid"]),
+            None if body is None else str(body).encode(),
+            int(data["tries"]),
+            str(url) if url else None,
+        )
 
 
 class RedisPending:

@@ -98,15 +98,17 @@ class PostCallWebhook:
         return len(self._tasks)
 
     def start(self) -> None:
-        """Opens the HTTP client; with Redis, starts resuming deliveries other processes left."""
-        if not self.enabled or self._client is not None:
-            return
+        """Opens the HTTP client (without POST_CALL_WEBHOOK_URL: at the first delivery to an
+        agent's own URL); with Redis, starts resuming deliveries other processes left."""
+        if self.enabled and self._client is None:
+            self._open()
+
+    def _open(self) -> None:
         self._client = httpx.AsyncClient(timeout=self.policy.timeout, follow_redirects=False)
         where = urlsplit(self.url)
         log.info(
-            "post-call webhook on: each finished call is POSTed to %s://%s (%s)",
-            where.scheme,
-            where.hostname,
+            "post-call webhook on: each finished call is POSTed to %s (%s)",
+            f"{where.scheme}://{where.hostname}" if self.url else "its agent's post_call_webhook_url",
             "pending deliveries kept in Redis"
             if self._redis_url is not None
             else "no REDIS_URL: deliveries still pending at shutdown are dropped",
@@ -117,11 +119,14 @@ class PostCallWebhook:
                 self._keep_leases(), name="post-call-leases", context=contextvars.Context()
             )
 
-    def call_ended(self, call_sid: str) -> None:
-        """A call ended and its record writes are queued: deliver it. Returns at once."""
-        if not self.enabled or self._closing.is_set() or call_sid in self._tasks:
+    def call_ended(self, call_sid: str, url: str | None = None) -> None:
+        """A call ended and its record writes are queued: deliver it (to `url`, its agent's, when
+        given, else POST_CALL_WEBHOOK_URL). Returns at once."""
+        url = url if url and url != self.url else None
+        if not (self.url or url) or not self._secret or self._closing.is_set() or call_sid in self._tasks:
             return
-        self.start()
+        if self._client is None:
+            self._open()
         if len(self._tasks) >= self.policy.max_pending:
             log.error(
                 "post-call webhook for %s dropped: %d deliveries are already pending",
@@ -130,7 +135,7 @@ class PostCallWebhook:
             )
             self._count("dropped")
             return
-        self._spawn(Pending(call_sid), fresh=True)
+        self._spawn(Pending(call_sid, url=url), fresh=True)
 
     async def aclose(self) -> None:
         """Stops: tries in flight get `close_grace_s`; what is left stays in Redis for the next
@@ -224,7 +229,8 @@ class PostCallWebhook:
             try:
                 async with self._sends, asyncio.timeout(self.policy.timeout):  # the whole try, too
                     headers = signed_headers(self._secret, item.body)
-                    response = await self._client.post(self.url, content=item.body, headers=headers)
+                    target = item.url or self.url
+                    response = await self._client.post(target, content=item.body, headers=headers)
                 status = response.status_code
                 why = f"HTTP {status}"
             except (httpx.TimeoutException, TimeoutError):

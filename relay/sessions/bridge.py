@@ -31,6 +31,7 @@ from relay.sessions.client_events import (
     text_item_event,
     tool_output_event,
     truncate_event,
+    update_without_voice,
 )
 from relay.sessions.dialects import QUIET_EVENTS
 from relay.sessions.dtmf import DigitCollector, entry_text
@@ -413,6 +414,19 @@ class BridgeCore:
         self._effects.append(Fault(fault.code, fault.message))
         if fault.code == "session_expired":
             self._effects.append(SessionExpired())
+
+    # --- handoff --------------------------------------------------------------------------------
+    def change_session(self, session_update: dict[str, Any], *, now_too: bool) -> None:
+        """Another agent takes the call: connections opened from now on are configured with
+        `session_update`; with `now_too`, the live session is updated at once (its voice kept)."""
+        self._session_update = session_update
+        if now_too and self._provider_ready:
+            self._to_provider.append(update_without_voice(session_update))
+
+    def respond(self, now: float) -> None:
+        """Asks the model to speak now (once no response is active): a new agent's first words."""
+        self._want_response = True
+        self._maybe_continue(now)
 
     # --- end of call ----------------------------------------------------------------------------
     def finish(self, now: float) -> None:

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from relay.sessions.effects import Effect, Role
 from relay.twilio_messages import Media, TwilioEvent
+
+if TYPE_CHECKING:
+    from relay.config import Settings
+    from relay.sessions.providers import ProviderAdapter
+    from relay.sessions.realtime_setup import Opening
 
 Turn = tuple[Role, str]  # (role, text) the caller heard: the history a new session is given
 EffectSink = Callable[[Effect], None]
@@ -51,6 +56,20 @@ class CallStats:
     turn_timings: list[dict[str, float]] = field(default_factory=list)  # cascade hops, per turn
 
 
+@dataclass(frozen=True, slots=True)
+class AgentSwitch:
+    """A handoff as a session takes it: the new agent's settings (its texts filled for the call),
+    the adapter that serves it on the session's path, its realtime opening and its chat tools.
+    `reconnect`: the realtime session must move to a new connection (another provider, region or
+    key); otherwise it is updated in place."""
+
+    settings: Settings
+    adapter: ProviderAdapter
+    opening: Opening
+    chat_tools: list[dict[str, Any]]
+    reconnect: bool
+
+
 class CallSession(Protocol):
     """One way of serving a call (realtime or cascade). It reads the caller through its
     `TwilioSink`, reports what happens as effects (`relay.sessions.effects`), and is told the
@@ -89,5 +108,12 @@ class CallSession(Protocol):
         """The caller's latest frames its provider may never have heard (for a fallback)."""
         ...
 
+    async def hand_off(self, switch: AgentSwitch) -> bool:
+        """The call moves to another agent, the conversation kept: its instructions and tools
+        (and provider, when `switch.reconnect`) apply from now on. True when the handoff tool's
+        output still goes to the model; False when a new connection took over and the new agent
+        speaks first without it."""
+        ...
 
-__all__ = ["CallSession", "CallStats", "EffectSink", "TwilioSink", "Turn"]
+
+__all__ = ["AgentSwitch", "CallSession", "CallStats", "EffectSink", "TwilioSink", "Turn"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from twilio.twiml.voice_response import VoiceResponse
@@ -16,7 +16,9 @@ from relay.codecs.dtmf import dtmf_ulaw
 from relay.config import Settings
 from relay.errors import ProviderError, ToolError
 from relay.sessions import events as ev
-from relay.sessions.call import CallSession, CallStats, EffectSink, Turn, TwilioSink
+from relay.sessions.call import AgentSwitch, CallSession, CallStats, EffectSink, Turn, TwilioSink
+from relay.sessions.call_control import Goodbye, ToolControl
+from relay.sessions.call_record import CallRecorder
 from relay.sessions.effects import (
     BargeIn,
     Effect,
@@ -30,10 +32,8 @@ from relay.sessions.effects import (
     Transfer,
     Truncated,
 )
-from relay.sessions.outbox import Outbox
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime import RealtimeSession
-from relay.sessions.store import WriteOp
 from relay.twilio_messages import Media, Start
 
 if TYPE_CHECKING:
@@ -42,7 +42,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("relay.manager")
 
 HANGUP_GRACE_S = 15.0  # longest wait for the goodbye to play before hanging up anyway
-RECORD_WAIT_S = 2.0  # an ended call waits this long at most for its record (not at all if the store is down)
 MACHINE_ENDS = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other"})
 GOODBYE_DURATION = "We have reached the time limit for this call. Thank you for calling, goodbye."
 
@@ -65,73 +64,14 @@ class CascadeFactory(Protocol):
     ) -> CallSession: ...
 
 
-class CallRecorder:
-    """A call's record writes, queued in the process's outbox: the call never waits for the store."""
-
-    def __init__(self, outbox: Outbox, call_sid: str) -> None:
-        self.outbox = outbox
-        self.call_sid = call_sid
-        self._last = 0
-        self._finished = False
-
-    def put(self, method: WriteOp, *args: Any, **kwargs: Any) -> None:
-        """Queues `store.<method>(call_sid, *args, **kwargs)`; ignored once `finish` was called."""
-        if not self._finished:
-            self._last = self.outbox.put(self.call_sid, method, *args, **kwargs)
-
-    def finish(self, **fields: Any) -> None:
-        """Queues the record's last upsert; later writes (a slot keeper's) are ignored."""
-        self.put("upsert", **fields)
-        self._finished = True
-
-    async def aclose(self) -> None:
-        """Waits a little for this call's writes to be stored: not at all while the store is down."""
-        await self.outbox.wait_written(self._last, timeout=RECORD_WAIT_S)
-
-
-class ToolControl:
-    """What one tool call may do to the call (relay.tools.CallControl), as effects for the call."""
-
-    def __init__(self, run: CallRun, response_id: str) -> None:
-        self._run = run
-        self._response_id = response_id  # the response that called the tool
-
-    async def hang_up_after_playback(self, reason: str) -> None:
-        await self._run.perform(HangUp(reason, self._response_id))
-
-    async def transfer(self, twiml: str) -> None:
-        await self._run.perform(Transfer(twiml, self._response_id))
-
-    async def send_digits(self, digits: str) -> None:
-        await self._run.perform(SendDigits(digits))
-
-
-class Goodbye:
-    """When a requested hang-up or transfer may happen: once a response after the tool's own (the
-    goodbye, or "connecting you now") has finished and Twilio has played all of it."""
-
-    def __init__(self, after_response: str) -> None:
-        self.after_response = after_response
-        self.said = False
-        self.changed = asyncio.Event()
-
-    def on_response_done(self, response_id: str, status: str) -> None:
-        if response_id != self.after_response and status != "cancelled":  # an interrupted one is not it
-            self.said = True
-        self.changed.set()
-
-    async def played(self, playing: Callable[[], bool]) -> None:
-        while not (self.said and not playing()):
-            self.changed.clear()
-            await self.changed.wait()
-
-
 class CallRun:
     """One call: its record, its tools, and the session serving it (realtime, then maybe cascade)."""
 
     def __init__(self, manager: CallManager, start: Start, stream: TwilioSink) -> None:
         self.manager = manager
-        self.settings = manager.settings
+        self.agent, self.values = manager.call_agent(start)  # its agent, its placeholder values
+        self.texts = self.agent.texts(self.values)  # INSTRUCTIONS, GREETING, VOICEMAIL_MESSAGE filled
+        self.settings = self.agent.settings
         self.start = start
         self.stream = stream
         self.recorder = CallRecorder(manager.outbox, start.call_sid)
@@ -141,7 +81,6 @@ class CallRun:
         self._tasks: set[asyncio.Task[None]] = set()
         self._goodbye: Goodbye | None = None
         self._tones = 0  # DTMF tone sequences played
-        self.texts = manager.call_texts(start)  # INSTRUCTIONS, GREETING, VOICEMAIL_MESSAGE for this call
         self.earlier_stats: list[CallStats] = []  # the realtime phase's figures, after a fallback
         self.ending = ""
 
@@ -204,6 +143,38 @@ class CallRun:
         await session.say(message)
         await self._after_goodbye(self._goodbye, self.manager.hang_up(self.start.call_sid))
 
+    async def hand_off(self, name: str, reason: str) -> bool:
+        """The `handoff` tool: the call moves to the agent `name`, one of its agent's `handoffs`
+        (ToolError otherwise, or when that agent cannot serve it now). Its session takes the new
+        agent's instructions and tools (and provider); the record lists each agent the call
+        passed through. Returns `CallSession.hand_off`'s answer."""
+        previous, session = self.agent, self.session
+        target = self.manager.agents.get(name) if name in previous.handoffs else None
+        if target is None or session is None or not target.provider_configured:
+            raise ToolError(f"I can't hand this call to {name!r} right now; carry on with the caller.")
+        if self.mode == "cascade" and target.cascade_adapter() is None:
+            raise ToolError(f"The {name} agent can't take calls on this line right now; carry on.")
+        texts = target.texts(self.values)
+        switch = AgentSwitch(
+            settings=target.call_settings(texts),
+            adapter=target.adapter if self.mode == "realtime" else target.cascade_adapter() or target.adapter,
+            opening=target.opening_for(texts),
+            chat_tools=target.chat_tools(texts),
+            reconnect=target.connection_key != previous.connection_key,
+        )
+        self.agent, self.texts, self.settings = target, texts, target.settings
+        log.info(
+            "handoff from %s to %s (%s)",
+            previous.name,
+            name,
+            "new connection" if switch.reconnect and self.mode == "realtime" else "same session",
+        )
+        self.recorder.put("upsert", agent=name)
+        entry = {"name": name, "from": previous.name, "reason": reason[:200], "at": time.time()}
+        self.recorder.put("add_event", "agents", entry)
+        self.manager.metrics.handoffs_total.labels(from_agent=previous.name, to_agent=name).inc()
+        return await session.hand_off(switch)
+
     def _recording_started(self, recording_sid: str) -> None:
         self.recorder.put("upsert", recording_sid=recording_sid)
 
@@ -245,21 +216,26 @@ class CallRun:
         record; the output goes back to the session that asked."""
         from relay.tools import ToolCallRequest, ToolContext
 
-        session, registry = self.session, self.manager.registry
+        session, registry = self.session, self.agent.registry
         if session is None:
             return
         if registry is None:  # no tools were offered: the model made one up
             await session.tool_finished(call.call_id, '{"error": "no tools are available"}')
             return
+        control = ToolControl(self, call.response_id)
         ctx = ToolContext(
             call_sid=self.start.call_sid,
             stream_sid=self.start.stream_sid,
             settings=self.settings,
-            control=ToolControl(self, call.response_id),
+            control=control,
             twilio=self.manager.twilio_calls,
         )
         dispatch = asyncio.ensure_future(
-            registry.dispatch(ToolCallRequest(call.call_id, call.name, call.arguments), ctx)
+            registry.dispatch(
+                ToolCallRequest(call.call_id, call.name, call.arguments),
+                ctx,
+                self.agent.hidden_tools(self.texts),
+            )
         )
         try:
             if self.settings.slow_tool_feedback == "tone":
@@ -272,7 +248,9 @@ class CallRun:
         audit = result.audit()
         self.recorder.put("add_event", "tools", audit)
         self.manager.metrics.observe_tool(audit)
-        if session is self.session:  # not a realtime tool finishing after a fallback
+        if (
+            session is self.session and control.output_wanted
+        ):  # not after a fallback or a new agent's connection
             await session.tool_finished(call.call_id, str(result.output))
 
     def _cancel_tasks(self) -> None:
@@ -298,10 +276,12 @@ class CallRun:
         return [*self.earlier_stats, *([self.session.stats] if self.session is not None else [])]
 
     async def run(self) -> str:
-        adapter = self.manager.adapter
+        adapter = self.agent.adapter
+        self.recorder.put("add_event", "agents", {"name": self.agent.name, "at": time.time()})
         self.recorder.put(
             "upsert",
             stream_sid=self.start.stream_sid,
+            agent=self.agent.name,
             provider=adapter.vendor,
             mode=self.mode,
             started_at=time.time(),
@@ -329,11 +309,12 @@ class CallRun:
                 ended_at=time.time(), status="ended", outcome=outcome, mode=self.mode, stats=stats
             )
             await self.recorder.aclose()
-            self.manager.post_call.call_ended(self.start.call_sid)  # its record, POSTed off the call's path
+            # its record, POSTed off the call's path (to its agent's own URL, when it has one)
+            self.manager.post_call.call_ended(self.start.call_sid, self.settings.post_call_webhook_url)
             metrics = self.manager.metrics
             for stats_obj in self.all_stats():
                 metrics.observe_call_end(stats_obj, self.mode, outcome, provider=adapter.vendor, count=False)
-            metrics.calls_total.labels(mode=self.mode, outcome=outcome).inc()
+            metrics.calls_total.labels(agent=self.agent.name, mode=self.mode, outcome=outcome).inc()
         log.info("call ended: %s", outcome)
         return outcome
 
@@ -346,7 +327,7 @@ class CallRun:
             adapter=adapter,
             start=self.start,
             twilio=self.stream,
-            opening=self.manager.opening_for(self.texts),
+            opening=self.agent.opening_for(self.texts),
             on_effect=self.apply,
             history=self.turns,
             early=early.take(self.start.call_sid) if early is not None else None,
@@ -377,7 +358,7 @@ class CallRun:
         """The adapter whose cascade takes over a failed realtime call, or None (logged why)."""
         if self.settings.relay_mode != "auto":
             return None
-        fallback = self.manager.cascade_adapter()
+        fallback = self.agent.cascade_adapter()
         if fallback is None:
             log.error(
                 "cannot fall back to the cascade: no STT/chat/TTS models configured for %s%s",
@@ -388,11 +369,11 @@ class CallRun:
 
     async def _cascade(self, adapter: ProviderAdapter, *, greet: bool, unheard: Sequence[Media] = ()) -> str:
         cascade = self.manager.cascade_factory(
-            settings=self.manager.call_settings(self.texts),
+            settings=self.agent.call_settings(self.texts),
             adapter=adapter,
             start=self.start,
             twilio=self.stream,
-            tools=self.manager.chat_tools(self.texts),
+            tools=self.agent.chat_tools(self.texts),
             on_effect=self.apply,
             history=list(self.turns),
             greet=greet,
@@ -403,4 +384,4 @@ class CallRun:
         return await cascade.run()
 
 
-__all__ = ["CallRecorder", "CallRun", "CascadeFactory", "Goodbye", "ToolControl"]
+__all__ = ["CallRun", "CascadeFactory"]

@@ -30,6 +30,18 @@ def opening_events(session_update: dict[str, Any], greeting: str | None) -> list
     return events
 
 
+def update_without_voice(session_update: dict[str, Any]) -> str:
+    """`session_update` (a `session.update` of either dialect) without its voice, for a session
+    that has spoken already: a realtime session's voice cannot change once it has produced audio."""
+    session = dict(session_update.get("session") or {})
+    session.pop("voice", None)  # preview
+    audio = session.get("audio")
+    if isinstance(audio, dict) and isinstance(audio.get("output"), dict):  # GA
+        output = {k: v for k, v in audio["output"].items() if k != "voice"}
+        session["audio"] = {**audio, "output": output}
+    return orjson.dumps({**session_update, "session": session}).decode()
+
+
 def response_event(response: dict[str, Any] | None) -> str:
     """`response.create`, with the response's own settings (e.g. instructions) when given."""
     if not response:

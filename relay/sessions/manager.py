@@ -8,27 +8,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 from relay.config import Settings
 from relay.errors import StoreError
 from relay.logs import bind_call
 from relay.metrics import Metrics
-from relay.placeholders import CallTexts, has_placeholders
 from relay.post_call import DeliveryPolicy, PostCallWebhook
+from relay.sessions.agent_runtime import AdapterFactory, AgentRuntime
+from relay.sessions.agent_set import AgentSet
 from relay.sessions.call import TwilioSink
 from relay.sessions.call_notes import CallNotes
 from relay.sessions.call_run import CallRun, CascadeFactory
 from relay.sessions.early import EARLY_TTL_S, EarlyConnections
 from relay.sessions.limits import CallLimiter, MemoryLimiter
 from relay.sessions.outbox import Outbox, StoreHealth
-from relay.sessions.providers import ProviderAdapter
-from relay.sessions.realtime_setup import Opening, open_early
+from relay.sessions.realtime_setup import open_early
 from relay.sessions.recordings import Recordings
 from relay.sessions.store import CallStore
 from relay.transport.provider import ProviderSocket
@@ -56,22 +55,19 @@ class CallManager:
         settings: Settings,
         *,
         store: CallStore,
-        adapter_factory: Callable[[], ProviderAdapter],
+        adapter_factory: AdapterFactory,
         cascade_factory: CascadeFactory,
         registry: Any = None,
         twilio_calls: Any = None,
-        alternate_adapter_factory: Callable[[], ProviderAdapter | None] | None = None,
         metrics: Metrics | None = None,
         limiter: CallLimiter | None = None,
         post_call_policy: DeliveryPolicy | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
-        self.adapter_factory = adapter_factory
         self.cascade_factory = cascade_factory
         self.registry = registry
         self.twilio_calls = twilio_calls
-        self.alternate_adapter_factory = alternate_adapter_factory
         self.active: dict[str, CallRun] = {}
         self._idle = asyncio.Event()
         self.limiter = limiter if limiter is not None else MemoryLimiter(settings.max_concurrent_calls)
@@ -87,15 +83,15 @@ class CallManager:
         self.post_call.ready = self.recordings.ready
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False
-        self._adapter: ProviderAdapter | None = None
+        # the agents: the environment's (`default`) until AGENTS_FILE gives others (`agents.replace`)
+        default = AgentRuntime("default", settings, adapter_factory=adapter_factory, registry=registry)
+        self.agents = AgentSet(default, adapter_factory=adapter_factory, registry=registry)
         self.early_connections: EarlyConnections | None = None
         # placeholder values, outbound contexts and AMD results, until the call's stream takes them
         self.notes = CallNotes(settings, ringing_ttl=self.ringing_slot_ttl)
-        if settings.realtime_preconnect and settings.relay_mode != "cascade":
+        if settings.realtime_preconnect:  # used by the calls of agents in realtime or auto mode
             self.early_connections = EarlyConnections(
-                lambda call_sid: open_early(
-                    self.adapter, settings, self.opening_for(self.notes.texts(call_sid))
-                ),
+                self._open_early,
                 limit=settings.max_concurrent_calls,
                 ttl=min(EARLY_TTL_S, settings.stream_token_ttl),  # a token lives < 1 s longer at most
                 remember=settings.stream_token_ttl + 1,  # one per call SID while its token can be valid
@@ -103,21 +99,18 @@ class CallManager:
             counter = self.metrics.preconnects_total
             self.early_connections.on_outcome = lambda outcome: counter.labels(outcome=outcome).inc()
 
-    @property
-    def adapter(self) -> ProviderAdapter:
-        if self._adapter is None:
-            self._adapter = self.adapter_factory()
-        return self._adapter
-
-    async def admit(self, call_sid: str, *, ttl: float | None = None) -> str | None:
+    async def admit(
+        self, call_sid: str, *, ttl: float | None = None, agent: AgentRuntime | None = None
+    ) -> str | None:
         """None when the call is admitted (a slot is held for it, `ttl` seconds, CALL_SLOT_TTL by
-        default), else why not: draining, unconfigured or busy. The slot is shared by every instance
+        default), else why not: draining, unconfigured (its agent's provider; the default agent's
+        when none is given) or busy. The slot is shared by every instance
         when Redis is used; if Redis does not answer within LIMITER_DEADLINE_S the relay fails open,
         bounded by this instance's own MAX_CONCURRENT_CALLS (counted in
         relay_calls_admitted_fail_open_total)."""
         if self.draining:
             return "draining"
-        if not self.settings.provider_configured:
+        if not (agent or self.agents.default).provider_configured:
             return "unconfigured"
         try:
             async with asyncio.timeout(LIMITER_DEADLINE_S):
@@ -136,19 +129,22 @@ class CallManager:
     def ringing_slot_ttl(self) -> float:
         return max(RINGING_SLOT_TTL_S, self.settings.call_slot_ttl)
 
-    async def reserve_outbound(self) -> tuple[str, str | None]:
+    async def reserve_outbound(self, agent: AgentRuntime | None = None) -> tuple[str, str | None]:
         """Admission for a call the relay is about to place: a slot held under a reservation key
         until Twilio names the call (`bind_outbound`), so that the callee who answers finds one.
         Returns the key and None, or the key and why not (`admit`'s reasons)."""
         reservation = f"outbound-{uuid.uuid4().hex}"
-        return reservation, await self.admit(reservation, ttl=self.ringing_slot_ttl)
+        return reservation, await self.admit(reservation, ttl=self.ringing_slot_ttl, agent=agent)
 
-    async def bind_outbound(self, reservation: str, call_sid: str, context: Mapping[str, str]) -> None:
+    async def bind_outbound(
+        self, reservation: str, call_sid: str, context: Mapping[str, str], agent: str | None = None
+    ) -> None:
         """The placed call's slot moves from its reservation to its call SID, in one step, and its
-        context is kept here for its answer webhook (the record has it too, for other instances).
+        context and agent are kept here for its answer webhook (the record has them too, for
+        other instances).
         A limiter that does not answer leaves the slot to expire: the answer webhook admits the
         call again (failing open then as any admission does)."""
-        self.notes.keep_context(call_sid, context)
+        self.notes.keep_context(call_sid, context, agent)
         try:
             async with asyncio.timeout(LIMITER_DEADLINE_S):
                 held = await self.limiter.rebind(reservation, call_sid, self.ringing_slot_ttl)
@@ -184,53 +180,26 @@ class CallManager:
         run.on_answered_by(answered_by)
         return True
 
-    # --- placeholders -----------------------------------------------------------------------------
-    def call_texts(self, start: Start) -> CallTexts:
-        """INSTRUCTIONS, GREETING and VOICEMAIL_MESSAGE filled for this call (`CallNotes.texts`)."""
-        return self.notes.texts(start.call_sid, start.custom_parameters)
+    # --- agents ---------------------------------------------------------------------------------
+    def call_agent(self, start: Start) -> tuple[AgentRuntime, dict[str, str]]:
+        """A starting stream's agent and placeholder values, as its webhook chose them
+        (`CallNotes.call`)."""
+        name, values = self.notes.call(start.call_sid, start.custom_parameters)
+        return self.agents.named(name), values
 
     async def _open_early(self, call_sid: str) -> ProviderSocket:
-        """An early connection, opened with the call's own texts (its webhook stored their values)."""
-        return await open_early(self.adapter, self.settings, self.opening_for(self.notes.texts(call_sid)))
+        """An early connection, opened by the call's agent with the call's texts (its webhook
+        stored the agent's name and the values)."""
+        name, values = self.notes.call(call_sid)
+        agent = self.agents.named(name)
+        texts = agent.texts(values)
+        return await open_early(agent.adapter, agent.settings, agent.opening_for(texts))
 
-    def hidden_tools(self, texts: CallTexts) -> frozenset[str]:
-        """Tools a call is not offered: `send_digits` unless it is outbound or DTMF_TOOL is on."""
-        return frozenset() if self.settings.dtmf_tool or texts.outbound else frozenset({"send_digits"})
-
-    def realtime_tools(self, texts: CallTexts) -> list[dict[str, Any]]:
-        return self.registry.realtime_tools(self.hidden_tools(texts)) if self.registry is not None else []
-
-    def chat_tools(self, texts: CallTexts) -> list[dict[str, Any]]:
-        return self.registry.chat_tools(self.hidden_tools(texts)) if self.registry is not None else []
-
-    def call_settings(self, texts: CallTexts) -> Settings:
-        """The settings with this call's INSTRUCTIONS and GREETING (placeholders filled; the
-        RECORDING_NOTICE first, when calls are recorded)."""
-        settings = self.settings
-        notice = settings.recording_notice.strip() if settings.record_calls else ""
-        if not notice and not has_placeholders(settings.instructions, settings.greeting):
-            return settings
-        greeting = texts.greeting
-        if notice:
-            greeting = f'First say this notice, word for word: "{notice}" Then: {greeting}'
-        return settings.model_copy(update={"instructions": texts.instructions, "greeting": greeting})
-
-    def opening_for(self, texts: CallTexts) -> Opening:
-        """The opening of a realtime session with these texts: the process's own (`opening`) for an
-        inbound call when the configured texts have no placeholders, else one built for the call."""
-        if not texts.outbound and not has_placeholders(self.settings.instructions, self.settings.greeting):
-            return self.opening
-        return Opening.build(self.call_settings(texts), self.realtime_tools(texts), self.adapter.dialect)
-
-    @functools.cached_property
-    def opening(self) -> Opening:
-        """What an inbound call's realtime session opens with when the texts have no placeholders."""
-        inbound = CallTexts(self.settings.instructions, self.settings.greeting, "")
-        return Opening.build(self.call_settings(inbound), self.realtime_tools(inbound), self.adapter.dialect)
-
-    def open_early_connection(self, call_sid: str) -> None:
-        """An admitted call: open its realtime connection now, while Twilio sets up the stream."""
-        if self.early_connections is not None and not self.draining:
+    def open_early_connection(self, call_sid: str, agent: AgentRuntime) -> None:
+        """An admitted call: open its realtime connection now, while Twilio sets up the stream
+        (unless its agent serves calls by the cascade only)."""
+        realtime = agent.settings.relay_mode != "cascade" and agent.settings.realtime_preconnect
+        if self.early_connections is not None and realtime and not self.draining:
             self.early_connections.start(call_sid)
 
     async def stored_record(self, call_sid: str) -> dict[str, Any] | None:
@@ -309,23 +278,9 @@ class CallManager:
         await self.twilio_calls.redirect(call_sid, twiml)
 
     def prepare_cascade(self) -> None:
-        """At startup: builds the cascade's SDK client (an HTTP client and its TLS context)
-        now rather than on the event loop at a call's first fallback (RELAY_MODE auto or cascade)."""
-        if self.settings.relay_mode == "realtime" or not self.settings.provider_configured:
-            return
-        if all(self.adapter.cascade_models().values()):
-            self.adapter.cascade_client()
-
-    def cascade_adapter(self) -> ProviderAdapter | None:
-        """The adapter whose cascade serves a fallback: the same vendor's, unless that one has no
-        cascade models and ALLOW_CROSS_PROVIDER_FALLBACK permits the other configured vendor."""
-        if all(self.adapter.cascade_models().values()):
-            return self.adapter
-        if self.settings.allow_cross_provider_fallback and self.alternate_adapter_factory is not None:
-            other = self.alternate_adapter_factory()
-            if other is not None and all(other.cascade_models().values()):
-                return other
-        return None
+        """At startup: every agent's cascade client, built now rather than at a call's fallback."""
+        for agent in self.agents:
+            agent.prepare_cascade()
 
     async def drain(self, grace: float) -> int:
         """Graceful shutdown: stop taking calls, let active ones finish for up to `grace` seconds,
@@ -388,6 +343,7 @@ class CallManager:
             await self._release_slot(start.call_sid)
             self.active.pop(start.call_sid, None)
             self._idle.set()
+            await self.agents.close_retired([run.agent for run in self.active.values()])
 
     async def aclose(self) -> None:
         await self.post_call.aclose()  # first: its deliveries read records through the outbox
@@ -396,7 +352,6 @@ class CallManager:
             await asyncio.gather(self._sweeper, return_exceptions=True)
         if self.early_connections is not None:
             await self.early_connections.aclose()
-        if self._adapter is not None:
-            await self._adapter.aclose()
+        await self.agents.aclose()
         await self.outbox.aclose(OUTBOX_CLOSE_S if self.store_health.up else OUTBOX_CLOSE_DOWN_S)
         await self.limiter.close()

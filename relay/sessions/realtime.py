@@ -29,7 +29,7 @@ from relay.errors import (
 )
 from relay.sessions import events as ev
 from relay.sessions.bridge import BridgeCore
-from relay.sessions.call import CallStats, EffectSink, Turn, TwilioSink
+from relay.sessions.call import AgentSwitch, CallStats, EffectSink, Turn, TwilioSink
 from relay.sessions.client_events import AUDIO_APPEND, append_event
 from relay.sessions.dialects import parse_event
 from relay.sessions.dtmf import EntryTimer
@@ -87,6 +87,7 @@ class RealtimeSession:
         self._t0 = clock()
         self._faults_reopened = 0
         self._key_timer = EntryTimer(clock, self._keys_due)
+        self._handed_off = False  # a handoff to another connection: the new agent speaks when it opens
 
     # --- what the call sees (CallSession) -------------------------------------------------------
     @property
@@ -111,6 +112,25 @@ class RealtimeSession:
 
     def unheard_audio(self) -> list[Media]:
         return self.live.unheard(self.stats.frames_in)
+
+    async def hand_off(self, switch: AgentSwitch) -> bool:
+        """Another agent takes the call. On the same connection, a `session.update` with its
+        instructions and tools (the voice stays: it cannot change once the session has spoken) goes
+        out now, before the tool's output, so the answer to it is the new agent's. Otherwise the
+        connection is replaced at once, as a rotation is, by one of the new agent's provider,
+        configured as it is and given the conversation so far; the new agent then speaks first."""
+        if not switch.reconnect and self._socket is not None:
+            self.core.change_session(switch.opening.session_update, now_too=True)
+            await self._flush()
+            return True
+        # (a handoff while the connection is being replaced takes effect on the replacement)
+        if switch.reconnect:
+            self.settings, self.adapter = switch.settings, switch.adapter
+            self.live.name = switch.adapter.display_name
+            self._rotate.set()
+        self.core.change_session(switch.opening.session_update, now_too=False)
+        self._handed_off = True
+        return False
 
     # --- the core's output ----------------------------------------------------------------------
     async def _flush(self) -> None:
@@ -331,7 +351,12 @@ class RealtimeSession:
                 self._held[:0] = old.unsent()  # older than what was held since
                 socket = await self._open(first=False)  # raises ProviderConnectError
                 self.stats.reconnects += 1
-                log.info("realtime session replaced (%s); %d turns carried over", outcome, len(self.history))
+                why = "handoff" if self._handed_off else outcome
+                log.info("realtime session replaced (%s); %d turns carried over", why, len(self.history))
+                if self._handed_off:  # the new agent's first words, with the conversation so far
+                    self._handed_off = False
+                    self.core.respond(self.clock())
+                    await self._flush()
                 await old.close()
         finally:
             twilio_reader.cancel()

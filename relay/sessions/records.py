@@ -12,8 +12,9 @@ from typing import Any, Literal
 
 __all__ = ["EVENT_KINDS", "LIST_FIELDS", "RecordWrite", "WriteOp", "new_record"]
 
-EVENT_KINDS = ("tools", "fallbacks", "errors")
-"""The kinds `add_event` accepts: the tool audit, provider fallbacks, errors during the call."""
+EVENT_KINDS = ("tools", "fallbacks", "errors", "agents")
+"""The kinds `add_event` accepts: the tool audit, provider fallbacks, errors during the call, and
+the agents the call passed through (its first, then one per handoff)."""
 
 LIST_FIELDS = ("transcript", *EVENT_KINDS)
 """Record fields that are lists: one Redis list each, appended to without rewriting the record."""

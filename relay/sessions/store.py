@@ -43,7 +43,7 @@ class CallStore(Protocol):
         """Appends one transcript turn ('user' or 'assistant')."""
 
     async def add_event(self, call_sid: str, kind: str, entry: dict[str, Any]) -> None:
-        """Appends to a list field of the record: 'tools' (audit), 'fallbacks' or 'errors'."""
+        """Appends to a list field of the record: 'tools' (audit), 'fallbacks', 'errors' or 'agents'."""
 
     async def get(self, call_sid: str) -> dict[str, Any] | None: ...
 

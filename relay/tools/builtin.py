@@ -1,4 +1,5 @@
-"""The built-in tools: web_search (Tavily), end_call and transfer_call.
+"""The built-in tools: web_search (Tavily), end_call, transfer_call, send_digits, and an agent's
+handoff (built per agent: relay.sessions.agent_runtime).
 
 Failures a caller should hear about (search service down, destination not allowed) are raised as
 `ToolError` with a sentence the model can say; the registry turns it into `{"error": "..."}`.
@@ -34,6 +35,7 @@ __all__ = [
     "builtin_tools",
     "dial_twiml",
     "end_call_tool",
+    "handoff_tool",
     "resolve_transfer_target",
     "send_digits_tool",
     "transfer_call_tool",
@@ -280,3 +282,55 @@ async def send_digits(
 def send_digits_tool(*, timeout: float = 5.0) -> Tool:
     """The send_digits tool: DTMF tones played to the other side (DTMF_TOOL, and outbound calls)."""
     return Tool.from_function(send_digits, timeout=timeout)
+
+
+# --- handoff -------------------------------------------------------------------------------------
+AGENT_CHARS = 64
+
+
+def handoff_tool(agents: Mapping[str, str], *, timeout: float = 15.0) -> Tool:
+    """The handoff tool of an agent that lists `handoffs`: `agents` maps each agent it may hand the
+    call to to its one-line description, which the model reads to choose."""
+    names = list(agents)
+    listing = "; ".join(f"{name}: {about}" if about else name for name, about in agents.items())
+
+    async def handoff(
+        ctx: ToolContext,
+        agent: Annotated[
+            str,
+            Field(
+                min_length=1,
+                max_length=AGENT_CHARS,
+                description=f"The agent to hand the call to; one of: {', '.join(names)}.",
+                json_schema_extra={"enum": names},
+            ),
+        ],
+        reason: Annotated[
+            str,
+            Field(
+                max_length=REASON_CHARS,
+                description="Optional: why, in a few words (kept on the call's record).",
+            ),
+        ] = "",
+    ) -> dict[str, str]:
+        chosen = agent.strip()
+        if chosen not in agents:
+            raise ToolError(f"I can hand this call only to: {', '.join(names)}.")
+        same_session = await ctx.control.handoff(chosen, reason.strip())
+        return {
+            "status": "handed_off",
+            "agent": chosen,
+            "instruction": (
+                f"You are now the {chosen} agent and the caller is still on the line: carry on the "
+                "conversation as that agent, in one or two sentences."
+                if same_session
+                else "A new session has taken the call."
+            ),
+        }
+
+    description = (
+        "Hand this call to another agent, who takes over the conversation at once (the caller "
+        "stays on the line and the conversation so far is kept). Use it when the caller needs "
+        f"what another agent does. The agents: {listing}."
+    )
+    return Tool.from_function(handoff, description=description, timeout=timeout)

@@ -43,6 +43,14 @@ class CallControl(Protocol):
         before them (e.g. to choose in a phone menu). Returns once they are queued."""
         ...
 
+    async def handoff(self, agent: str, reason: str) -> bool:
+        """Move the call to the agent named `agent` (one of the current agent's `handoffs`), the
+        conversation so far kept. True when the tool's output still goes to the model (the same
+        realtime session, updated in place, or the cascade), False when a new session took over
+        (another provider or region) and will speak first. ToolError when the agent may not
+        take the call."""
+        ...
+
 
 @dataclass(slots=True)
 class ToolContext:

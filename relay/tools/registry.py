@@ -76,6 +76,16 @@ class ToolRegistry:
         self._tools[spec.name] = spec
         return spec
 
+    def with_tools(self, tools: Sequence[Tool]) -> ToolRegistry:
+        """A copy with `tools` added, each replacing the tool of its name in place (an agent's own
+        `transfer_call` for its allowlist, its `handoff` for its agents); this one is unchanged."""
+        copy = ToolRegistry(max_output_bytes=self.max_output_bytes)
+        copy._tools = dict(self._tools)
+        copy._modules = dict(self._modules)
+        for spec in tools:
+            copy._tools[spec.name] = spec
+        return copy
+
     @overload
     def tool(self, name: F, /) -> F: ...
 
@@ -165,16 +175,19 @@ class ToolRegistry:
             if t.name not in hidden
         ]
 
-    async def dispatch(self, call: ToolCallRequest, ctx: ToolContext) -> ToolResult:
+    async def dispatch(
+        self, call: ToolCallRequest, ctx: ToolContext, hidden: Collection[str] = ()
+    ) -> ToolResult:
         """Runs one function call; every failure becomes an `{"error": ...}` output, not an exception.
+        A tool in `hidden` (not offered to this call) is unknown to it, whatever the model sends.
 
         `asyncio.CancelledError` propagates: it means the call (or the response) ended.
         """
         started = time.perf_counter()
         arguments: dict[str, Any] | str = call.arguments
-        spec = self._tools.get(call.name)
+        spec = self._tools.get(call.name) if call.name not in hidden else None
         if spec is None:
-            available = ", ".join(self._tools) or "none"
+            available = ", ".join(name for name in self._tools if name not in hidden) or "none"
             message = f"There is no tool named {truncate(call.name, 64)!r}. Available tools: {available}."
             return self._result(call, "unknown_tool", _error(message), arguments, started)
         size = len(call.arguments.encode())
