@@ -7,11 +7,11 @@ effects for the call (`relay.sessions.effects`: tool runs, transcript turns, bar
 The audio path never decodes: Twilio's base64 μ-law goes to the provider as it came, and the
 provider's base64 μ-law goes to Twilio as it came.
 
-Response discipline, so `conversation_already_has_active_response` cannot happen: a
-`response.create` is sent only when no response is active and none is expected (we asked for one,
-or server VAD is about to create one after the caller stopped speaking). Tool outputs are sent as
-they finish; one `response.create` follows when every output of the response is sent and the
-response is done.
+`BridgeCore` is one object built in layers, one module each, so the media path reads its fields
+directly: `relay.sessions.bridge_twilio` (audio both ways, marks, barge-in, what was heard, the
+hold tone), `relay.sessions.bridge_responses` (when a `response.create` goes out: responses,
+tools, a text said word for word, key presses), and this module (its fields, the exit, the
+provider's lifecycle and events).
 """
 
 from __future__ import annotations
@@ -22,47 +22,24 @@ from collections.abc import Sequence
 from typing import Any
 
 from relay.sessions import events as ev
-from relay.sessions.client_events import (
-    RESPONSE_CANCEL,
-    append_event,
-    delete_event,
-    opening_events,
-    response_event,
-    text_item_event,
-    tool_output_event,
-    truncate_event,
-    update_without_voice,
-)
+from relay.sessions.bridge_responses import EXPECT_RESPONSE_S, ResponseTurns
+from relay.sessions.bridge_twilio import MARK_EVERY_MS, PREBUFFER_FRAMES
+from relay.sessions.client_events import append_event, opening_events, update_without_voice
 from relay.sessions.dialects import QUIET_EVENTS
-from relay.sessions.dtmf import DigitCollector, entry_text
-from relay.sessions.effects import (
-    BargeIn,
-    Effect,
-    Fault,
-    HoldStarted,
-    PlaybackIdle,
-    PrebufferDropped,
-    ResponseDone,
-    RunTool,
-    SaveTurn,
-    SessionExpired,
-    Truncated,
-)
+from relay.sessions.dtmf import DigitCollector
+from relay.sessions.effects import Effect, Fault, PrebufferDropped, SessionExpired
 from relay.sessions.heard import SpokenItems
 from relay.sessions.hold import HoldTone
 from relay.sessions.playback import PlaybackTracker
-from relay.twilio_messages import Media, b64_len, clear_message, mark_message, media_message
+
+__all__ = ["EXPECT_RESPONSE_S", "MARK_EVERY_MS", "PREBUFFER_FRAMES", "BridgeCore", "Output"]
 
 log = logging.getLogger("relay.bridge")
-
-PREBUFFER_FRAMES = 100  # about 2 s of 20 ms frames held until the provider is ready
-EXPECT_RESPONSE_S = 3.0  # how long server VAD gets to create its response after speech stopped
-MARK_EVERY_MS = 500  # a mark covers at least this much audio (and every item's end): fewer messages
 
 Output = tuple[list[str], list[str], list[Effect]]  # to Twilio, to the provider, effects
 
 
-class BridgeCore:
+class BridgeCore(ResponseTurns):
     """One call's realtime state machine."""
 
     def __init__(
@@ -168,24 +145,11 @@ class BridgeCore:
         self._tool_responses.clear()
         self._want_response = False
 
-    # --- Twilio side ----------------------------------------------------------------------------
-    def on_media(self, media: Media) -> None:
-        if self._provider_ready:
-            self._to_provider.append(append_event(media.payload))
-        else:
-            if len(self._prebuffer) == PREBUFFER_FRAMES:
-                self._prebuffer_dropped += 1
-            self._prebuffer.append(media.payload)
+    def heartbeat(self, event: str) -> None:
+        """Queues the shell's liveness probe for the provider (`relay.sessions.liveness`)."""
+        self._to_provider.append(event)
 
-    def on_mark(self, name: str, now: float) -> None:
-        if not self.playback.on_mark(name, now):
-            return
-        self._to_twilio += self.hold.feed(now)  # a slow tool's hold tone stays topped up
-        if not self.playback.outstanding:
-            self._close_played_items()
-            self._effects.append(PlaybackIdle())
-
-    # --- backend side ---------------------------------------------------------------------------
+    # --- the provider's events --------------------------------------------------------------------
     def on_backend(self, event: ev.BackendEvent, now: float) -> None:
         if isinstance(event, ev.AudioOut):
             self._on_audio(event, now)
@@ -197,12 +161,7 @@ class BridgeCore:
             if self._auto_response:
                 self._expect_since = now
         elif isinstance(event, ev.ResponseStarted):
-            self._active = event.response_id
-            self._expect_since = None
-            if self._cancel_next:  # one that `say_now` did not want: cancelled as it starts
-                self._cancel_next = False
-                self._cut_responses.add(event.response_id)
-                self._to_provider.append(RESPONSE_CANCEL)
+            self._on_response_started(event.response_id)
         elif isinstance(event, ev.ResponseDone):
             self._on_response_done(event, now)
         elif isinstance(event, ev.ToolCall):
@@ -216,197 +175,6 @@ class BridgeCore:
         ):
             self._logged_other.add(event.type)
             log.info("ignoring provider event %s (logged once)", event.type)
-
-    def _on_audio(self, event: ev.AudioOut, now: float) -> None:
-        if event.response_id in self._cut_responses or event.item_id in self._cut_items:
-            return  # audio of an interrupted response still in flight
-        if self.hold.active:
-            self.stop_hold(now)
-        if event.item_id != self._current_item:
-            self._spoken.add(event.item_id)
-            self._send_mark(now)  # the previous item ends here
-            self._current_item = event.item_id
-        self.playback.on_audio_sent(event.item_id, b64_len(event.payload), now, mark=False)
-        self._to_twilio.append(media_message(self.stream_sid, event.payload))
-        if self.playback.unmarked_ms() >= MARK_EVERY_MS:
-            self._send_mark(now)
-
-    def _send_mark(self, now: float) -> None:
-        name = self.playback.mark(now)
-        if name is not None:
-            self._to_twilio.append(mark_message(self.stream_sid, name))
-
-    def _on_transcript(self, event: ev.Transcript) -> None:
-        if event.role == "user":
-            if event.text:
-                self._effects.append(SaveTurn("user", event.text, {"item_id": event.item_id}))
-            return
-        item = self._spoken.add(event.item_id)
-        if event.final:
-            item.final = event.text or item.text
-            if not self.playback.outstanding or event.item_id not in self.playback.pending_items():
-                self._close_played_items()
-        else:
-            item.text += event.text
-
-    def _on_interrupted(self, now: float, *, cancel: bool = False) -> None:
-        """The caller interrupts: clear Twilio's queue, cut the item playing at what was heard.
-        `cancel`: the provider does not know (a key press, not speech its VAD heard): cancel its
-        active response too."""
-        self.stop_hold(now)
-        active = self._active if self._active not in self._cut_responses else None  # still speaking
-        if active is None and not self.playback.outstanding:
-            return  # nothing to interrupt (or it was interrupted already)
-        self._effects.append(BargeIn())
-        if active is not None:
-            self._cut_responses.add(active)
-            if cancel:
-                self._to_provider.append(RESPONSE_CANCEL)
-        cut = self.playback.interrupt(now, self._current_item or None)
-        self._to_twilio.append(clear_message(self.stream_sid))
-        if cut is None:
-            return
-        if cut.item_id in self._spoken:  # the model's (not the relay's own audio, e.g. DTMF tones)
-            self._cut_items.add(cut.item_id)
-            if cut.audio_end_ms > 0:
-                self._to_provider.append(truncate_event(cut.item_id, cut.audio_end_ms))
-                self._effects.append(Truncated(cut.item_id, cut.audio_end_ms))
-            else:
-                self._delete_item(cut.item_id)
-            self._save_cut(cut.item_id, cut.audio_end_ms, cut.sent_ms)
-        for item_id in cut.unheard:
-            if item_id in self._spoken:
-                self._cut_items.add(item_id)
-                self._delete_item(item_id)
-
-    def _delete_item(self, item_id: str) -> None:
-        """Nothing of it was heard: remove it from the model's context (no invalid truncate)."""
-        self._to_provider.append(delete_event(item_id))
-        item = self._spoken.get(item_id)
-        if item is not None:
-            item.closed = True
-
-    def _save_cut(self, item_id: str, heard_ms: int, sent_ms: int) -> None:
-        self._effects += self._spoken.cut(item_id, heard_ms, sent_ms)
-
-    def _close_played_items(self) -> None:
-        """Saves the assistant turns whose transcript is final and whose audio has fully played."""
-        self._effects += self._spoken.played_out(self.playback.pending_items())
-
-    def _on_response_done(self, event: ev.ResponseDone, now: float) -> None:
-        self._send_mark(now)  # the response's last audio is covered by a mark
-        if event.response_id == self._active:
-            self._active = None
-        cut = event.response_id in self._cut_responses  # not heard to its end: cancelled, for the call
-        status = "cancelled" if cut else event.status
-        self._effects.append(ResponseDone(event.response_id, status, event.error))
-        current = self._spoken.get(self._current_item)
-        if current is not None:
-            current.audio_done = True
-        if event.response_id in self._tool_responses:
-            self._tool_responses.discard(event.response_id)
-            if event.response_id not in self._cut_responses:
-                self._want_response = True
-        self._maybe_continue(now)
-
-    def _on_tool_call(self, call: ev.ToolCall) -> None:
-        if call.response_id in self._cut_responses:
-            log.info("skipping tool call %s of an interrupted response", call.name)
-            return
-        self._pending_tools[call.call_id] = call.response_id
-        self._tool_responses.add(call.response_id)
-        self._effects.append(RunTool(call))
-
-    def on_tool_output(self, call_id: str, output: str, now: float) -> None:
-        """A tool finished: send its output; continue the conversation when all are in."""
-        if self._pending_tools.pop(call_id, None) is None and not self._provider_ready:
-            return
-        self._to_provider.append(tool_output_event(call_id, output))
-        self._maybe_continue(now)
-
-    def _maybe_continue(self, now: float) -> None:
-        if not self._want_response or self._pending_tools or not self._provider_ready:
-            return
-        if self._active is not None:
-            return
-        if self._expect_since is not None and now - self._expect_since < EXPECT_RESPONSE_S:
-            return
-        self._want_response = False
-        self._expect_since = now
-        self._to_provider.append(response_event(self._next_response))
-        self._next_response = None
-        self._cancel_next = False  # this one is ours
-
-    def say_now(self, text: str, now: float) -> None:
-        """Interrupts whatever the agent is saying and has it say `text`, word for word (e.g. a
-        voicemail message), once no response is active."""
-        self._on_interrupted(now, cancel=True)
-        if not self._provider_ready:
-            self._greeting_sent = True  # not opened yet: the text comes instead of the greeting
-        elif self._active is None and self._expect_since is not None:
-            self._cancel_next = True  # a response is on its way (the greeting, or server VAD's)
-        self._pending_tools.clear()  # the call's course changed: outputs still coming are dropped
-        self._next_response = {"instructions": f"Say exactly this, word for word, and nothing else: {text}"}
-        self._want_response = True
-        self._maybe_continue(now)
-
-    def tick(self, now: float) -> None:
-        """Called periodically by the shell: retries a held-back response.create, feeds the hold tone."""
-        self.dtmf_due(now)
-        self._maybe_continue(now)
-        self._to_twilio += self.hold.feed(now)
-
-    def play_local(self, item_id: str, payload: str, now: float) -> None:
-        """Audio of the relay's own (base64 μ-law, e.g. DTMF tones) after what is queued, marked so
-        its playing counts; a barge-in clears it like the model's audio but truncates nothing."""
-        self.stop_hold(now)
-        self.playback.on_audio_sent(item_id, b64_len(payload), now, mark=False)
-        self._to_twilio.append(media_message(self.stream_sid, payload))
-        self._send_mark(now)
-
-    # --- key presses ----------------------------------------------------------------------------
-    def on_dtmf(self, digit: str, now: float) -> None:
-        """A key press: it interrupts the agent like speech, and joins the entry being typed."""
-        self._on_interrupted(now, cancel=True)
-        entry = self._digits.press(digit, now)
-        if entry is not None:
-            self._submit_digits(entry, now)
-
-    @property
-    def dtmf_deadline(self) -> float | None:
-        """When the entry being typed ends unless another key comes (the shell's timer calls
-        `dtmf_due` then)."""
-        return self._digits.deadline
-
-    def dtmf_due(self, now: float) -> None:
-        entry = self._digits.due(now)
-        if entry is not None:
-            self._submit_digits(entry, now)
-
-    def _submit_digits(self, entry: str, now: float) -> None:
-        """The entry as the caller's turn, then one response (once none is active)."""
-        text = entry_text(entry)
-        self._to_provider.append(text_item_event("user", text))
-        self._effects.append(SaveTurn("user", text, {"dtmf": entry}))
-        self._want_response = True
-        self._expect_since = None  # no server-VAD response is coming for keys
-        self._maybe_continue(now)
-
-    def heartbeat(self, event: str) -> None:
-        """Queues the shell's liveness probe for the provider (`relay.sessions.liveness`)."""
-        self._to_provider.append(event)
-
-    # --- hold tone while a slow tool runs ---------------------------------------------------------
-    def start_hold(self, now: float) -> None:
-        """A tool is slow: play a soft hold tone until the model speaks again or the caller does."""
-        if self.hold.active or not self._pending_tools or self.playback.outstanding:
-            return
-        self._holds += 1
-        self._effects.append(HoldStarted())
-        self._to_twilio += self.hold.start(f"hold:{self._holds}", now)
-
-    def stop_hold(self, now: float) -> None:
-        self._to_twilio += self.hold.stop(now)
 
     def _on_fault(self, fault: ev.ProviderFault) -> None:
         level = logging.ERROR if fault.code == "conversation_already_has_active_response" else logging.WARNING
@@ -427,8 +195,3 @@ class BridgeCore:
         """Asks the model to speak now (once no response is active): a new agent's first words."""
         self._want_response = True
         self._maybe_continue(now)
-
-    # --- end of call ----------------------------------------------------------------------------
-    def finish(self, now: float) -> None:
-        """The call is ending: save what the caller heard of agent turns still open."""
-        self._effects += self._spoken.finish(self.playback, now)
