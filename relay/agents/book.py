@@ -28,7 +28,8 @@ class AgentSpec:
 
     `tools` are the registry names of the tools it is offered (a `module:function` entry of the
     file resolved to its tool's name; None: every tool offered today); `handoffs` the agents it may
-    hand a call to; `source` says where it was defined: `file` or `environment`."""
+    hand a call to; `source` says where it was defined: `file` or `environment`; `api_key_env` the
+    environment variable its key was read from, when the file names one (never the key)."""
 
     name: str
     numbers: tuple[str, ...]
@@ -37,6 +38,7 @@ class AgentSpec:
     handoffs: tuple[str, ...]
     settings: Settings
     source: Literal["file", "environment"]
+    api_key_env: str | None = None  # the variable its key came from, when the file names one
 
     def __repr__(self) -> str:
         provider = self.settings.describe_provider()

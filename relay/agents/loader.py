@@ -154,7 +154,9 @@ class _Loader:
         if settings is None or len(self.problems) > before:
             return None
         handoffs = tuple(dict.fromkeys(values.get("handoffs", [])))
-        return AgentSpec(name, numbers, description, tools, handoffs, settings, "file")
+        return AgentSpec(
+            name, numbers, description, tools, handoffs, settings, "file", values.get("api_key_env")
+        )
 
     def _typed_values(self, name: str, table: dict[str, Any]) -> dict[str, Any]:
         """The known fields of `table` whose TOML type is right (a list's items: strings)."""
