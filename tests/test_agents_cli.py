@@ -11,8 +11,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
+from relay.agents import load_agents
 from relay.config import Settings
+from tests.conftest import make_settings
 from tests.test_cli import relay_serve
 
 
@@ -21,10 +24,22 @@ def _clean_env(**variables: str) -> dict[str, str]:
     return {**env, **variables}
 
 
+def _readme_block(after: str, fence: str = "```") -> str:
+    """The first fenced block of the README after the text `after`."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    rest = readme[readme.index(after) :]
+    start = rest.index(fence)
+    body = rest[rest.index("\n", start) + 1 :]
+    return body[: body.index("```")]
+
+
 async def test_relay_serve_refuses_an_invalid_agents_file_with_every_problem(tmp_path: Path) -> None:
-    path = tmp_path / "agents.toml"
-    path.write_text('[agents.sales]\nprovider = "azur"\nnumbers = ["555-0100"]\nhandoffs = ["suport"]\n')
-    env = _clean_env(AGENTS_FILE=str(path), OPENAI_API_KEY="sk-test")
+    """The README's example of a refused file, word for word."""
+    (tmp_path / "agents.toml").write_text(
+        '[agents.sales]\nprovider = "azur"\nnumbers = ["555-0100"]\nhandoffs = ["suport"]\n'
+        '[agents.support]\nnumbers = ["+15550100001"]\n'
+    )
+    env = _clean_env(AGENTS_FILE="agents.toml", OPENAI_API_KEY="sk-test")
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -39,11 +54,23 @@ async def test_relay_serve_refuses_an_invalid_agents_file_with_every_problem(tmp
     _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
     text = err.decode()
     assert proc.returncode == 2, text
-    assert text.startswith("relay: invalid configuration:\n"), text
-    assert f'  - {path}: agents.sales.provider = "azur": use "openai" or "azure"\n' in text
-    assert f'  - {path}: agents.sales.numbers: "555-0100" is not an E.164 number' in text
-    assert f'  - {path}: agents.sales.handoffs: "suport" is not an agent' in text
+    expected = _readme_block("**Validation.**")
+    assert text.startswith(expected), (text, expected)
     assert "Traceback" not in text and "relay doctor" in text
+
+
+def test_the_readme_example_is_part_of_the_example_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The README's TOML excerpt loads, and every line of it is in examples/agents.toml."""
+    excerpt = _readme_block("## Agents", "```toml")
+    example = (Path(__file__).resolve().parent.parent / "examples" / "agents.toml").read_text()
+    assert all(line in example.splitlines() for line in excerpt.splitlines() if line), excerpt
+    (tmp_path / "agents.toml").write_text(excerpt)
+    monkeypatch.setenv("PRAXIS_AZURE_KEY", "praxis-key")
+    book = load_agents(make_settings(agents_file=str(tmp_path / "agents.toml")))
+    assert book.names == ("support", "praxis", "default")
+    assert book.for_number("+4930120000").settings.use_azure_openai
 
 
 async def test_sighup_reloads_the_agents_and_refuses_an_invalid_file(tmp_path: Path) -> None:
