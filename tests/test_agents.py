@@ -286,3 +286,25 @@ def test_reload_without_agents_file_changes_nothing() -> None:
     holder = AgentsHolder(make_settings())
     book = holder.book
     assert holder.reload() is False and holder.book is book
+
+
+def test_api_key_env_reads_the_environment_then_dotenv(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The variable an agent names is looked up like a setting: the environment first, then `.env`,
+    its name in any case; the key is never in the file, the spec's repr or a problem."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SALES_OPENAI_KEY", raising=False)
+    (tmp_path / ".env").write_text("sales_openai_key=sk-from-dotenv\n")
+    path = write(tmp_path, '[agents.sales]\napi_key_env = "SALES_OPENAI_KEY"\n')
+    sales = load_agents(make_settings(agents_file=path)).agents["sales"]
+    assert sales.api_key_env == "SALES_OPENAI_KEY" and sales.settings.openai_api_key is not None
+    assert sales.settings.openai_api_key.get_secret_value() == "sk-from-dotenv"
+    monkeypatch.setenv("SALES_OPENAI_KEY", "sk-from-environment")
+    sales = load_agents(make_settings(agents_file=path)).agents["sales"]
+    assert sales.settings.openai_api_key is not None
+    assert sales.settings.openai_api_key.get_secret_value() == "sk-from-environment"
+    assert "sk-from" not in repr(sales)
+    monkeypatch.setenv("SALES_OPENAI_KEY", " ")  # empty in the environment: unset, as for a setting
+    (problem,) = problems_of(make_settings(agents_file=path))
+    assert "the environment has no SALES_OPENAI_KEY" in problem

@@ -9,6 +9,7 @@ An invalid file is refused with one ERROR line listing its problems, and the old
 from __future__ import annotations
 
 import logging
+import threading
 
 from relay.agents.book import AgentBook
 from relay.agents.loader import load_agents
@@ -26,6 +27,7 @@ class AgentsHolder:
     def __init__(self, settings: Settings, book: AgentBook | None = None) -> None:
         self.settings = settings
         self._book = book if book is not None else load_agents(settings)
+        self._reloading = threading.Lock()  # two SIGHUPs in a row: one load after the other
 
     @property
     def book(self) -> AgentBook:
@@ -36,6 +38,10 @@ class AgentsHolder:
         if not self.settings.agents_file:
             log.info("agents: nothing to reload (AGENTS_FILE is not set)")
             return False
+        with self._reloading:
+            return self._reload()
+
+    def _reload(self) -> bool:
         try:
             book = load_agents(self.settings)
         except ConfigError as exc:
