@@ -228,20 +228,22 @@ def test_a_user_tool_is_named_module_colon_name(tmp_path: Path, monkeypatch: pyt
 
 
             @tool
-            async def order_status(ctx: ToolContext, order_id: str) -> str:
+            async def agents_test_lookup(ctx: ToolContext, order_id: str) -> str:
                 """Look up an order."""
                 return "shipped"
             '''
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    path = write(tmp_path, '[agents.a]\ntools = ["end_call", "agent_tools_for_test:order_status"]\n')
+    path = write(tmp_path, '[agents.a]\ntools = ["end_call", "agent_tools_for_test:agents_test_lookup"]\n')
     agent = load_agents(make_settings(agents_file=path)).agents["a"]
-    assert agent.tools == ("end_call", "order_status")
+    assert agent.tools == ("end_call", "agents_test_lookup")
     assert agent.settings.tool_modules == ["agent_tools_for_test"]  # its registry gets the module
     path = write(tmp_path, '[agents.a]\ntools = ["agent_tools_for_test:order_statu"]\n')
     (problem,) = problems_of(make_settings(agents_file=path))
-    assert "agent_tools_for_test registers no tool named order_statu (it registers order_status" in problem
+    assert (
+        "agent_tools_for_test registers no tool named order_statu (it registers agents_test_lookup" in problem
+    )
 
 
 # --------------------------------------------------------------------------- reload
