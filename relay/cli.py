@@ -27,14 +27,20 @@ def _serve(args: argparse.Namespace) -> int:
         from relay.fakes import serve_with_fakes
 
         return serve_with_fakes(host=args.host, port=args.port)
+    from relay.agents import AgentsHolder
     from relay.app import create_app
     from relay.config import load_settings
     from relay.logs import configure_logging
     from relay.server import serve
 
     settings = load_settings()
+    agents = AgentsHolder(settings)  # an invalid AGENTS_FILE stops here: every problem, exit 2
     configure_logging(settings.log_format, settings.log_level)
+    if settings.agents_file:
+        log.info("agents from %s: %s", settings.agents_file, ", ".join(agents.book.names))
     app = create_app(settings)
+    if getattr(app.state, "agents", None) is None:
+        app.state.agents = agents  # what SIGHUP reloads (relay/server.py)
     host = args.host or settings.host
     port = args.port or settings.port
     log.info("relay listening on http://%s:%d (public URL: %s)", host, port, settings.public_url or "not set")

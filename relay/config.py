@@ -8,7 +8,9 @@ messages of every validation error, are in relay/config_checks.py.
 
 from __future__ import annotations
 
+import os
 from functools import cached_property
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
@@ -16,8 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.config_checks import (
     check_account_sid,
+    check_agents_file,
     check_api_version,
     check_forwarded_allow_ips,
+    check_language,
     check_log_level,
     check_phone_number,
     check_public_url,
@@ -90,6 +94,7 @@ class Settings(BaseSettings):
     vad_silence_duration_ms: int = Field(500, ge=0, le=10_000)
     vad_eagerness: Literal["low", "medium", "high", "auto"] = "auto"
     input_transcription_model: str = "gpt-4o-mini-transcribe"
+    transcription_language: str = ""  # ISO 639-1 hint for transcription ("de"); empty: detected
     noise_reduction: Literal["near_field", "far_field", "off"] = "near_field"
     realtime_session_max_minutes: float = Field(28.0, gt=0)
     provider_connect_timeout: float = Field(5.0, gt=0, le=60)
@@ -146,6 +151,9 @@ class Settings(BaseSettings):
     # --- the post-call webhook (relay/post_call/) ----------------------------------------------
     post_call_webhook_url: str = ""  # empty: no webhook
     post_call_webhook_secret: SecretStr | None = None  # the HMAC key of X-Relay-Signature
+
+    # --- agents (relay/agents/) ---------------------------------------------------------------
+    agents_file: str = ""  # a TOML file of [agents.NAME] tables; empty: the environment is the one agent
 
     # --- operations ------------------------------------------------------------------------
     relay_admin_token: SecretStr | None = None
@@ -262,6 +270,16 @@ class Settings(BaseSettings):
     def _check_forwarded_allow_ips(cls, v: str) -> str:
         return check_forwarded_allow_ips(v)
 
+    @field_validator("transcription_language", mode="after")
+    @classmethod
+    def _check_language(cls, v: str) -> str:
+        return check_language(v)
+
+    @field_validator("agents_file", mode="after")
+    @classmethod
+    def _check_agents_file(cls, v: str) -> str:
+        return check_agents_file(v)
+
     @field_validator("log_level", mode="after")
     @classmethod
     def _check_level(cls, v: str) -> str:
@@ -338,3 +356,19 @@ def load_settings(**overrides: object) -> Settings:
     except ValidationError as exc:
         problems = describe_errors(exc, Settings.model_fields)
         raise ConfigError("Invalid configuration: " + "; ".join(problems), problems=problems) from None
+
+
+def environment_secret(name: str) -> SecretStr | None:
+    """The value of the environment variable `name` as a secret, else of its line in the `.env`
+    the settings read (the environment wins, as for the settings; names compare case-insensitively);
+    None when it is unset or empty. An agent's `api_key_env` names its key this way
+    (relay/agents/): the only other place than `Settings` where the environment is read."""
+    wanted = name.lower()
+    found = next((v for k, v in os.environ.items() if k.lower() == wanted), None)
+    env_file = Settings.model_config.get("env_file")
+    if found is None and isinstance(env_file, str) and Path(env_file).is_file():
+        from dotenv import dotenv_values
+
+        values = dotenv_values(env_file, encoding=Settings.model_config.get("env_file_encoding"))
+        found = next((v for k, v in values.items() if k.lower() == wanted), None)
+    return SecretStr(found) if found is not None and found.strip() else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
@@ -27,8 +28,10 @@ __all__ = [
     "LOG_LEVELS",
     "LOG_LEVEL_ALIASES",
     "check_account_sid",
+    "check_agents_file",
     "check_api_version",
     "check_forwarded_allow_ips",
+    "check_language",
     "check_log_level",
     "check_phone_number",
     "check_public_url",
@@ -45,6 +48,7 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Spellings other tools use, accepted and normalized: `warn` (Go, Node, log4j), `fatal`.
 LOG_LEVEL_ALIASES = {"WARN": "WARNING", "FATAL": "CRITICAL"}
 _API_VERSION_RE = re.compile(r"^\d{4}-\d{2}-\d{2}(-preview)?$")
+_LANGUAGE_RE = re.compile(r"^[a-z]{2,3}$")
 _MODULE_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
 
@@ -193,6 +197,30 @@ def check_transfer_allowlist(v: str) -> str:
                 f"TRANSFER_ALLOWLIST entry {entry!r} is not a number or name=number: use "
                 "comma-separated entries such as '+15551234567,sales=+15557654321'."
             )
+    return v
+
+
+def check_language(v: str) -> str:
+    """TRANSCRIPTION_LANGUAGE: empty (the model detects it) or an ISO 639-1 code, returned lower-case."""
+    code = v.strip().lower()
+    if code and not _LANGUAGE_RE.match(code):
+        raise ConfigError(
+            f"TRANSCRIPTION_LANGUAGE={v!r} is not a language code: use an ISO 639-1 code such as "
+            "'de' or 'en', or leave it empty to let the model detect the language."
+        )
+    return code
+
+
+def check_agents_file(v: str) -> str:
+    """AGENTS_FILE: empty (the environment is the one agent) or a file that exists. What is in it is
+    checked by relay/agents/ (every problem at once, with the agent and the field)."""
+    v = v.strip()
+    if v and not Path(v).is_file():
+        what = "is a directory" if Path(v).is_dir() else "does not exist"
+        raise ConfigError(
+            f"AGENTS_FILE={v!r} {what} (relative to {Path.cwd()}): name a TOML file of [agents.NAME] "
+            "tables such as examples/agents.toml, or leave it empty for one agent from the environment."
+        )
     return v
 
 

@@ -4,12 +4,19 @@ uvicorn's own shutdown closes every WebSocket at once (1012), which would cut li
 first SIGTERM (or Ctrl-C) only starts a drain: the relay stops taking calls (`/ready` answers 503,
 the webhook says it is restarting), lets active calls finish for up to DRAIN_TIMEOUT seconds, ends
 the rest with a spoken goodbye, and only then lets uvicorn stop. A second signal stops at once.
+
+SIGHUP reloads the agents file: the app's `state.agents` (an `AgentsHolder`, relay/agents/) reads
+it again in a worker thread, off the event loop, and swaps its agents when the file is valid; an
+app without one logs that there is nothing to reload. SIGHUP never stops the relay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import signal
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
@@ -30,10 +37,34 @@ class DrainingServer(uvicorn.Server):
         self._draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._drain_task: asyncio.Task[None] | None = None
+        self._reloads: set[asyncio.Task[bool]] = set()
 
     async def serve(self, sockets: Any = None) -> None:
         self._loop = asyncio.get_running_loop()
-        await super().serve(sockets=sockets)
+        try:
+            self._loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no SIGHUP
+            log.debug("SIGHUP is not handled here: agents reload only in the main thread")
+        try:
+            await super().serve(sockets=sockets)
+        finally:
+            with contextlib.suppress(Exception):
+                self._loop.remove_signal_handler(signal.SIGHUP)
+
+    def _on_sighup(self) -> None:
+        reload = reload_callback(self.config.app)
+        if reload is None:
+            log.info("SIGHUP: nothing to reload (no agents file)")
+            return
+        log.info("SIGHUP: reloading the agents")
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(reload))
+        self._reloads.add(task)
+        task.add_done_callback(self._reload_done)
+
+    def _reload_done(self, task: asyncio.Task[bool]) -> None:
+        self._reloads.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("SIGHUP: the agents reload failed: %r (the old agents stay)", task.exception())
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         if self._draining or self._loop is None:
@@ -50,6 +81,13 @@ class DrainingServer(uvicorn.Server):
             await self._manager.drain(self._grace)
         finally:
             self.should_exit = True
+
+
+def reload_callback(app: Any) -> Callable[[], bool] | None:
+    """What SIGHUP calls: the `reload` of the app's `state.agents` when it has one (None otherwise)."""
+    holder = getattr(getattr(app, "state", None), "agents", None)
+    reload = getattr(holder, "reload", None)
+    return reload if callable(reload) else None
 
 
 def _config(

@@ -83,6 +83,9 @@ BAD_VALUES = [
     ("RELAY_TOOLS", "my-tools.py", "importable modules"),
     ("TRANSFER_ALLOWLIST", "sales=front desk", "'+15551234567,sales=+15557654321'"),
     ("POST_CALL_WEBHOOK_URL", "crm.example.com/hooks", "'https://crm.example.com/hooks/calls'"),
+    ("TRANSCRIPTION_LANGUAGE", "german", "ISO 639-1 code such as 'de'"),
+    ("AGENTS_FILE", "agents.yaml", "does not exist"),
+    ("AGENTS_FILE", ".", "is a directory"),
 ]
 
 

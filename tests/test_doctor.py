@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -368,3 +369,67 @@ async def test_relay_doctor_names_an_invalid_configuration(monkeypatch, tmp_path
     out = capsys.readouterr().out
     assert code == 1
     assert "FAIL  settings" in out and "AZURE_OPENAI_ENDPOINT" in out
+
+
+# --------------------------------------------------------------------------- agents (AGENTS_FILE)
+
+
+async def test_doctor_checks_every_agent_against_its_own_provider(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PRAXIS_AZURE_KEY", "praxis-key")
+    async with FakeRealtimeServer() as openai, FakeRealtimeServer(azure_api_key="praxis-key") as azure:
+        path = tmp_path / "agents.toml"
+        path.write_text(
+            '[agents.support]\nnumbers = ["+15550100001"]\n'
+            '[agents.praxis]\nnumbers = ["+4930120000"]\nprovider = "azure"\n'
+            f'azure_endpoint = "{azure.azure_endpoint}"\n'
+            'azure_deployment = "gpt-realtime"\napi_key_env = "PRAXIS_AZURE_KEY"\n'
+            f'[agents.broken]\nprovider = "azure"\nazure_endpoint = "{azure.azure_endpoint}"\n'
+            'azure_deployment = "nope"\napi_key_env = "PRAXIS_AZURE_KEY"\n'
+        )
+        settings = make_settings(openai_base_url=openai.openai_base_url, agents_file=str(path))
+        report = await run_doctor(settings)
+        openai_paths = [c.path for c in openai.connections] + [path for path, _ in openai.rejected]
+        azure_paths = [c.path for c in azure.connections] + [path for path, _ in azure.rejected]
+    lines = report.lines()
+    names = [c.name for c in report.checks]
+    assert "realtime" not in names and "provider" not in names  # one line per agent instead
+    agents = only(report.checks, "agents")
+    assert agents.status == "OK" and agents.message == (
+        f"4 agents from {path}: support (+15550100001), praxis (+4930120000), "
+        "broken (no number: outbound calls and handoffs), "
+        "default (the environment's settings, every other number)"
+    )
+    support, praxis, broken, default = (
+        only(report.checks, f"agent {n}") for n in ("support", "praxis", "broken", "default")
+    )
+    assert support.status == "OK" and support.message.startswith("OpenAI: connected in "), lines
+    assert praxis.status == "OK", lines
+    assert praxis.message.startswith("Azure OpenAI, key from PRAXIS_AZURE_KEY: connected in ")
+    assert "session.created (ws://127.0.0.1:" in praxis.message
+    assert broken.status == "FAIL" and "404: deployment 'nope' not found on resource" in broken.message
+    assert default.status == "OK" and default.message.startswith("OpenAI: connected")
+    assert report.exit_code == 1
+    # each agent reached only its own endpoint: two OpenAI connects, two Azure ones
+    assert len(openai_paths) == 2 and all(p.startswith("/v1/realtime") for p in openai_paths), openai_paths
+    assert len(azure_paths) == 2 and all(p.startswith("/openai/v1/realtime") for p in azure_paths), (
+        azure_paths
+    )
+
+
+async def test_relay_doctor_lists_each_problem_of_the_agents_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "agents.toml").write_text('[agents.sales]\nprovider = "azur"\nvoise = "ash"\n')
+    monkeypatch.setenv("AGENTS_FILE", "agents.toml")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    code = await asyncio.to_thread(main, ["doctor"])
+    out = capsys.readouterr().out
+    assert code == 1
+    assert 'FAIL  agents          agents.toml: agents.sales.provider = "azur": use "openai" or "azure"' in out
+    assert (
+        "FAIL  agents          agents.toml: agents.sales.voise is not an agent field: did you mean voice?"
+        in out
+    )

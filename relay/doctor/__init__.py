@@ -14,6 +14,9 @@ What is checked, and where:
 * `twilio_account`: the account (REST `GET /Accounts/{sid}.json`, base URL from
   TWILIO_API_BASE_URL) and, with TWILIO_PHONE_NUMBER, whether that number's voice webhook is
   PUBLIC_URL/incoming-call;
+* `agents` (with AGENTS_FILE): the file loads (or one FAIL line per problem), then one line per
+  agent, `agent NAME`: the realtime check above run with that agent's settings (its provider,
+  endpoint, key or Entra ID, model or deployment), in place of the environment's own;
 * `services`: PUBLIC_URL answering `/health`, Redis (PING) when REDIS_URL is set and Tavily (a
   one-result search) when TAVILY_API_KEY is set.
 
@@ -21,6 +24,7 @@ What is checked, and where:
 a check says.
 """
 
+from relay.doctor.agents import check_agent, check_agents
 from relay.doctor.command import doctor_command, run_doctor
 from relay.doctor.configuration import check_configuration, check_tools
 from relay.doctor.realtime import check_realtime
@@ -32,6 +36,8 @@ __all__ = [
     "Check",
     "DoctorReport",
     "Status",
+    "check_agent",
+    "check_agents",
     "check_configuration",
     "check_public_url",
     "check_realtime",

@@ -1,5 +1,6 @@
 """`relay doctor`: loads the settings, runs every check (the network ones concurrently) and prints
-one line per check and a count."""
+one line per check and a count. With AGENTS_FILE, the file is checked and each agent's provider
+gets its own line (`agent NAME`) in place of the environment's `provider` and `realtime` lines."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from relay.config import Settings, load_settings
+from relay.doctor.agents import check_agents, load_agents_checked
 from relay.doctor.configuration import check_configuration, check_tools
 from relay.doctor.realtime import check_realtime
 from relay.doctor.report import Check, DoctorReport, fail, ok, warn
@@ -49,10 +51,20 @@ async def run_doctor(
         report.checks.extend(checks)
         if settings is None:
             return report
-    report.checks.extend(check_configuration(settings))
+    book, agent_lines = load_agents_checked(settings) if settings.agents_file else (None, [])
+    report.checks.extend(agent_lines)
+    configuration = check_configuration(settings)
+    if book is not None:  # each agent's line says its provider, as `provider` does without agents
+        configuration = [c for c in configuration if c.name != "provider"]
+    report.checks.extend(configuration)
     report.checks.append(check_tools(settings))
+    providers = (
+        check_realtime(settings, azure_credential=azure_credential, limit=limit)
+        if book is None
+        else check_agents(book, azure_credential=azure_credential, limit=limit)
+    )
     jobs: list[Awaitable[list[Check]]] = [
-        check_realtime(settings, azure_credential=azure_credential, limit=limit),
+        providers,
         check_twilio(settings, limit=limit),
         check_public_url(settings, limit=min(limit, 5.0)),
         check_redis(settings, limit=min(limit, 5.0)),
