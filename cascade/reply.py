@@ -86,7 +86,8 @@ class ReplyPipeline(Playout):
             self._save("user", entry_text(utterance), {"dtmf": utterance})
         else:
             timing["stt_sent"] = self.clock()
-            text = await transcribe(self.client, self.models["stt"], utterance.pcm16, utterance.rate)
+            stt, language = self.models["stt"], self.settings.transcription_language
+            text = await transcribe(self.client, stt, utterance.pcm16, utterance.rate, language)
             timing["stt_done"] = self.clock()
             if not text:
                 return

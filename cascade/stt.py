@@ -37,13 +37,18 @@ def wav_bytes(pcm16: bytes, rate: int) -> bytes:
     return buf.getvalue()
 
 
-async def transcribe(client: AsyncOpenAI, model: str, pcm16: bytes, rate: int) -> str:
+async def transcribe(client: AsyncOpenAI, model: str, pcm16: bytes, rate: int, language: str = "") -> str:
     """Transcribes one utterance with ``client.audio.transcriptions.create`` and returns the text.
 
     ``client`` is an ``openai.AsyncOpenAI`` / ``AsyncAzureOpenAI`` (``cascade_client()``); ``model``
-    the model or Azure deployment name (``cascade_models()["stt"]``). The text is stripped; an
-    empty string means nothing intelligible was said.
+    the model or Azure deployment name (``cascade_models()["stt"]``); ``language`` an ISO 639-1
+    hint (TRANSCRIPTION_LANGUAGE, an agent's `language`), or empty to let the model detect it.
+    The text is stripped; an empty string means nothing intelligible was said.
     """
     wav = wav_bytes(pcm16, rate)
-    result = await client.audio.transcriptions.create(model=model, file=("utterance.wav", wav, "audio/wav"))
+    file = ("utterance.wav", wav, "audio/wav")
+    if language:
+        result = await client.audio.transcriptions.create(model=model, file=file, language=language)
+    else:
+        result = await client.audio.transcriptions.create(model=model, file=file)
     return result.text.strip()

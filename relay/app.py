@@ -19,6 +19,7 @@ from starlette.routing import Route
 # fallback: that import takes a few hundred milliseconds, a stall in every live call's audio.
 from cascade.session import CascadeSession
 from relay.admin import admin_routes
+from relay.agents import AgentsHolder
 from relay.config import Settings, load_settings
 from relay.errors import StoreError
 from relay.loop_lag import watch_event_loop
@@ -117,10 +118,13 @@ def create_app(
     store: CallStore | None = None,
     azure_credential: AsyncTokenCredential | None = None,
     post_call_policy: DeliveryPolicy | None = None,
+    agents: AgentsHolder | None = None,
 ) -> Starlette:
     """Builds the relay app. Dependencies may be injected (tests inject a fake Entra credential, and
-    a post-call delivery policy with short retry delays)."""
+    a post-call delivery policy with short retry delays); `agents`, the AGENTS_FILE already
+    loaded (else it is loaded here: ConfigError for an invalid file)."""
     settings = settings or load_settings()
+    agents = agents if agents is not None else AgentsHolder(settings)
     store = store or make_store(settings)
     registry, twilio_calls = _build_tools(settings)
     metrics = Metrics()
@@ -136,6 +140,8 @@ def create_app(
         limiter=make_limiter(settings),
         post_call_policy=post_call_policy,
     )
+    if agents.book.path is not None:  # without AGENTS_FILE, the environment's agent as it is
+        manager.agents.replace(agents.book)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -194,7 +200,19 @@ def create_app(
     app.state.manager = manager
     app.state.metrics = metrics
     app.state.stream_gate = stream_gate
+    app.state.agents = agents
     return app
+
+
+async def reload_agents(app: Starlette) -> bool:
+    """SIGHUP (relay/server.py): AGENTS_FILE read again, off the event loop. A valid file: new
+    calls get its agents, calls in progress keep theirs; an invalid one is refused with one ERROR
+    line and the agents stay. True when the new agents are in place."""
+    holder: AgentsHolder = app.state.agents
+    if not await asyncio.to_thread(holder.reload):
+        return False
+    app.state.manager.agents.replace(holder.book)
+    return True
 
 
 def __getattr__(name: str) -> Any:

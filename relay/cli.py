@@ -38,9 +38,7 @@ def _serve(args: argparse.Namespace) -> int:
     configure_logging(settings.log_format, settings.log_level)
     if settings.agents_file:
         log.info("agents from %s: %s", settings.agents_file, ", ".join(agents.book.names))
-    app = create_app(settings)
-    if getattr(app.state, "agents", None) is None:
-        app.state.agents = agents  # what SIGHUP reloads (relay/server.py)
+    app = create_app(settings, agents=agents)  # app.state.agents: what SIGHUP reloads (relay/server.py)
     host = args.host or settings.host
     port = args.port or settings.port
     log.info("relay listening on http://%s:%d (public URL: %s)", host, port, settings.public_url or "not set")

@@ -5,9 +5,9 @@ first SIGTERM (or Ctrl-C) only starts a drain: the relay stops taking calls (`/r
 the webhook says it is restarting), lets active calls finish for up to DRAIN_TIMEOUT seconds, ends
 the rest with a spoken goodbye, and only then lets uvicorn stop. A second signal stops at once.
 
-SIGHUP reloads the agents file: the app's `state.agents` (an `AgentsHolder`, relay/agents/) reads
-it again in a worker thread, off the event loop, and swaps its agents when the file is valid; an
-app without one logs that there is nothing to reload. SIGHUP never stops the relay.
+SIGHUP reloads the agents file (`relay.app.reload_agents`: read in a worker thread, off the event
+loop; new calls get the new agents when the file is valid); an app without agents logs that there
+is nothing to reload. SIGHUP never stops the relay.
 """
 
 from __future__ import annotations
@@ -16,13 +16,12 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import uvicorn
 
-from relay.app import UVICORN_OPTIONS, server_options
+from relay.app import UVICORN_OPTIONS, reload_agents, server_options
 from relay.config import Settings
 from relay.transport.http import uvicorn_options
 
@@ -52,12 +51,12 @@ class DrainingServer(uvicorn.Server):
                 self._loop.remove_signal_handler(signal.SIGHUP)
 
     def _on_sighup(self) -> None:
-        reload = reload_callback(self.config.app)
-        if reload is None:
+        app: Any = self.config.app
+        if getattr(getattr(app, "state", None), "agents", None) is None:
             log.info("SIGHUP: nothing to reload (no agents file)")
             return
         log.info("SIGHUP: reloading the agents")
-        task = asyncio.get_running_loop().create_task(asyncio.to_thread(reload))
+        task = asyncio.get_running_loop().create_task(reload_agents(app))
         self._reloads.add(task)
         task.add_done_callback(self._reload_done)
 
@@ -81,13 +80,6 @@ class DrainingServer(uvicorn.Server):
             await self._manager.drain(self._grace)
         finally:
             self.should_exit = True
-
-
-def reload_callback(app: Any) -> Callable[[], bool] | None:
-    """What SIGHUP calls: the `reload` of the app's `state.agents` when it has one (None otherwise)."""
-    holder = getattr(getattr(app, "state", None), "agents", None)
-    reload = getattr(holder, "reload", None)
-    return reload if callable(reload) else None
 
 
 def _config(

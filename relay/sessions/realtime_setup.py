@@ -36,6 +36,8 @@ def session_config(settings: Settings, tools: list[dict[str, Any]]) -> dict[str,
     audio_in: dict[str, Any] = {"format": {"type": "audio/pcmu"}, "turn_detection": turn}
     if settings.input_transcription_model:
         audio_in["transcription"] = {"model": settings.input_transcription_model}
+        if settings.transcription_language:  # a hint (TRANSCRIPTION_LANGUAGE, an agent's `language`)
+            audio_in["transcription"]["language"] = settings.transcription_language
     audio_in["noise_reduction"] = (
         None if settings.noise_reduction == "off" else {"type": settings.noise_reduction}
     )

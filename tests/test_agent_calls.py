@@ -1,0 +1,311 @@
+"""Agents on real calls (AGENTS_FILE): each number gets its agent's session and only its agent's
+provider; the handoff tool moves a call to another agent on the same session or on a new one
+(another provider), the conversation kept; a reload under calls drops none of them; an agent's
+tool list is what its calls are offered and allowed."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from relay.app import create_app, reload_agents
+from relay.testing.realtime import Call, FakeConnection, FakeRealtimeServer, Say
+from relay.testing.server import serve_app
+from relay.testing.twilio import FakeTwilioCall
+from tests.conftest import AUTH_TOKEN, make_settings
+from tests.rig import PUBLIC_URL, FakeCredential, speak
+
+SUPPORT, SALES, PRAXIS, UNCLAIMED = "+15550100001", "+15550100002", "+4930120000", "+15550100099"
+
+AGENTS = """
+[agents.support]
+numbers = ["+15550100001"]
+description = "Orders and deliveries."
+instructions = "You are Support."
+language = "en"
+handoffs = ["sales", "praxis"]
+
+[agents.sales]
+numbers = ["+15550100002"]
+description = "Prices and new orders."
+instructions = "You are Sales."
+voice = "cedar"
+handoffs = ["support"]
+
+[agents.praxis]
+numbers = ["+4930120000"]
+description = "Appointments, in German."
+instructions = "Du bist die Praxis."
+voice = "alloy"
+language = "de"
+provider = "azure"
+azure_endpoint = "AZURE_ENDPOINT"
+azure_deployment = "gpt-realtime"
+"""
+
+
+@dataclass
+class AgentsRig:
+    openai: FakeRealtimeServer  # the OpenAI agents' provider
+    azure: FakeRealtimeServer  # the Azure agent's (another region, in real life)
+    url: str
+    app: Any
+    path: Path
+
+    def caller(self, to: str) -> FakeTwilioCall:
+        return FakeTwilioCall(base_url=self.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, to=to)
+
+    async def dial(self, call: FakeTwilioCall, server: FakeRealtimeServer) -> FakeConnection:
+        n = len(server.connections) + 1
+        twiml = await call.fetch_twiml()
+        assert twiml.status_code == 200 and twiml.stream_url, twiml.body
+        assert await call.connect(twiml)
+        conn = await server.wait_connection(n=n)
+        await conn.wait_for("session.update")
+        return conn
+
+    def write(self, text: str) -> None:
+        self.path.write_text(text.replace("AZURE_ENDPOINT", self.azure.azure_endpoint))
+
+
+@contextlib.asynccontextmanager
+async def agents_rig(
+    tmp_path: Path,
+    text: str = AGENTS,
+    *,
+    openai_replies: list[Any] | None = None,
+    azure_replies: list[Any] | None = None,
+    **settings: Any,
+) -> AsyncIterator[AgentsRig]:
+    tokens = {f"entra-{i}" for i in range(1, 20)}
+    async with (
+        FakeRealtimeServer(responses=openai_replies or [], transcripts=["I need an appointment"]) as openai,
+        FakeRealtimeServer(responses=azure_replies or [], bearer_tokens=tokens) as azure,
+    ):
+        path = tmp_path / "agents.toml"
+        path.write_text(text.replace("AZURE_ENDPOINT", azure.azure_endpoint))
+        cfg = {
+            "relay_mode": "realtime",
+            "openai_base_url": openai.openai_base_url,
+            "greeting_enabled": False,
+            "agents_file": str(path),
+            **settings,
+        }
+        app = create_app(make_settings(**cfg), azure_credential=FakeCredential())
+        async with serve_app(app) as url:
+            yield AgentsRig(openai, azure, url, app, path)
+
+
+def session_of(conn: FakeConnection, n: int = 1) -> dict[str, Any]:
+    """The `session` of the n-th `session.update` the connection received."""
+    updates = conn.events("session.update", "received")
+    assert len(updates) >= n, [e.get("type") for _, e in conn.received]
+    session: dict[str, Any] = updates[n - 1]["session"]
+    return session
+
+
+def voice_of(session: dict[str, Any]) -> Any:
+    return (session.get("audio") or {}).get("output", {}).get("voice")
+
+
+def tool_names(session: dict[str, Any]) -> set[str]:
+    return {tool["name"] for tool in session.get("tools", [])}
+
+
+def received_types(conn: FakeConnection) -> list[str]:
+    """The client events in order, function outputs named as such."""
+    types = []
+    for _, event in conn.received:
+        kind = event.get("type", "")
+        if kind == "conversation.item.create":
+            kind = f"item:{event['item'].get('type')}"
+        types.append(kind)
+    return [t for t in types if t != "input_audio_buffer.append"]
+
+
+async def record_of(rig: AgentsRig, call_sid: str) -> dict[str, Any]:
+    await rig.app.state.manager.wait_idle(timeout=5)
+    record = await rig.app.state.store.get(call_sid)
+    assert record is not None
+    return record
+
+
+async def test_each_number_gets_its_agent_and_only_that_agents_provider(tmp_path: Path) -> None:
+    async with agents_rig(tmp_path) as r:
+        async with r.caller(SALES) as call:
+            sales = await r.dial(call, r.openai)
+            await sales.wait_for("session.update")
+            await call.stop()
+        async with r.caller(PRAXIS) as call_b:
+            praxis = await r.dial(call_b, r.azure)
+            await praxis.wait_for("session.update")
+            await call_b.stop()
+        async with r.caller(UNCLAIMED) as call_c:
+            other = await r.dial(call_c, r.openai)
+            await other.wait_for("session.update")
+            await call_c.stop()
+        assert (
+            session_of(sales)["instructions"] == "You are Sales." and voice_of(session_of(sales)) == "cedar"
+        )
+        assert session_of(praxis)["instructions"] == "Du bist die Praxis."
+        assert voice_of(session_of(praxis)) == "alloy" and praxis.provider == "azure"
+        assert session_of(praxis)["audio"]["input"]["transcription"]["language"] == "de"  # its hint
+        assert "language" not in session_of(sales)["audio"]["input"]["transcription"]
+        assert session_of(other)["instructions"] == make_settings().instructions  # the environment's
+        # each provider saw only its own agents' calls
+        assert len(r.openai.connections) == 2 and len(r.azure.connections) == 1
+        assert (await record_of(r, call.call_sid))["agent"] == "sales"
+        assert (await record_of(r, call_b.call_sid))["agent"] == "praxis"
+        assert (await record_of(r, call_c.call_sid))["agent"] == "default"
+
+
+async def test_a_handoff_on_the_same_provider_updates_the_session_before_the_answer(tmp_path: Path) -> None:
+    replies = [
+        Call("handoff", {"agent": "sales", "reason": "a price"}, call_id="h1"),
+        Say("Sales here.", 300),
+    ]
+    async with agents_rig(tmp_path, openai_replies=replies) as r, r.caller(SUPPORT) as call:
+        conn = await r.dial(call, r.openai)
+        assert tool_names(session_of(conn)) >= {"handoff", "end_call"}
+        await speak(call)
+        await conn.wait_for("response.create")
+        await call.wait_for_media(min_bytes=300 * 8, timeout=10)  # the caller hears the new agent
+        update = session_of(conn, 2)
+        assert update["instructions"] == "You are Sales."
+        assert voice_of(update) is None  # the voice of a session that has spoken cannot change
+        assert "handoff" in tool_names(update) and "send_digits" not in tool_names(update)
+        order = received_types(conn)
+        second_update = order.index("session.update", 1)
+        output = order.index("item:function_call_output")
+        assert second_update < output < order.index("response.create", output)
+        assert '"handed_off"' in conn.function_outputs["h1"]
+        assert len(r.openai.connections) == 1 and not r.azure.connections
+        await call.stop()
+    record = await record_of(r, call.call_sid)
+    assert [a["name"] for a in record["agents"]] == ["support", "sales"] and record["agent"] == "sales"
+    assert record["agents"][1]["reason"] == "a price"
+
+
+async def test_a_handoff_to_another_provider_opens_its_session_with_the_conversation(tmp_path: Path) -> None:
+    async with (
+        agents_rig(
+            tmp_path,
+            openai_replies=[Call("handoff", {"agent": "praxis"}, call_id="h1")],
+            azure_replies=[Say("Praxis Dr. Weber, guten Tag.", 400)],
+        ) as r,
+        r.caller(SUPPORT) as call,
+    ):
+        first = await r.dial(call, r.openai)
+        await speak(call)
+        praxis = await r.azure.wait_connection(timeout=10)
+        await praxis.wait_for("response.create")
+        await call.wait_for_media(min_bytes=400 * 8, timeout=10)  # the new agent, heard
+        await first.closed.wait()
+        opening = session_of(praxis)
+        assert opening["instructions"] == "Du bist die Praxis." and voice_of(opening) == "alloy"
+        carried = [e["item"] for e in praxis.events("conversation.item.create", "received")]
+        assert any(
+            item["role"] == "user" and "I need an appointment" in item["content"][0]["text"]
+            for item in carried
+        ), carried
+        order = received_types(praxis)
+        assert order.index("session.update") < order.index("item:message") < order.index("response.create")
+        assert "h1" not in first.function_outputs  # the old session is gone: no output goes to it
+        await call.stop()
+    record = await record_of(r, call.call_sid)
+    assert [a["name"] for a in record["agents"]] == ["support", "praxis"]
+    metrics = r.app.state.metrics
+    assert (
+        metrics.registry.get_sample_value(
+            "relay_handoffs_total", {"from_agent": "support", "to_agent": "praxis"}
+        )
+        == 1
+    )
+
+
+async def test_an_agent_is_offered_and_allowed_only_its_tools(tmp_path: Path) -> None:
+    text = AGENTS.replace(
+        'instructions = "You are Sales."', 'instructions = "You are Sales."\ntools = ["end_call"]'
+    )
+    replies = [Call("send_digits", {"digits": "1"}, call_id="t1"), Say("No keys here.", 200)]
+    async with agents_rig(tmp_path, text, openai_replies=replies) as r, r.caller(SALES) as call:
+        conn = await r.dial(call, r.openai)
+        assert tool_names(session_of(conn)) == {"end_call", "handoff"}
+        await speak(call)
+        await conn.wait_for("response.done", n=2)
+        assert "There is no tool named 'send_digits'" in conn.function_outputs["t1"]
+        await call.stop()
+
+
+async def test_a_reload_under_calls_drops_none_and_new_calls_get_the_new_agents(tmp_path: Path) -> None:
+    async with agents_rig(tmp_path) as r:
+        calls = [r.caller(SUPPORT) for _ in range(3)]
+        conns = [await r.dial(call, r.openai) for call in calls]
+        r.write(AGENTS.replace("You are Support.", "You are Support, version 2."))
+        assert await reload_agents(r.app)
+        async with r.caller(SUPPORT) as late:
+            newer = await r.dial(late, r.openai)
+            await newer.wait_for("session.update")
+            assert session_of(newer)["instructions"] == "You are Support, version 2."
+            await late.stop()
+        for call, conn in zip(calls, conns, strict=True):  # the calls in progress go on as they were
+            heard = len(conn.audio_in)
+            await speak(call)
+            await conn.wait_for("response.done")
+            assert len(conn.audio_in) > heard and call.is_open
+            assert [s["instructions"] for s in [session_of(conn)]] == ["You are Support."]
+            await call.stop()
+        r.write("[agents.broken]\nprovider = 'azur'\n")
+        assert not await reload_agents(r.app)  # refused: the agents stay
+        for call in calls:
+            assert (await record_of(r, call.call_sid))["outcome"] == "twilio_stop"
+        assert "support" in r.app.state.manager.agents
+
+
+@pytest.mark.slow
+async def test_a_handoff_on_the_cascade_changes_the_system_message_and_tools(tmp_path: Path) -> None:
+    from relay.testing.audio import silence_ulaw, speech_ulaw
+    from relay.testing.openai_http import FakeOpenAIHTTP
+    from relay.testing.openai_replies import Text, ToolCalls, ToolCallSpec
+
+    http = FakeOpenAIHTTP(
+        transcripts=["what does it cost"],
+        replies=[ToolCalls([ToolCallSpec("handoff", {"agent": "sales"}, id="h1")]), Text("Sales here.")],
+    )
+    text = AGENTS.split("[agents.praxis]")[0].replace(
+        'handoffs = ["sales", "praxis"]', 'handoffs = ["sales"]'
+    )
+    async with http.serve() as http_url:
+        path = tmp_path / "agents.toml"
+        path.write_text(text)
+        cfg = {
+            "relay_mode": "cascade",
+            "openai_base_url": http_url + "/v1",
+            "greeting_enabled": False,
+            "agents_file": str(path),
+        }
+        app = create_app(make_settings(**cfg))
+        async with serve_app(app) as url:
+            call = FakeTwilioCall(base_url=url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, to=SUPPORT)
+            async with call:
+                twiml = await call.fetch_twiml()
+                assert await call.connect(twiml)
+                speech = speech_ulaw("What does it cost?")
+                await call.send_audio(silence_ulaw(300) + speech + silence_ulaw(900))
+                await http.wait_for("chat", n=2, timeout=10)
+                await call.stop()
+            await app.state.manager.wait_idle(timeout=5)
+            record = await app.state.store.get(call.call_sid)
+    first, second = (req.body or {} for req in http.chat_requests[:2])
+    assert first["messages"][0] == {"role": "system", "content": "You are Support."}
+    assert second["messages"][0] == {"role": "system", "content": "You are Sales."}
+    handoff = [t["function"] for t in second["tools"] if t["function"]["name"] == "handoff"]
+    assert handoff and handoff[0]["parameters"]["properties"]["agent"]["enum"] == ["support"]
+    assert any(m.get("role") == "tool" and "handed_off" in m.get("content", "") for m in second["messages"])
+    assert [a["name"] for a in record["agents"]] == ["support", "sales"]
+    assert http.transcription_requests[0].form.get("language") == "en"  # the agent's transcription hint
