@@ -88,6 +88,7 @@ class CascadeSession(ReplyPipeline):
         self._key_timer = EntryTimer(clock, self._keys_due)
         self._failure = None
         self._failed = asyncio.Event()
+        self._last_words = False  # `say(last=True)`: the other side is not heard any more
 
     # --- what the call sees (CallSession) -------------------------------------------------------
     @property
@@ -104,10 +105,12 @@ class CascadeSession(ReplyPipeline):
     async def play(self, ulaw: bytes, label: str) -> None:
         await self._send_marked(label, ulaw)
 
-    async def say(self, text: str) -> None:
-        """Interrupts the agent and says `text` as it is (e.g. a voicemail message)."""
+    async def say(self, text: str, *, last: bool = False) -> None:
+        """Interrupts the agent and says `text` as it is. `last`: the call's last words (a
+        voicemail message): what the other side says or types is not heard any more."""
         if self.playing:
             await self._barge_in()
+        self._last_words = self._last_words or last
         self._start_reply(Verbatim(text))
 
     async def tool_finished(self, call_id: str, output: str) -> None:
@@ -163,6 +166,8 @@ class CascadeSession(ReplyPipeline):
 
     async def _on_key(self, digit: str) -> None:
         """A key press interrupts the agent like speech and joins the entry being typed."""
+        if self._last_words:
+            return
         if self.playing:
             await self._barge_in()
         entry = self._digits.press(digit, self.clock())
@@ -177,6 +182,8 @@ class CascadeSession(ReplyPipeline):
             self._start_reply(entry)
 
     async def _hear(self, ulaw: bytes, end_ms: int) -> None:
+        if self._last_words:  # nothing interrupts or answers the call's last words
+            return
         for turn_event in self.detector.feed(ulaw, end_ms):
             if isinstance(turn_event, SpeechStarted):
                 if self.playing:

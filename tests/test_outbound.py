@@ -414,6 +414,9 @@ async def test_a_machine_gets_the_voicemail_message_and_the_call_ends_after_it_p
             predicate=lambda e: message in str((e.get("response") or {}).get("instructions", "")),
         )
         assert asked["response"]["instructions"].endswith(message)
+        # from the message on, the machine's sounds start no answer and interrupt nothing
+        quiet = conn.events("session.update", "received")[-1]["session"]["audio"]["input"]["turn_detection"]
+        assert quiet["create_response"] is False and quiet["interrupt_response"] is False
         hang_up = await env.rest.wait_update(timeout=15)
         assert hang_up.status == "completed" and hang_up.call_sid == callee.call_sid
         said = conn.audio_sent[list(conn.audio_sent)[-1]]
@@ -421,6 +424,8 @@ async def test_a_machine_gets_the_voicemail_message_and_the_call_ends_after_it_p
         assert len(said) == 800 * 8 and sum(c.played_bytes for c in chunks) >= len(said)
         assert hang_up.at >= max(c.stopped_at for c in chunks)  # after the message played
     assert conn.active_response_conflicts == 0
+    await env.app.state.manager.wait_idle(timeout=5)
+    assert (await env.app.state.store.get(callee.call_sid))["outcome"] == "voicemail"
 
 
 async def test_a_machine_with_no_voicemail_message_is_hung_up_at_once() -> None:
@@ -430,3 +435,5 @@ async def test_a_machine_with_no_voicemail_message_is_hung_up_at_once() -> None:
     ):
         hang_up = await env.rest.wait_update(timeout=5)
         assert hang_up.status == "completed" and hang_up.call_sid == callee.call_sid
+    await env.app.state.manager.wait_idle(timeout=5)
+    assert (await env.app.state.store.get(callee.call_sid))["outcome"] == "machine"

@@ -114,6 +114,7 @@ async def test_a_finished_call_is_posted_once_signed_with_what_the_caller_heard(
     assert ("user", "what time is it") in said
     assert payload["tool_calls"] == [] and payload["fallback"] is None
     assert payload["answered_by"] is None and payload["recording_url"] is None
+    assert payload["agent"] == "default" and payload["agents"] == ["default"]  # no AGENTS_FILE
     assert len(payload["response_latencies_ms"]) == 1 and payload["response_latencies_ms"][0] > 0
     assert payload == build_payload(record)
 

@@ -38,6 +38,8 @@ def build_payload(record: dict[str, Any]) -> dict[str, Any]:
         "answered_by": record.get("answered_by") or None,
         "mode": record.get("mode") or None,
         "provider": record.get("provider") or None,
+        "agent": record.get("agent") or None,
+        "agents": [a.get("name") for a in record.get("agents") or [] if isinstance(a, dict)],
         "transcript": [
             {"role": turn.get("role"), "text": turn.get("text")}
             for turn in record.get("transcript") or []

@@ -75,6 +75,7 @@ class BridgeCore(ResponseTurns):
         self._current_item = ""
         self._logged_other: set[str] = set()
         self._greeting_sent = False
+        self._last_words = False  # the call's last words are being said: the other side cannot interrupt
         self.hold = HoldTone(self.playback, stream_sid)
         self._holds = 0
         self._digits = DigitCollector(dtmf_timeout_s)
@@ -156,7 +157,8 @@ class BridgeCore(ResponseTurns):
         elif isinstance(event, ev.Transcript):
             self._on_transcript(event)
         elif isinstance(event, ev.Interrupted):
-            self._on_interrupted(now)
+            if not self._last_words:
+                self._on_interrupted(now)
         elif isinstance(event, ev.SpeechEnded):
             if self._auto_response:
                 self._expect_since = now

@@ -18,7 +18,13 @@ from typing import Any
 
 from relay.sessions import events as ev
 from relay.sessions.bridge_twilio import TwilioSide
-from relay.sessions.client_events import RESPONSE_CANCEL, response_event, text_item_event, tool_output_event
+from relay.sessions.client_events import (
+    RESPONSE_CANCEL,
+    response_event,
+    text_item_event,
+    tool_output_event,
+    update_without_auto_responses,
+)
 from relay.sessions.dtmf import DigitCollector, entry_text
 from relay.sessions.effects import ResponseDone, RunTool, SaveTurn
 
@@ -38,6 +44,9 @@ class ResponseTurns(TwilioSide):
     _tool_responses: set[str]  # responses that called tools and are not finished
     _greeting_sent: bool
     _digits: DigitCollector
+    _session_update: dict[str, Any]
+    _auto_response: bool
+    _last_words: bool
 
     # --- responses ------------------------------------------------------------------------------
     def _on_response_started(self, response_id: str) -> None:
@@ -100,10 +109,17 @@ class ResponseTurns(TwilioSide):
         self._maybe_continue(now)
 
     # --- turns without the caller's speech ------------------------------------------------------
-    def say_now(self, text: str, now: float) -> None:
-        """Interrupts whatever the agent is saying and has it say `text`, word for word (e.g. a
-        voicemail message), once no response is active."""
+    def say_now(self, text: str, now: float, *, last: bool = False) -> None:
+        """Interrupts whatever the agent is saying and has it say `text`, word for word, once no
+        response is active. `last`: the call's last words (a voicemail message): from now on
+        nothing the other side says or plays starts an answer or interrupts this one."""
         self._on_interrupted(now, cancel=True)
+        if last:
+            self._last_words = True
+            self._auto_response = False
+            quiet = update_without_auto_responses(self._session_update)
+            if quiet is not None and self._provider_ready:
+                self._to_provider.append(quiet)
         if not self._provider_ready:
             self._greeting_sent = True  # not opened yet: the text comes instead of the greeting
         elif self._active is None and self._expect_since is not None:
@@ -115,6 +131,8 @@ class ResponseTurns(TwilioSide):
 
     def on_dtmf(self, digit: str, now: float) -> None:
         """A key press: it interrupts the agent like speech, and joins the entry being typed."""
+        if self._last_words:  # nothing interrupts or answers the call's last words
+            return
         self._on_interrupted(now, cancel=True)
         entry = self._digits.press(digit, now)
         if entry is not None:

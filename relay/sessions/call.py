@@ -91,8 +91,10 @@ class CallSession(Protocol):
         """A tool is taking a while: let the caller hear the hold tone."""
         ...
 
-    async def say(self, text: str) -> None:
-        """Interrupts the agent and says `text` word for word (e.g. a voicemail message)."""
+    async def say(self, text: str, *, last: bool = False) -> None:
+        """Interrupts the agent and says `text` word for word. `last`: the call's last words (a
+        voicemail message): nothing the other side says or plays interrupts them or gets an
+        answer after them."""
         ...
 
     async def play(self, ulaw: bytes, label: str) -> None:

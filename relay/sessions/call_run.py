@@ -43,6 +43,8 @@ log = logging.getLogger("relay.manager")
 
 HANGUP_GRACE_S = 15.0  # longest wait for the goodbye to play before hanging up anyway
 MACHINE_ENDS = frozenset({"machine_end_beep", "machine_end_silence", "machine_end_other"})
+# a call's outcome when the relay hung up on a machine: after its VOICEMAIL_MESSAGE, or at once
+MACHINE_OUTCOMES = frozenset({"voicemail", "machine"})
 GOODBYE_DURATION = "We have reached the time limit for this call. Thank you for calling, goodbye."
 
 
@@ -136,11 +138,13 @@ class CallRun:
         session = self.session
         if not message or session is None:
             log.info("answered by %s: hanging up", answered_by)
+            self.ending = "machine"
             await self._carry_out(self.manager.hang_up(self.start.call_sid))
             return
         log.info("answered by %s: leaving the voicemail message, then hanging up", answered_by)
         self._goodbye = Goodbye(after_response="")  # the next response that completes is the message
-        await session.say(message)
+        self.ending = "voicemail"
+        await session.say(message, last=True)
         await self._after_goodbye(self._goodbye, self.manager.hang_up(self.start.call_sid))
 
     async def hand_off(self, name: str, reason: str) -> bool:
@@ -294,6 +298,8 @@ class CallRun:
         try:
             async with asyncio.timeout(self.settings.max_call_duration):
                 outcome = await self._serve(adapter)
+            if self.ending in MACHINE_OUTCOMES:  # the relay hung up on a machine: say so
+                outcome = self.ending
         except TimeoutError:
             outcome = "max_duration"
             log.info("call reached MAX_CALL_DURATION (%.0f s)", self.settings.max_call_duration)

@@ -42,6 +42,28 @@ def update_without_voice(session_update: dict[str, Any]) -> str:
     return orjson.dumps({**session_update, "session": session}).decode()
 
 
+def update_without_auto_responses(session_update: dict[str, Any]) -> str | None:
+    """A `session.update` that keeps the session's turn detection (from `session_update`, in either
+    dialect) but stops it from starting or interrupting responses by itself: once the agent's
+    last words are on their way (a voicemail message), nothing the other side plays starts
+    another answer. None when the session has no turn detection."""
+    session = session_update.get("session") or {}
+    if "audio" in session:  # GA
+        turn = ((session.get("audio") or {}).get("input") or {}).get("turn_detection")
+        quiet = {**turn, "create_response": False, "interrupt_response": False} if turn else None
+        update: dict[str, Any] = {
+            "type": session.get("type", "realtime"),
+            "audio": {"input": {"turn_detection": quiet}},
+        }
+    else:  # preview
+        turn = session.get("turn_detection")
+        quiet = {**turn, "create_response": False, "interrupt_response": False} if turn else None
+        update = {"turn_detection": quiet}
+    if quiet is None:
+        return None
+    return orjson.dumps({"type": "session.update", "session": update}).decode()
+
+
 def response_event(response: dict[str, Any] | None) -> str:
     """`response.create`, with the response's own settings (e.g. instructions) when given."""
     if not response:

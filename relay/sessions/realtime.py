@@ -98,8 +98,8 @@ class RealtimeSession:
         self.core.start_hold(self.clock())
         await self._flush()
 
-    async def say(self, text: str) -> None:
-        self.core.say_now(text, self.clock())
+    async def say(self, text: str, *, last: bool = False) -> None:
+        self.core.say_now(text, self.clock(), last=last)
         await self._flush()
 
     async def play(self, ulaw: bytes, label: str) -> None:
