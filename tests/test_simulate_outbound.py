@@ -71,7 +71,7 @@ async def relay_placing_calls(replies: list[Any] | None = None, **settings: Any)
         auth_token=AUTH_TOKEN,
         outbound=FakeOutbound(auth_token=AUTH_TOKEN, answer=False),
     )
-    server_kw = {"responses": replies} if replies is not None else {}
+    server_kw: dict[str, Any] = {"responses": replies} if replies is not None else {}
     async with FakeRealtimeServer(**server_kw) as server, rest.serve() as rest_url:
         config: dict[str, Any] = {
             "relay_mode": "realtime",
