@@ -344,10 +344,8 @@ async def run_call(options: CallOptions, *, timeline: Timeline | None = None) ->
     does (see `CallResult.errors` and `protocol_errors`)."""
     timeline = timeline or Timeline()
     caller = await _placed(options, timeline) if options.outbound else Caller(options, timeline)
-    if caller is None:  # the relay did not place the call: nothing else to do
-        result = CallResult(call_sid="", timeline=timeline, outbound=True)
-        result.errors.extend(e.text for e in timeline.entries if e.kind == "error")
-        return result
+    if isinstance(caller, str):  # the relay did not place the call: nothing else to do
+        return CallResult(call_sid="", timeline=timeline, outbound=True, errors=[caller])
     try:
         try:
             async with asyncio.timeout(options.timeout):
@@ -368,17 +366,17 @@ async def run_call(options: CallOptions, *, timeline: Timeline | None = None) ->
     return result
 
 
-async def _placed(options: CallOptions, timeline: Timeline) -> Caller | None:
-    """The callee of an outbound call, once the relay placed it (None, with the reason on the
-    timeline, when it did not). The answering machine's speech is made first, so a missing
-    espeak-ng never leaves a call ringing."""
+async def _placed(options: CallOptions, timeline: Timeline) -> Caller | str:
+    """The callee of an outbound call, once the relay placed it; else why it was not (also on the
+    timeline). The answering machine's speech is made first, so a missing espeak-ng never leaves a
+    call ringing."""
     assert options.outbound is not None
     try:
         machine = machine_utterances(options.outbound) if options.outbound.voicemail else None
         call_sid = await place_call(options, timeline)
     except (OutboundRefused, RuntimeError) as exc:
         timeline.add("error", str(exc))
-        return None
+        return str(exc)
     caller = Caller(options, timeline, call_sid=call_sid)
     caller.machine = machine
     return caller

@@ -169,7 +169,7 @@ class CallResult:
         return lines
 
     def _outbound_lines(self) -> list[str]:
-        if not self.outbound:
+        if not self.outbound or self.connected_ms is None:  # not placed, or never answered
             return []
         lines = [f"answered by      {'an answering machine' if self.voicemail else 'a person'}"]
         if self.answered_by is not None:
