@@ -247,3 +247,32 @@ def test_relay_call_refuses_what_it_cannot_do_before_calling(
             monkeypatch.delenv(name, raising=False)
     assert main(["call", "--url", "http://127.0.0.1:9", *argv]) == 2
     assert said in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("users", "host", "expected"),
+    [
+        ({}, "0.0.0.0", {"twilio_phone_number": "+15555550100", "public_url": "http://127.0.0.1:8123"}),
+        (
+            {"public_url": "", "twilio_phone_number": FROM},
+            "127.0.0.2",
+            {"public_url": "http://127.0.0.2:8123"},
+        ),
+        ({"public_url": PUBLIC_URL, "twilio_phone_number": FROM}, "0.0.0.0", {}),
+    ],
+    ids=["nothing-set", "a-number", "both-set"],
+)
+def test_serve_fakes_sets_only_what_outbound_calls_lack_and_says_so(
+    users: dict[str, str], host: str, expected: dict[str, str]
+) -> None:
+    from relay.fakes import outbound_overrides
+
+    settings = make_settings(**{"public_url": "", "relay_admin_token": ADMIN, **users})
+    overrides, lines = outbound_overrides(settings, host, 8123)
+    assert overrides == expected
+    said = "\n".join(lines)
+    assert ("PUBLIC_URL is not set: it is " + expected.get("public_url", "") in said) is (
+        "public_url" in expected
+    )
+    assert ("TWILIO_PHONE_NUMBER is not set" in said) is ("twilio_phone_number" in expected)
+    assert "`relay call --outbound NUMBER` is the callee" in said and "POST /calls is off" not in said
