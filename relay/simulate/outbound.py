@@ -24,6 +24,7 @@ from relay.simulate.results import Timeline
 from relay.simulate.script import CallOptions, OutboundCall, Utterance
 from relay.testing.audio import tone_ulaw
 from relay.testing.twilio import SIGNATURE_HEADER, FakeTwilioCall
+from webhooks.outbound import AMD_PATH, ANSWER_PATH  # the Url and AsyncAmdStatusCallback the relay gives
 
 if TYPE_CHECKING:
     from relay.simulate.caller import Caller
@@ -38,8 +39,6 @@ __all__ = [
     "place_call",
 ]
 
-ANSWER_PATH = "/outbound-answer"  # the Url the relay gives Twilio (webhooks/outbound.py)
-AMD_PATH = "/amd-status"  # its AsyncAmdStatusCallback
 API = "/2010-04-01/Accounts/{account}/Calls"
 BEEP_HZ, BEEP_MS = 1000, 500
 WATCH_WAIT_S = 5  # each fetch of the call's status is held this long at most (the fake's `Wait`)
