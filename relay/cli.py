@@ -76,6 +76,7 @@ def _call(args: argparse.Namespace) -> int:
     settings = load_settings()
     try:
         utterances = build_utterances(args.script)
+        outbound = _outbound_call(args, settings)
     except (ValueError, RuntimeError, OSError) as exc:
         sys.stderr.write(f"relay call: {exc}\n")
         return 2
@@ -89,22 +90,60 @@ def _call(args: argparse.Namespace) -> int:
         record=args.record,
         timeout=args.timeout,
         admin_token=settings.relay_admin_token.get_secret_value() if settings.relay_admin_token else None,
+        outbound=outbound,
     )
     with _command_logging(args.verbose):
         return asyncio.run(call_command(options))
+
+
+def _context(pairs: Sequence[str]) -> dict[str, str]:
+    """`--context name=value` pairs as a dict (ValueError naming the bad one)."""
+    context: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise ValueError(f"--context takes name=value, not {pair!r}")
+        context[name] = value
+    return context
+
+
+def _outbound_call(args: argparse.Namespace, settings: Any) -> Any:
+    """`relay call --outbound`'s call (None without --outbound); ValueError for options that need
+    it, or settings it cannot do without. From and AccountSid default to `relay serve --fakes`'s."""
+    if args.outbound is None:
+        if args.voicemail or args.context or args.machine_detection is not None:
+            raise ValueError("--voicemail, --context and --machine-detection go with --outbound NUMBER")
+        return None
+    from relay.fakes import FAKE_ACCOUNT_SID, FAKE_PHONE_NUMBER
+    from relay.simulate.script import OutboundCall
+
+    if settings.relay_admin_token is None:
+        raise ValueError("--outbound: set RELAY_ADMIN_TOKEN (the relay's): POST /calls needs it")
+    if settings.twilio_auth_token is None:
+        raise ValueError(
+            "--outbound: set TWILIO_AUTH_TOKEN (the relay's): the relay hangs up through Twilio's API "
+            "with it, and the callee's requests are signed with it"
+        )
+    detection = args.machine_detection
+    return OutboundCall(
+        to=args.outbound,
+        context=_context(args.context),
+        machine_detection=settings.outbound_machine_detection if detection is None else detection == "on",
+        voicemail=args.voicemail,
+        account_sid=settings.twilio_account_sid or FAKE_ACCOUNT_SID,
+        from_=settings.twilio_phone_number or FAKE_PHONE_NUMBER,
+    )
 
 
 def _dial(args: argparse.Namespace) -> int:
     """`POST /calls` to a running relay; prints the new call's SID."""
     import httpx
 
-    context: dict[str, str] = {}
-    for pair in args.context:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            sys.stderr.write(f"relay dial: --context takes name=value, not {pair!r}\n")
-            return 2
-        context[name] = value
+    try:
+        context = _context(args.context)
+    except ValueError as exc:
+        sys.stderr.write(f"relay dial: {exc}\n")
+        return 2
     token = args.token
     if token is None:
         from relay.config import load_settings
@@ -162,7 +201,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 class _ScriptAction(argparse.Action):
-    """Appends `(kind, value)` to `script`, keeping the order of --say, --wav and --barge-in."""
+    """Appends `(kind, value)` to `script`, keeping the order of --say, --wav, --digits and --barge-in."""
 
     def __init__(self, *args: Any, kind: str, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -199,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a simulated Twilio phone call against a running relay",
         description=(
             "Calls the relay as Twilio does (signed webhook, Media Stream in real time), says each "
-            "--say/--wav in order, waiting for the agent's answer to play in between, then hangs up. "
+            "--say/--wav (or presses each --digits) in order, waiting for the agent's answer to play "
+            "in between, then hangs up. With --outbound, asks the relay to place a call (POST /calls, "
+            "RELAY_ADMIN_TOKEN) and is its callee: a person, or with --voicemail an answering machine. "
             "Prints a timeline with latencies; exits non-zero on a rejected webhook, a protocol "
             "error or no agent audio at all."
         ),
@@ -229,14 +270,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="say the audio of a WAV file (16-bit PCM or μ-law, any rate); repeatable",
     )
     call.add_argument(
+        "--digits",
+        dest="script",
+        action=_ScriptAction,
+        kind="digits",
+        metavar="KEYS",
+        default=[],
+        help="press KEYS (0-9 * # A-D; Twilio dtmf events, 120 ms apart), then wait for the answer; "
+        "repeatable, in order with --say/--wav",
+    )
+    call.add_argument(
         "--barge-in",
         dest="script",
         action=_ScriptAction,
         kind="barge-in",
         metavar="MS",
         default=[],
-        help="the NEXT --say/--wav starts MS ms after the agent starts talking, instead of waiting "
-        "for it to finish (an interruption)",
+        help="the NEXT --say/--wav/--digits starts MS ms after the agent starts talking, instead of "
+        "waiting for it to finish (an interruption)",
+    )
+    call.add_argument(
+        "--outbound",
+        default=None,
+        metavar="NUMBER",
+        help="ask the relay to call NUMBER (POST /calls with RELAY_ADMIN_TOKEN) and be the callee; "
+        "for a relay on `relay serve --fakes`",
+    )
+    call.add_argument(
+        "--context",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="with --outbound: a placeholder value of the call; repeatable",
+    )
+    call.add_argument(
+        "--machine-detection",
+        choices=["on", "off"],
+        default=None,
+        help="with --outbound: answering-machine detection (default: OUTBOUND_MACHINE_DETECTION)",
+    )
+    call.add_argument(
+        "--voicemail",
+        action="store_true",
+        help="with --outbound: the callee is an answering machine (a greeting, a beep, then it records)",
     )
     call.add_argument("--out", type=Path, default=None, metavar="OUT.wav", help="the agent's audio as played")
     call.add_argument(

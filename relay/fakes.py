@@ -6,6 +6,10 @@ tones, with scripted transcripts), the fake OpenAI HTTP API the cascade uses (tr
 speech), the fake Tavily and the fake Twilio REST API. `LocalFakes.settings()` are the overrides
 that send every provider and service request to them; every other setting stays the user's.
 
+Outbound calls (`POST /calls`) go to the fake Twilio REST API too, which does not answer them:
+`relay call --outbound` is the callee. It watches its call through the same fake API, which
+`with_fake_twilio_rest` also serves on the relay's own port, under Twilio's `/2010-04-01/` paths.
+
 This module imports `relay.testing`: only the CLI paths that need it import this module, so
 `relay serve` without `--fakes` never loads the fakes.
 """
@@ -22,15 +26,26 @@ from relay.testing.openai_http import FakeOpenAIHTTP
 from relay.testing.openai_replies import Text
 from relay.testing.realtime import FakeRealtimeServer, Reply, Say
 from relay.testing.tavily import FakeTavily
-from relay.testing.twilio_rest import FakeTwilioRest
+from relay.testing.twilio_rest import API_VERSION, FakeTwilioRest
+from relay.testing.twilio_rest_calls import FakeOutbound
 
-__all__ = ["FAKE_API_KEY", "LocalFakes", "announce_calls", "local_fakes", "serve_with_fakes"]
+__all__ = [
+    "FAKE_ACCOUNT_SID",
+    "FAKE_API_KEY",
+    "FAKE_PHONE_NUMBER",
+    "LocalFakes",
+    "announce_calls",
+    "local_fakes",
+    "serve_with_fakes",
+    "with_fake_twilio_rest",
+]
 
 log = logging.getLogger("relay.fakes")
 
 FAKE_API_KEY = "sk-local-fakes"
 FAKE_TAVILY_KEY = "tvly-local-fakes"
 FAKE_ACCOUNT_SID = "AC" + "f" * 32
+FAKE_PHONE_NUMBER = "+15555550100"  # the From of outbound calls when TWILIO_PHONE_NUMBER is unset
 FAKE_REPLY = "You are talking to the relay's local fakes. No real model is listening."
 FAKE_MODELS = {
     "openai_realtime_model": "gpt-realtime",
@@ -100,7 +115,8 @@ async def local_fakes(
     `realtime_script`: the fake model's replies, in order, then a default one (a short sentence
     saying it is a fake); `transcripts`: what it "heard" per turn ("hello" when exhausted). The
     fake Twilio REST API accepts `twilio_account_sid` (default: a fake SID) with
-    `twilio_auth_token`, the relay's own credentials.
+    `twilio_auth_token`, the relay's own credentials; it places outbound calls without answering
+    them (the callee is `relay call --outbound`).
     """
     realtime = FakeRealtimeServer(
         api_key=FAKE_API_KEY,
@@ -111,7 +127,9 @@ async def local_fakes(
     openai_http = FakeOpenAIHTTP(api_key=FAKE_API_KEY, default_reply=Text(FAKE_REPLY))
     tavily = FakeTavily(api_key=FAKE_TAVILY_KEY, answers=dict(tavily_answers or {}))
     twilio_rest = FakeTwilioRest(
-        account_sid=twilio_account_sid or FAKE_ACCOUNT_SID, auth_token=twilio_auth_token
+        account_sid=twilio_account_sid or FAKE_ACCOUNT_SID,
+        auth_token=twilio_auth_token,
+        outbound=FakeOutbound(auth_token=twilio_auth_token, answer=False),
     )
     async with (
         realtime,
@@ -138,6 +156,47 @@ def announce_calls(app: Any, fakes: LocalFakes, mode: str) -> Callable[..., Any]
     return asgi
 
 
+def with_fake_twilio_rest(app: Any, fakes: LocalFakes) -> Callable[..., Any]:
+    """The app, with the fake Twilio REST API also served on its port under `/2010-04-01/`, where
+    `relay call --outbound` (knowing only the relay's URL) watches its call; the relay itself has
+    no route there."""
+    prefix = f"/{API_VERSION}/"
+    rest = fakes.twilio_rest.app
+
+    async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope.get("path", "").startswith(prefix):
+            await rest(scope, receive, send)
+        else:
+            await app(scope, receive, send)
+
+    return asgi
+
+
+def outbound_overrides(users: Any, host: str, port: int) -> tuple[dict[str, Any], list[str]]:
+    """What outbound calls need that the user did not set, and the WARNING lines that say so:
+    TWILIO_PHONE_NUMBER (a fake number) and PUBLIC_URL (this relay's own address, where the fake
+    Twilio sends nothing but `relay call --outbound` sends the callee's requests)."""
+    overrides: dict[str, Any] = {}
+    lines = [
+        "outbound calls (POST /calls) → the fake Twilio REST API, which does not answer them: "
+        "`relay call --outbound NUMBER` is the callee (RELAY_ADMIN_TOKEN and TWILIO_AUTH_TOKEN "
+        "set for both commands)"
+    ]
+    if not users.twilio_phone_number:
+        overrides["twilio_phone_number"] = FAKE_PHONE_NUMBER
+        lines.append(f"TWILIO_PHONE_NUMBER is not set: outbound calls come from {FAKE_PHONE_NUMBER}")
+    if not users.public_url:
+        local = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        overrides["public_url"] = f"http://{local}:{port}"
+        lines.append(
+            f"PUBLIC_URL is not set: it is http://{local}:{port}, this relay (outbound calls' "
+            "callbacks and the signatures of every webhook use it)"
+        )
+    if users.relay_admin_token is None:
+        lines.append("RELAY_ADMIN_TOKEN is not set: POST /calls is off (no outbound calls)")
+    return overrides, lines
+
+
 def serve_with_fakes(*, host: str | None, port: int | None) -> int:
     """`relay serve --fakes`: the fakes and the relay (settings pointed at them) on one event loop,
     until a signal; drains like `relay serve`."""
@@ -154,11 +213,12 @@ def serve_with_fakes(*, host: str | None, port: int | None) -> int:
 
     async def main() -> None:
         async with local_fakes(twilio_auth_token=token, twilio_account_sid=users.twilio_account_sid) as fakes:
-            settings = load_settings(**fakes.settings())
+            bind_host, bind_port = host or users.host, port or users.port
+            outbound, outbound_lines = outbound_overrides(users, bind_host, bind_port)
+            settings = load_settings(**fakes.settings(), **outbound)
             app = create_app(settings)
-            bind_host, bind_port = host or settings.host, port or settings.port
             log.warning("%s:", NOTICE)
-            for line in fakes.lines():
+            for line in [*fakes.lines(), *outbound_lines]:
                 log.warning("  %s", line)
             if not token:
                 log.warning(
@@ -172,7 +232,7 @@ def serve_with_fakes(*, host: str | None, port: int | None) -> int:
                 bind_port,
             )
             await serve_async(
-                announce_calls(app, fakes, settings.relay_mode),
+                with_fake_twilio_rest(announce_calls(app, fakes, settings.relay_mode), fakes),
                 manager=app.state.manager,
                 host=bind_host,
                 port=bind_port,

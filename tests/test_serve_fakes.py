@@ -24,11 +24,43 @@ README = Path(__file__).parent.parent / "README.md"
 RELAY = str(Path(sys.executable).parent / "relay")  # `.venv/bin/relay`, the installed entry point
 
 
-def readme_fakes_commands() -> list[list[str]]:
-    """The README's `relay serve --fakes` example block: one argv per command, comments dropped."""
+def readme_blocks() -> list[list[list[str]]]:
+    """The README's bash blocks: one argv per line, comments dropped."""
     blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
-    (block,) = [b for b in blocks if "relay serve --fakes" in b]
-    return [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+    lines = [b.replace("\\\n", " ").splitlines() for b in blocks]  # continued lines joined
+    # a comment starts at a word's start, as in bash (`--digits 1042#` keeps its '#')
+    return [
+        [shlex.split(re.sub(r"(^|\s)#.*", "", line)) for line in block if line.strip()] for block in lines
+    ]
+
+
+def readme_fakes_commands() -> list[list[str]]:
+    """The README's `relay serve --fakes` example block of an inbound call."""
+    (block,) = [
+        b
+        for b in readme_blocks()
+        if any(argv[1:3] == ["serve", "--fakes"] for argv in b) and not any("--outbound" in a for a in b)
+    ]
+    return block
+
+
+def readme_outbound_commands() -> tuple[dict[str, str], list[list[str]], list[list[str]]]:
+    """The variables the README's outbound examples export, their `relay serve` commands and every
+    distinct `relay call` with --outbound or --digits, in the README's order."""
+    env: dict[str, str] = {}
+    serves: list[list[str]] = []
+    calls: list[list[str]] = []
+    for block in readme_blocks():
+        if not any("--outbound" in argv or "--digits" in argv for argv in block):
+            continue
+        for argv in block:
+            if argv[0] == "export":
+                env.update(pair.split("=", 1) for pair in argv[1:])  # type: ignore[misc]
+            elif argv[1] == "serve" and argv not in serves:
+                serves.append(argv)
+            elif argv[1] == "call" and argv not in calls:
+                calls.append(argv)
+    return env, serves, calls
 
 
 def free_port() -> int:
@@ -150,3 +182,68 @@ async def test_relay_testing_is_imported_only_by_serve_fakes(
     assert "relay.app" in modules and "relay.sessions.manager" in modules  # the listing works
     assert any(m.startswith("relay.testing") for m in modules) is imported
     assert ("relay.fakes" in modules) is imported
+
+
+@pytest.mark.slow
+async def test_the_readme_outbound_and_key_press_examples_work_as_written(tmp_path: Path) -> None:
+    """The relay on the fakes places the README's outbound calls and `relay call` is their callee:
+    the answering machine gets the agent's message and the relay hangs up through the fake Twilio
+    REST API; the person says a line; an inbound caller presses keys."""
+    exported, serves, calls = readme_outbound_commands()
+    assert set(exported) == {"RELAY_ADMIN_TOKEN", "TWILIO_AUTH_TOKEN"}
+    (serve_argv,) = serves
+    assert serve_argv[1:4] == ["serve", "--fakes", "--port"]
+    assert [("--voicemail" in c, "--digits" in c, "--outbound" in c) for c in calls] == [
+        (True, False, True),
+        (False, False, True),
+        (False, True, False),
+    ]
+    port = str(free_port())
+
+    def as_run(argv: list[str]) -> list[str]:
+        return [RELAY, *(a.replace("8000", port) for a in argv[1:])]
+
+    env = clean_env(**exported)
+
+    async def run(argv: list[str]) -> str:
+        call = await asyncio.create_subprocess_exec(
+            *as_run(argv), env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE
+        )
+        out, _ = await asyncio.wait_for(call.communicate(), timeout=60)
+        assert call.returncode == 0, out.decode() + relay.text
+        return out.decode()
+
+    async with started(as_run(serve_argv), env, tmp_path) as relay:
+        await relay.wait_for(f"Uvicorn running on http://127.0.0.1:{port}")
+        voicemail, person, keys = await asyncio.gather(
+            *(run(argv) for argv in calls)
+        )  # three callers at once
+    for needle in (
+        "relay call --outbound +15551234567 (the callee)",
+        "placed     POST /calls → 201, call CA",
+        "POST /outbound-answer → 200",
+        'machine    greeting: "Hi, you have reached Ada. Please leave a message after the tone."',
+        "machine    beep: 1 kHz tone (0.5 s)",
+        "POST /amd-status AnsweredBy=machine_end_beep MachineDetectionDuration=",
+        "ms after the beep",
+        "the relay hung up: Twilio's REST API completed the call (Status=completed)",
+        "voicemail        a message was left",
+        "hang-up          by the relay, through Twilio's REST API (Status=completed)",
+        "answered_by      machine_end_beep (AMD,",
+        "outcome          twilio_stop",
+        "result           OK",
+    ):
+        assert needle in voicemail, voicemail
+    for needle in ("AnsweredBy=human → HTTP 204", 'says: "Yes, this is Ada."', "answered_by      human"):
+        assert needle in person, person
+    assert "hang-up          by the caller" in person
+    for needle in (
+        "presses 1042# (5 keys, 120 ms apart)",
+        "last key → first agent audio",
+        "The caller pressed 1042#",
+    ):
+        assert needle in keys, keys
+    log = relay.text
+    assert "PUBLIC_URL is not set: it is http://127.0.0.1:" + port in log
+    assert "TWILIO_PHONE_NUMBER is not set: outbound calls come from +15555550100" in log
+    assert "Traceback" not in log

@@ -163,7 +163,7 @@ async def test_no_agent_audio_at_all_fails() -> None:
 
 
 def test_barge_in_must_precede_an_utterance() -> None:
-    with pytest.raises(ValueError, match="applies to the --say/--wav that follows"):
+    with pytest.raises(ValueError, match="applies to the --say/--wav/--digits that follows"):
         build_utterances([("barge-in", "300")])
     with pytest.raises(ValueError, match="milliseconds"):
         build_utterances([("barge-in", "soon")])

@@ -3,7 +3,9 @@
 It is the fake Twilio of `relay.testing.twilio` driven by a small script: fetch the TwiML from
 `/incoming-call` (signed like Twilio), open the Media Stream, listen to the greeting, say each
 utterance (espeak-ng speech or a WAV file) in real time and wait for the agent's answer to play,
-then hang up. Between utterances the caller sends silence, as a real Twilio stream does.
+then hang up. Between utterances the caller sends silence, as a real Twilio stream does. Key
+presses (`dtmf` events) are script items too; as the callee of an outbound call, it first asks the
+relay to place the call (`CallOptions.outbound`).
 
 What it measures, on one clock (ms from the moment the call started, i.e. the webhook POST):
 
@@ -18,9 +20,11 @@ What it measures, on one clock (ms from the moment the call started, i.e. the we
 directly). The timeline is printed line by line as things happen, so long calls show progress.
 This is a development tool, not part of the server: it may use `relay.testing`.
 
-Where things are: `script` (utterances, options), `voice` (the caller's 20 ms frames), `caller`
-(the call and `run_call`), `results` (timeline, turns, summary), `explain` (why the relay refused
-a call), `recording` (both sides as a stereo WAV), `command` (`relay call`'s output).
+Where things are: `script` (utterances and key presses, options), `voice` (the caller's 20 ms
+frames), `caller` (the call and `run_call`), `outbound` (the callee of a call the relay places:
+placing it, the AMD report, the answering machine, the relay's REST hang-up), `results` (timeline,
+turns, summary), `explain` (why the relay refused a call), `recording` (both sides as a stereo
+WAV), `command` (`relay call`'s output).
 """
 
 from relay.simulate.caller import run_call

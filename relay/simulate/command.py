@@ -23,9 +23,16 @@ def print_line(line: str) -> None:
 
 
 def record_lines(record: dict[str, Any]) -> list[str]:
-    """The relay's view of a call: the transcript it stored (only what the caller heard) and the
-    tool audit. A Media Stream carries only audio, so this comes from `GET /calls/{call_sid}`."""
+    """The relay's view of a call: who answered (an outbound call's AMD result), the outcome, the
+    transcript it stored (only what the caller heard) and the tool audit. A Media Stream carries
+    only audio, so this comes from `GET /calls/{call_sid}`."""
     lines: list[str] = []
+    if record.get("answered_by"):
+        detection = record.get("machine_detection_ms")
+        after = f" (AMD, {detection} ms)" if detection is not None else ""
+        lines.append(f"answered_by      {record['answered_by']}{after}")
+    if record.get("outcome"):
+        lines.append(f"outcome          {record['outcome']}")
     transcript = record.get("transcript") or []
     if transcript:
         lines.append("transcript (as the relay stored it: only what the caller heard)")
@@ -65,12 +72,14 @@ async def call_command(options: CallOptions, emit: Callable[[str], None] = print
         if options.auth_token
         else "unsigned: TWILIO_AUTH_TOKEN is not set"
     )
-    emit(f"relay call → {options.url} ({signing})")
+    out = options.outbound
+    what = f"relay call --outbound {out.to} (the callee)" if out else "relay call"
+    emit(f"{what} → {options.url} ({signing})")
     result = await run_call(options, timeline=Timeline(emit))
     emit("summary")
     for line in result.summary_lines():
         emit("  " + line)
-    if options.admin_token:
+    if options.admin_token and result.call_sid:
         try:
             record = await fetch_record(options, result.call_sid)
         except httpx.HTTPError as exc:

@@ -63,10 +63,12 @@ class Turn:
     speech_end_ms: float | None = None
     first_audio_ms: float | None = None
     """First agent audio after the caller's end of speech (None: the agent did not answer)."""
+    keys: bool = False
+    """Key presses: `speech_end_ms` is the last key's."""
 
     @property
     def latency_ms(self) -> float | None:
-        """End of speech → first agent audio."""
+        """End of speech (or last key) → first agent audio."""
         if self.first_audio_ms is None or self.speech_end_ms is None:
             return None
         return self.first_audio_ms - self.speech_end_ms
@@ -104,6 +106,19 @@ class CallResult:
     protocol_errors: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     played_audio: bytes = field(default=b"", repr=False)
+    outbound: bool = False
+    """The callee of an outbound call (`relay call --outbound`)."""
+    answered_by: str | None = None
+    """The AnsweredBy the callee reported to `/amd-status` (None: not reported)."""
+    amd_status: int | None = None
+    """The relay's HTTP status for that report."""
+    voicemail: bool = False
+    """The callee was an answering machine."""
+    message_ms: float | None = None
+    """How much agent audio the machine recorded after its beep (None or 0: no message was left)."""
+    hung_up_via_api: bool = False
+    """The relay ended the call through Twilio's REST API (Status=completed): Twilio then stops
+    the stream, as the simulator did."""
 
     @property
     def ok(self) -> bool:
@@ -127,9 +142,8 @@ class CallResult:
             lines.append(f"greeting         first audio at {self.greeting_ms:.0f} ms{since}")
         for turn in self.turns:
             latency = f"{turn.latency_ms:.0f} ms" if turn.latency_ms is not None else "no answer"
-            lines.append(
-                f"turn {turn.index:<11} {latency:<10} end of speech → first agent audio  {turn.label}"
-            )
+            since = "last key" if turn.keys else "end of speech"
+            lines.append(f"turn {turn.index:<11} {latency:<10} {since} → first agent audio  {turn.label}")
         if self.barge_ins:
             delays = ", ".join(
                 f"{b.after_speech_start_ms:.0f} ms"
@@ -142,11 +156,31 @@ class CallResult:
             f"agent audio      {self.played_ms / 1000:.1f} s played"
             + (f", {self.dropped_ms / 1000:.1f} s dropped by clears" if self.dropped_ms else "")
         )
-        if self.close_code is not None or self.closed_by_relay is not None:
+        lines.extend(self._outbound_lines())
+        if self.hung_up_via_api:
+            lines.append("hang-up          by the relay, through Twilio's REST API (Status=completed)")
+        elif self.close_code is not None or self.closed_by_relay is not None:
             who = "the relay" if self.closed_by_relay else "the caller"
             lines.append(f"hang-up          by {who}, code {self.close_code}")
         lines.append(f"protocol errors  {len(self.protocol_errors)}")
         lines.extend(f"  {e}" for e in self.protocol_errors)
         lines.extend(f"error            {e}" for e in self.errors)
         lines.append(f"result           {'OK' if self.ok else 'FAILED'}")
+        return lines
+
+    def _outbound_lines(self) -> list[str]:
+        if not self.outbound or self.connected_ms is None:  # not placed, or never answered
+            return []
+        lines = [f"answered by      {'an answering machine' if self.voicemail else 'a person'}"]
+        if self.answered_by is not None:
+            lines.append(f"AMD report       AnsweredBy={self.answered_by} → HTTP {self.amd_status}")
+        else:
+            lines.append("AMD report       none (machine detection off for this call)")
+        if self.voicemail:
+            left = (
+                f"a message was left: {self.message_ms / 1000:.1f} s of agent audio after the beep"
+                if self.message_ms
+                else "no message was left"
+            )
+            lines.append(f"voicemail        {left}")
         return lines

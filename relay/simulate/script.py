@@ -1,5 +1,6 @@
-"""What the simulated caller says and how it behaves: the utterances of its script (espeak-ng
-speech or WAV files, each optionally barging in) and the options of a call."""
+"""What the simulated caller says and how it behaves: the items of its script (espeak-ng speech,
+WAV files or key presses, each optionally barging in), the options of a call and, for
+`relay call --outbound`, of the call the relay places."""
 
 from __future__ import annotations
 
@@ -8,10 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from relay.testing.audio import BYTES_PER_MS, read_wav_ulaw, speech_ulaw
+from relay.testing.twilio_sender import DTMF_DIGITS
 
-__all__ = ["DEFAULT_URL", "CallOptions", "Utterance", "build_utterances"]
+__all__ = ["DEFAULT_URL", "KEY_GAP_MS", "CallOptions", "OutboundCall", "Utterance", "build_utterances"]
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+KEY_GAP_MS = 120  # between two key presses of --digits, like a person typing
 
 
 @dataclass(frozen=True)
@@ -23,6 +26,8 @@ class Utterance:
     label: str
     audio: bytes = field(repr=False)
     barge_in_ms: int | None = None
+    digits: str = ""
+    """Keys to press (Twilio `dtmf` events, KEY_GAP_MS apart) instead of speaking (`audio` empty)."""
 
     @classmethod
     def say(cls, text: str, *, barge_in_ms: int | None = None) -> Utterance:
@@ -34,16 +39,27 @@ class Utterance:
         """The audio of a WAV file (16-bit PCM or μ-law, any rate; ValueError otherwise)."""
         return cls(Path(path).name, read_wav_ulaw(path), barge_in_ms)
 
+    @classmethod
+    def keys(cls, digits: str, *, barge_in_ms: int | None = None) -> Utterance:
+        """Key presses: `digits` of 0-9, *, #, A-D (ValueError otherwise)."""
+        wrong = sorted(set(digits) - DTMF_DIGITS)
+        if not digits or wrong:
+            raise ValueError(f"--digits takes the keys 0-9, *, #, A-D, got {digits!r}")
+        return cls(f"keys {digits}", b"", barge_in_ms, digits)
+
     @property
     def duration_ms(self) -> float:
+        if self.digits:
+            return (len(self.digits) - 1) * KEY_GAP_MS
         return len(self.audio) / BYTES_PER_MS
 
 
 def build_utterances(script: Sequence[tuple[str, str]]) -> list[Utterance]:
     """Turns the command line's ordered `(kind, value)` items into utterances.
 
-    Kinds: `say` (text), `wav` (a path), `barge-in` (ms; applies to the `say`/`wav` that follows
-    it). Raises ValueError for a dangling or invalid `barge-in`, RuntimeError without espeak-ng.
+    Kinds: `say` (text), `wav` (a path), `digits` (keys), `barge-in` (ms; applies to the item that
+    follows it). Raises ValueError for a dangling or invalid `barge-in` or a key that is not one,
+    RuntimeError without espeak-ng.
     """
     utterances: list[Utterance] = []
     barge_in: int | None = None
@@ -61,14 +77,47 @@ def build_utterances(script: Sequence[tuple[str, str]]) -> list[Utterance]:
         elif kind == "wav":
             utterances.append(Utterance.wav(value, barge_in_ms=barge_in))
             barge_in = None
+        elif kind == "digits":
+            utterances.append(Utterance.keys(value, barge_in_ms=barge_in))
+            barge_in = None
         else:
             raise ValueError(f"unknown script item {kind!r}")
     if barge_in is not None:
         raise ValueError(
-            "--barge-in MS applies to the --say/--wav that follows it; put it before the utterance "
-            "that should interrupt the agent"
+            "--barge-in MS applies to the --say/--wav/--digits that follows it; put it before the "
+            "item that should interrupt the agent"
         )
     return utterances
+
+
+def machine_greeting(context: dict[str, str]) -> str:
+    """What the simulated answering machine says before its beep."""
+    who = context.get("name") or "this number"
+    return f"Hi, you have reached {who}. Please leave a message after the tone."
+
+
+@dataclass(frozen=True)
+class OutboundCall:
+    """`relay call --outbound`: the call the relay is asked to place (`POST /calls`), of which the
+    simulator is the callee, and the Twilio values of its requests."""
+
+    to: str
+    context: dict[str, str] = field(default_factory=dict)
+    machine_detection: bool = True
+    """Sent in the `POST /calls` body; the AMD result is reported only when it is on."""
+    voicemail: bool = False
+    """The callee is an answering machine: a greeting, a beep, then it listens."""
+    account_sid: str = "AC" + "0" * 32
+    """The AccountSid of Twilio's requests, and of the fake REST API's reads."""
+    from_: str = ""
+    """The call's From (TWILIO_PHONE_NUMBER)."""
+    twilio_api_url: str | None = None
+    """Where the fake Twilio REST API answers reads (default: the relay's URL, as with
+    `relay serve --fakes`): how the callee learns that the relay hung up through the API."""
+
+    @property
+    def greeting(self) -> str:
+        return machine_greeting(self.context)
 
 
 @dataclass
@@ -99,4 +148,7 @@ class CallOptions:
     progress_every: float = 5.0
     """A progress line every this many seconds of waiting."""
     admin_token: str | None = None
-    """RELAY_ADMIN_TOKEN: after the call, fetch the relay's record (transcript, tool calls) and print it."""
+    """RELAY_ADMIN_TOKEN: after the call, fetch the relay's record (transcript, tool calls) and print it;
+    `POST /calls` with it for an outbound call."""
+    outbound: OutboundCall | None = None
+    """Be the callee of an outbound call the relay places, instead of an inbound caller."""

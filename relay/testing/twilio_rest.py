@@ -7,6 +7,11 @@ records each update and answers a call resource. Errors use Twilio's JSON shape
 `{code, message, more_info, status}`. Failure knobs: `status` (answer that HTTP status instead),
 `delay` (answer that many seconds late) and `hang` (never answer while served: the client times out).
 
+It also answers Twilio's reads of calls, `GET …/Calls.json` (list) and `GET …/Calls/{CallSid}.json`
+(fetch: `status` is `completed` once an update ended the call). A fetch may carry the fake-only query
+`Wait=S`: the answer is held until the call is completed or S seconds passed (at most 30), so the
+simulated callee of `relay call --outbound` learns at once that the relay hung up through the API.
+
     fake = FakeTwilioRest()
     async with fake.serve() as url:        # TWILIO_API_BASE_URL=url
         ...
@@ -117,6 +122,8 @@ class FakeTwilioRest:
                 Route(create, self._create_call, methods=["POST"]),
                 Route(record, self._start_recording, methods=["POST"]),
                 Route(path, self._update_call, methods=["POST"]),
+                Route(create, self._list_calls, methods=["GET"]),
+                Route(path, self._fetch_call, methods=["GET"]),
             ]
         )
 
@@ -215,6 +222,66 @@ class FakeTwilioRest:
         self.updates.append(CallUpdate(account_sid, call_sid, form, time.monotonic()))
         self._updated.set()
         return JSONResponse(_call_resource(account_sid, call_sid, form))
+
+    def call_status(self, call_sid: str) -> str | None:
+        """The call's status as a fetch reports it: `completed` once an accepted update set
+        `Status=completed`, else `in-progress` for a call the fake placed or updated; None for a
+        call it never saw."""
+        mine = [u for u in self.updates if u.call_sid == call_sid]
+        if any(u.status == "completed" for u in mine):
+            return "completed"
+        placed = self.outbound is not None and any(c.call_sid == call_sid for c in self.outbound.calls)
+        return "in-progress" if mine or placed else None
+
+    def _read_refusal(self, request: Request) -> JSONResponse | None:
+        """Reads are authenticated like writes, and not recorded in `requests`."""
+        username, password = _basic_auth(request.headers.get("authorization", ""))
+        if not (
+            username is not None
+            and password is not None
+            and secrets.compare_digest(username, self.account_sid)
+            and secrets.compare_digest(password, self.auth_token)
+        ):
+            return _error(401)
+        if request.path_params["account_sid"] != self.account_sid:
+            return _error(404)
+        return None
+
+    async def _list_calls(self, request: Request) -> JSONResponse:
+        refusal = self._read_refusal(request)
+        if refusal is not None:
+            return refusal
+        calls = self.outbound.calls if self.outbound is not None else []
+        resources = [_call_resource(self.account_sid, c.call_sid, {}) for c in calls]
+        for resource in resources:
+            resource["status"] = self.call_status(resource["sid"])
+        return JSONResponse({"calls": resources, "page": 0, "page_size": 50, "start": 0})
+
+    async def _fetch_call(self, request: Request) -> JSONResponse:
+        refusal = self._read_refusal(request)
+        if refusal is not None:
+            return refusal
+        call_sid = request.path_params["call_sid"]
+        try:
+            wait = min(float(request.query_params.get("Wait", "0")), 30.0)
+        except ValueError:
+            return _error(400, "Wait must be seconds (a fake-only parameter)", code=20001)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(max(wait, 0.0)):
+                while self.call_status(call_sid) == "in-progress" and not self._stopping.is_set():
+                    self._updated.clear()
+                    waits = [asyncio.ensure_future(e.wait()) for e in (self._updated, self._stopping)]
+                    try:
+                        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        for waiting in waits:
+                            waiting.cancel()
+        status = self.call_status(call_sid)
+        if status is None:
+            return _error(404)
+        resource = _call_resource(self.account_sid, call_sid, {"Status": status})
+        resource["status"] = status
+        return JSONResponse(resource)
 
 
 def _basic_auth(header: str) -> tuple[str | None, str | None]:
