@@ -70,6 +70,7 @@ def _command_logging(verbose: bool) -> Iterator[None]:
 
 def _call(args: argparse.Namespace) -> int:
     from relay.config import load_settings
+    from relay.phone_numbers import is_e164
     from relay.simulate.command import call_command
     from relay.simulate.script import CallOptions, build_utterances
 
@@ -77,6 +78,8 @@ def _call(args: argparse.Namespace) -> int:
     try:
         utterances = build_utterances(args.script)
         outbound = _outbound_call(args, settings)
+        if args.to is not None and not is_e164(args.to):
+            raise ValueError(f"--to {args.to!r}: an E.164 number, such as +15551234567")
     except (ValueError, RuntimeError, OSError) as exc:
         sys.stderr.write(f"relay call: {exc}\n")
         return 2
@@ -91,6 +94,7 @@ def _call(args: argparse.Namespace) -> int:
         timeout=args.timeout,
         admin_token=settings.relay_admin_token.get_secret_value() if settings.relay_admin_token else None,
         outbound=outbound,
+        to=args.to,
     )
     with _command_logging(args.verbose):
         return asyncio.run(call_command(options))
@@ -111,9 +115,13 @@ def _outbound_call(args: argparse.Namespace, settings: Any) -> Any:
     """`relay call --outbound`'s call (None without --outbound); ValueError for options that need
     it, or settings it cannot do without. From and AccountSid default to `relay serve --fakes`'s."""
     if args.outbound is None:
-        if args.voicemail or args.context or args.machine_detection is not None:
-            raise ValueError("--voicemail, --context and --machine-detection go with --outbound NUMBER")
+        if args.voicemail or args.context or args.machine_detection is not None or args.agent:
+            raise ValueError(
+                "--voicemail, --context, --machine-detection and --agent go with --outbound NUMBER"
+            )
         return None
+    if args.to is not None:
+        raise ValueError("--to is an inbound call's number; an outbound call's is --outbound NUMBER")
     from relay.fakes import FAKE_ACCOUNT_SID, FAKE_PHONE_NUMBER
     from relay.simulate.script import OutboundCall
 
@@ -130,6 +138,7 @@ def _outbound_call(args: argparse.Namespace, settings: Any) -> Any:
         context=_context(args.context),
         machine_detection=settings.outbound_machine_detection if detection is None else detection == "on",
         voicemail=args.voicemail,
+        agent=args.agent,
         account_sid=settings.twilio_account_sid or FAKE_ACCOUNT_SID,
         from_=settings.twilio_phone_number or FAKE_PHONE_NUMBER,
     )
@@ -154,6 +163,8 @@ def _dial(args: argparse.Namespace) -> int:
         sys.stderr.write("relay dial: set RELAY_ADMIN_TOKEN (the relay's) or pass --token\n")
         return 2
     body: dict[str, object] = {"to": args.number, "context": context}
+    if args.agent:
+        body["agent"] = args.agent
     if args.machine_detection is not None:
         body["machine_detection"] = args.machine_detection == "on"
     try:
@@ -290,6 +301,18 @@ def build_parser() -> argparse.ArgumentParser:
         "waiting for it to finish (an interruption)",
     )
     call.add_argument(
+        "--to",
+        default=None,
+        metavar="NUMBER",
+        help="the number the caller dials (the call's To, E.164): with AGENTS_FILE, its agent answers",
+    )
+    call.add_argument(
+        "--agent",
+        default=None,
+        metavar="NAME",
+        help="with --outbound: the agent that makes the call (POST /calls's agent)",
+    )
+    call.add_argument(
         "--outbound",
         default=None,
         metavar="NUMBER",
@@ -340,6 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="a placeholder value; repeatable",
+    )
+    dial.add_argument(
+        "--agent", default=None, metavar="NAME", help="the agent of AGENTS_FILE that makes the call"
     )
     dial.add_argument("--url", default="http://127.0.0.1:8000", help="the relay's base URL (%(default)s)")
     dial.add_argument("--token", default=None, help="the admin token (default: RELAY_ADMIN_TOKEN)")

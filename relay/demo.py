@@ -5,8 +5,10 @@ model speaks in tones, with scripted transcripts; the fake Tavily web search), t
 (`relay.app.create_app`, served by uvicorn) and the simulated Twilio caller of `relay call`. The
 settings are built in code, so no `.env` is needed and the user's is not read.
 
-The call: the agent greets; the caller asks a question (espeak-ng speech); the model calls the
-`web_search` tool, which the relay runs against the fake Tavily; the model starts a long answer;
+The call goes to the number of a `reception` agent, one of two agents (AGENTS_FILE, written to a
+temporary file): the agent greets; the caller asks a question (espeak-ng speech); the model hands
+the call to the `weather` agent (the `handoff` tool: the session is updated in place), which calls
+the `web_search` tool, run by the relay against the fake Tavily; the model starts a long answer;
 the caller interrupts it (barge-in: Twilio `clear`, the model's memory truncated at what was
 heard); the agent answers briefly; the caller hangs up. The timeline is printed as it happens,
 then the transcript the relay stored, and the call is written as a stereo WAV.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +41,20 @@ __all__ = ["DemoOptions", "DemoResult", "demo_command", "run_demo"]
 
 PUBLIC_URL = "https://relay-demo.invalid"  # what the simulated Twilio signs; never resolved
 AUTH_TOKEN = "demo-auth-token"
+RECEPTION = "+15550100100"  # the number the demo calls: the reception agent's
+AGENTS = f"""
+[agents.reception]
+numbers = ["{RECEPTION}"]
+description = "The front desk: greets callers and passes them on."
+instructions = "You are the reception of the relay demo. Hand weather questions to the weather agent."
+handoffs = ["weather"]
+
+[agents.weather]
+description = "Weather questions, with a web search."
+instructions = "You answer weather questions briefly, after a web search."
+tools = ["web_search", "end_call"]
+handoffs = ["reception"]
+"""
 
 
 @dataclass
@@ -72,6 +89,8 @@ class DemoResult:
     """The tool audit of the call record (name, arguments, outcome, duration)."""
     transcript: list[dict[str, Any]] = field(default_factory=list)
     """The transcript the relay stored: only what the caller heard."""
+    agents: list[str] = field(default_factory=list)
+    """The agents the call passed through, as the record lists them."""
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -129,10 +148,29 @@ async def run_demo(
     ]
     script: list[Reply] = [
         Say(o.greeting, audio_ms=o.greeting_ms),
+        Call("handoff", {"agent": "weather", "reason": "a weather question"}),
         Call("web_search", {"query": o.search_query}),
         Say(o.answer, audio_ms=o.answer_ms),
         Say(o.reply, audio_ms=o.reply_ms),
     ]
+    with tempfile.TemporaryDirectory(prefix="relay-demo-") as tmp:
+        return await _demo_call(o, say, script, utterances, _agents_file(Path(tmp)))
+
+
+def _agents_file(folder: Path) -> Path:
+    """The demo's two agents, written to `folder` (a temporary one): AGENTS_FILE names it."""
+    path = folder / "agents.toml"
+    path.write_text(AGENTS)
+    return path
+
+
+async def _demo_call(
+    o: DemoOptions,
+    say: Callable[[str], None],
+    script: list[Reply],
+    utterances: list[Utterance],
+    agents: Path,
+) -> DemoResult:
     async with local_fakes(
         realtime_script=script,
         transcripts=[o.question, o.interruption],
@@ -154,6 +192,7 @@ async def run_demo(
             greeting_enabled=True,
             turn_detection="server_vad",
             vad_silence_duration_ms=500,
+            agents_file=str(agents),
         )
         app = create_app(settings)
         async with serve_app(app) as url:
@@ -174,6 +213,7 @@ async def run_demo(
                         record=o.out,
                         quiet_ms=o.quiet_ms,
                         timeout=o.timeout,
+                        to=RECEPTION,
                     ),
                     timeline=timeline,
                 )
@@ -184,6 +224,9 @@ async def run_demo(
         # The app has shut down: every record is written.
         record = await app.state.store.get(result.call_sid) or {}
     demo = DemoResult(result, list(record.get("tools") or []), list(record.get("transcript") or []))
+    demo.agents = [str(a.get("name")) for a in record.get("agents") or [] if isinstance(a, dict)]
+    if demo.agents != ["reception", "weather"]:
+        demo.problems.append(f"the demo expected the agents reception → weather, not {demo.agents}")
     kinds = result.timeline.kinds()
     for kind, what in (("tool", "no web_search tool call"), ("barge-in", "no barge-in (clear)")):
         if kind not in kinds:
@@ -197,7 +240,8 @@ async def demo_command(options: DemoOptions | None = None, emit: Callable[[str],
     emit("summary")
     for line in demo.call.summary_lines():
         emit("  " + line)
-    for line in record_lines({"transcript": demo.transcript, "tools": demo.tool_calls}):
+    agents = [{"name": name} for name in demo.agents]
+    for line in record_lines({"transcript": demo.transcript, "tools": demo.tool_calls, "agents": agents}):
         emit(line)
     for problem in demo.problems:
         emit(f"problem          {problem}")

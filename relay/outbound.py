@@ -125,12 +125,13 @@ def parse_request(body: bytes, settings: Settings) -> OutboundRequest:
 
 
 def resolve_agent(call: OutboundRequest, manager: Any) -> Any:
-    """The agent that makes the call (an `AgentRuntime`): the one named, else the default; an
-    unknown name, or texts with placeholders the context does not fill, are a BadRequest."""
+    """The agent that makes the call (an `AgentRuntime`): the one named, else the one whose
+    numbers hold TWILIO_PHONE_NUMBER (the call's From), else the default; an unknown name, or
+    texts with placeholders the context does not fill, are a BadRequest."""
     if call.agent is not None and call.agent not in manager.agents:
         names = ", ".join(sorted(manager.agents.names))
         raise BadRequest(f"unknown agent {call.agent[:MAX_AGENT_CHARS]!r}: the agents are {names}")
-    agent = manager.agents.named(call.agent)
+    agent = manager.agents.for_call(manager.settings.twilio_phone_number, call.agent)
     check_placeholders(agent.settings, call.context)
     return agent
 

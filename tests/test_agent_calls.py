@@ -309,3 +309,59 @@ async def test_a_handoff_on_the_cascade_changes_the_system_message_and_tools(tmp
     assert any(m.get("role") == "tool" and "handed_off" in m.get("content", "") for m in second["messages"])
     assert [a["name"] for a in record["agents"]] == ["support", "sales"]
     assert http.transcription_requests[0].form.get("language") == "en"  # the agent's transcription hint
+
+
+@pytest.mark.slow
+async def test_the_readme_agents_call_example_reaches_the_numbers_agent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """README "Agents": `relay call --to <support's number>` is answered by support, which hands
+    the call to sales; the printed record names both."""
+    import asyncio
+    import re
+    import shlex
+
+    from relay.cli import main
+
+    section = (Path(__file__).parent.parent / "README.md").read_text().split("## Agents", 1)[1]
+    block = re.findall(r"```bash\n(.*?)```", section.split("\n## ", 1)[0], flags=re.S)[0]
+    call_line, dial_line = [shlex.split(line, comments=True) for line in block.splitlines() if line.strip()]
+    assert call_line[1:3] == ["call", "--to"] and call_line[3] == SUPPORT
+    assert dial_line[1] == "dial" and dial_line[-2:] == ["--agent", "praxis"]
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TWILIO_AUTH_TOKEN", AUTH_TOKEN)
+    monkeypatch.setenv("RELAY_ADMIN_TOKEN", "admin-agents")
+    replies = [Say("Support, hello.", 300), Call("handoff", {"agent": "sales"}), Say("Sales here.", 300)]
+    rig_settings = {"relay_admin_token": "admin-agents", "greeting_enabled": True}
+    async with agents_rig(tmp_path, openai_replies=replies, **rig_settings) as r:
+        argv = [*call_line[1:], "--url", r.url, "--public-url", PUBLIC_URL]
+        code = await asyncio.to_thread(main, argv)
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "agents           support → sales" in printed
+
+
+async def test_an_azure_agent_never_falls_back_to_openai_unless_it_allows_it(tmp_path: Path) -> None:
+    """The environment allows cross-provider fallback and has OpenAI's cascade (a trap here); the
+    Azure agent's realtime deployment is missing and it has no cascade of its own: its call ends
+    with the apology, and nothing of it reaches OpenAI."""
+    from relay.testing.openai_http import FakeOpenAIHTTP
+
+    trap = FakeOpenAIHTTP()
+    async with trap.serve() as trap_url:
+        text = AGENTS.replace('azure_deployment = "gpt-realtime"', 'azure_deployment = "missing"')
+        async with agents_rig(
+            tmp_path,
+            text,
+            relay_mode="auto",
+            allow_cross_provider_fallback=True,
+            openai_base_url=trap_url + "/v1",
+        ) as r:
+            async with r.caller(PRAXIS) as call:
+                twiml = await call.fetch_twiml()
+                assert await call.connect(twiml)
+                await call.wait_closed(timeout=15)
+            record = await record_of(r, call.call_sid)
+    assert record["agent"] == "praxis" and record["outcome"] == "provider_error"
+    assert r.azure.rejected and not r.azure.connections  # its own endpoint refused it (404)
+    assert trap.requests == [], "the Azure agent's call reached OpenAI"

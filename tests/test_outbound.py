@@ -437,3 +437,61 @@ async def test_a_machine_with_no_voicemail_message_is_hung_up_at_once() -> None:
         assert hang_up.status == "completed" and hang_up.call_sid == callee.call_sid
     await env.app.state.manager.wait_idle(timeout=5)
     assert (await env.app.state.store.get(callee.call_sid))["outcome"] == "machine"
+
+
+OUTBOUND_AGENTS = f"""
+[agents.collections]
+numbers = ["{FROM}"]
+instructions = "You are Collections, calling {{name}}."
+greeting = "Greet {{name}}."
+
+[agents.sales]
+description = "Offers."
+instructions = "You are Sales, calling {{name}} about {{offer}}."
+greeting = "Greet {{name}}."
+"""
+
+
+async def test_an_outbound_call_is_made_by_the_agent_it_names_else_by_its_numbers_agent(tmp_path) -> None:
+    path = tmp_path / "agents.toml"
+    path.write_text(OUTBOUND_AGENTS)
+    async with outbound(agents_file=str(path)) as env:
+        assert env.rest.outbound is not None
+        refused = await env.post({"to": TO, "agent": "marketing"})
+        assert refused.status_code == 400 and "unknown agent 'marketing'" in refused.json()["error"]
+        assert "collections, default, sales" in refused.json()["error"]
+        missing = await env.post({"to": TO, "agent": "sales", "context": {"name": "Ada"}})
+        assert missing.status_code == 400 and "{offer} in INSTRUCTIONS" in missing.json()["error"]
+        assert not env.rest.outbound.calls  # nothing was placed
+        sales = await env.post({"to": TO, "agent": "sales", "context": {"name": "Ada", "offer": "fibre"}})
+        own = await env.post({"to": TO, "context": {"name": "Bo"}})  # From is collections' number
+        for n, (response, expected) in enumerate(
+            [(sales, "You are Sales, calling Ada about fibre."), (own, "You are Collections, calling Bo.")],
+            start=1,
+        ):
+            assert response.status_code == 201, response.text
+            placed = await env.rest.outbound.wait_answered(n)
+            assert placed.answer is not None
+            async with callee_for(env, placed.call_sid) as callee:
+                assert await callee.connect(placed.answer)
+                conn = await env.server.wait_connection(n=n)
+                update = await conn.wait_for("session.update", direction="received")
+                assert update["session"]["instructions"] == expected
+            record = await record_with(env, placed.call_sid, "agent")
+            assert record["agent"] == ("sales" if n == 1 else "collections")
+
+
+async def test_relay_dial_names_the_agent(tmp_path) -> None:
+    path = tmp_path / "agents.toml"
+    path.write_text(OUTBOUND_AGENTS)
+    async with outbound(agents_file=str(path)) as env:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "relay", "dial", TO, "--agent", "sales", "--context", "name=Ada",
+            "--context", "offer=fibre", "--url", env.url, "--token", ADMIN,
+            cwd=tmp_path, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+        assert proc.returncode == 0, err.decode()
+        call_sid = out.decode().strip()
+        record = await record_with(env, call_sid, "agent")
+        assert record["agent"] == "sales"

@@ -186,6 +186,8 @@ async def test_demo_core_greets_searches_and_is_interrupted(tmp_path: Path) -> N
     printed = "\n".join(lines)
     assert code == 0, printed
     assert "first audio (greeting)" in printed
+    assert 'the model calls handoff {"agent":"weather","reason":"a weather question"}' in printed
+    assert "agents           reception → weather" in printed  # two agents, one call
     assert 'the model calls web_search {"query":"weather in Paris today"}' in printed
     assert "the relay ran web_search (fake Tavily)" in printed and "Sunny, 22 °C" in printed
     assert "the relay sent clear" in printed and "barge-ins        1" in printed

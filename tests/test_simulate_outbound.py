@@ -227,13 +227,14 @@ def test_the_answering_machines_beep_is_a_pure_1_khz_tone_of_half_a_second() -> 
 @pytest.mark.parametrize(
     ("argv", "env", "said"),
     [
-        (["--voicemail"], {}, "--voicemail, --context and --machine-detection go with --outbound NUMBER"),
+        (["--voicemail"], {}, "--voicemail, --context, --machine-detection and --agent go with --outbound"),
+        (["--to", "555-0100"], {}, "--to '555-0100': an E.164 number, such as +15551234567"),
         (["--outbound", TO], {"RELAY_ADMIN_TOKEN": ""}, "set RELAY_ADMIN_TOKEN"),
         (["--outbound", TO], {"RELAY_ADMIN_TOKEN": "a", "TWILIO_AUTH_TOKEN": ""}, "set TWILIO_AUTH_TOKEN"),
         (["--outbound", TO, "--context", "Ada"], {"RELAY_ADMIN_TOKEN": "a"}, "--context takes name=value"),
         (["--digits", "12x"], {}, "--digits takes the keys 0-9, *, #, A-D"),
     ],
-    ids=["voicemail-alone", "no-admin-token", "no-auth-token", "bad-context", "bad-key"],
+    ids=["voicemail-alone", "to-not-e164", "no-admin-token", "no-auth-token", "bad-context", "bad-key"],
 )
 def test_relay_call_refuses_what_it_cannot_do_before_calling(
     argv: list[str], env: dict[str, str], said: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys

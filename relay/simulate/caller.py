@@ -43,7 +43,7 @@ class Caller:
             call_sid=call_sid,
             account_sid=out.account_sid if out else None,
             from_=out.from_ if out else None,
-            to=out.to if out else None,
+            to=out.to if out else options.to,
         )
         self.result = CallResult(call_sid=self.call.call_sid, timeline=timeline, outbound=out is not None)
         self.voice = Voice(self.call)

@@ -33,6 +33,9 @@ def record_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"answered_by      {record['answered_by']}{after}")
     if record.get("outcome"):
         lines.append(f"outcome          {record['outcome']}")
+    agents = [a.get("name") for a in record.get("agents") or [] if isinstance(a, dict)]
+    if agents:
+        lines.append(f"agents           {' → '.join(str(name) for name in agents)}")
     transcript = record.get("transcript") or []
     if transcript:
         lines.append("transcript (as the relay stored it: only what the caller heard)")

@@ -93,7 +93,13 @@ async def place_call(options: CallOptions, timeline: Timeline) -> str:
     assert outbound is not None
     if not options.admin_token:
         raise OutboundRefused("set RELAY_ADMIN_TOKEN (the relay's): POST /calls needs it")
-    body = {"to": outbound.to, "context": outbound.context, "machine_detection": outbound.machine_detection}
+    body: dict[str, object] = {
+        "to": outbound.to,
+        "context": outbound.context,
+        "machine_detection": outbound.machine_detection,
+    }
+    if outbound.agent is not None:
+        body["agent"] = outbound.agent
     async with httpx.AsyncClient(timeout=10.0) as client:
         await _check_fake_twilio(client, options, outbound)
         try:

@@ -107,6 +107,8 @@ class OutboundCall:
     """Sent in the `POST /calls` body; the AMD result is reported only when it is on."""
     voicemail: bool = False
     """The callee is an answering machine: a greeting, a beep, then it listens."""
+    agent: str | None = None
+    """The agent of AGENTS_FILE that makes the call (`POST /calls`'s `agent`); None: the relay's choice."""
     account_sid: str = "AC" + "0" * 32
     """The AccountSid of Twilio's requests, and of the fake REST API's reads."""
     from_: str = ""
@@ -152,3 +154,6 @@ class CallOptions:
     `POST /calls` with it for an outbound call."""
     outbound: OutboundCall | None = None
     """Be the callee of an outbound call the relay places, instead of an inbound caller."""
+    to: str | None = None
+    """An inbound call's `To`, the number called (with AGENTS_FILE, it picks the agent); None: a
+    random one."""
