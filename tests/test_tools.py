@@ -52,6 +52,7 @@ class RecordingControl:
         self.hang_ups: list[str] = []
         self.transfers: list[str] = []
         self.digits: list[str] = []
+        self.handoffs: list[tuple[str, str]] = []
 
     async def hang_up_after_playback(self, reason: str) -> None:
         self.hang_ups.append(reason)
@@ -61,6 +62,10 @@ class RecordingControl:
 
     async def send_digits(self, digits: str) -> None:
         self.digits.append(digits)
+
+    async def handoff(self, agent: str, reason: str) -> bool:
+        self.handoffs.append((agent, reason))
+        return True
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -554,6 +559,27 @@ def test_warm_dial_twiml_has_the_hold_message_and_a_bounded_whisper_url() -> Non
 
 def test_recording_control_satisfies_the_protocol() -> None:
     assert isinstance(RecordingControl(), CallControl)
+
+
+async def test_the_handoff_tool_lists_its_agents_and_hands_off_only_to_them() -> None:
+    from relay.tools.builtin import handoff_tool
+
+    registry = ToolRegistry().with_tools([handoff_tool({"sales": "Prices and orders.", "praxis": ""})])
+    [spec] = registry.realtime_tools()
+    assert spec["parameters"]["properties"]["agent"]["enum"] == ["sales", "praxis"]
+    assert "sales: Prices and orders.; praxis" in spec["description"]
+    control = RecordingControl()
+    ctx = ToolContext(
+        call_sid="CA" + "0" * 32, stream_sid="MZ" + "0" * 32, settings=make_settings(), control=control
+    )
+    moved = await registry.dispatch(
+        ToolCallRequest("c1", "handoff", '{"agent": "sales", "reason": "a price"}'), ctx
+    )
+    assert moved.ok and '"handed_off"' in moved.output and control.handoffs == [("sales", "a price")]
+    refused = await registry.dispatch(ToolCallRequest("c2", "handoff", '{"agent": "support"}'), ctx)
+    assert not refused.ok and "sales, praxis" in refused.output and len(control.handoffs) == 1
+    hidden = await registry.dispatch(ToolCallRequest("c3", "handoff", '{"agent": "sales"}'), ctx, {"handoff"})
+    assert hidden.outcome == "unknown_tool" and len(control.handoffs) == 1  # not offered: not run
 
 
 # --- Twilio REST ---------------------------------------------------------------------------------
