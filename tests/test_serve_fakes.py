@@ -120,13 +120,28 @@ async def started(argv: list[str], env: dict[str, str], cwd: Path) -> AsyncItera
         await pump
 
 
+SIGNINGS = {
+    "no-account-at-all": {},
+    "signed-with-the-users-token": {
+        "TWILIO_AUTH_TOKEN": "my-own-token",
+        "PUBLIC_URL": "https://relay.example.com",
+    },
+}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "signing",
-    [{}, {"TWILIO_AUTH_TOKEN": "my-own-token", "PUBLIC_URL": "https://relay.example.com"}],
-    ids=["no-account-at-all", "signed-with-the-users-token"],
-)
-async def test_the_readme_fakes_example_works_as_written(tmp_path: Path, signing: dict[str, str]) -> None:
+async def test_the_readme_fakes_example_works_as_written(tmp_path: Path) -> None:
+    """Both ways a user runs it, at once (each a relay and a caller of its own): with no account
+    at all, and signed with the user's own token."""
+    folders = {name: tmp_path / name for name in SIGNINGS}
+    for folder in folders.values():
+        folder.mkdir()
+    await asyncio.gather(
+        *(_readme_fakes_example(folders[name], signing) for name, signing in SIGNINGS.items())
+    )
+
+
+async def _readme_fakes_example(folder: Path, signing: dict[str, str]) -> None:
     serve_argv, call_argv = readme_fakes_commands()
     assert serve_argv[:4] == [".venv/bin/relay", "serve", "--fakes", "--port"] and call_argv[1] == "call"
     port = str(free_port())
@@ -135,10 +150,10 @@ async def test_the_readme_fakes_example_works_as_written(tmp_path: Path, signing
         return [RELAY, *(a.replace("8000", port) for a in argv[1:])]
 
     env = clean_env(RELAY_ADMIN_TOKEN="admin-token", **signing)
-    async with started(as_run(serve_argv), env, tmp_path) as relay:
+    async with started(as_run(serve_argv), env, folder) as relay:
         await relay.wait_for(f"Uvicorn running on http://127.0.0.1:{port}")
         call = await asyncio.create_subprocess_exec(
-            *as_run(call_argv), env=env, cwd=tmp_path, stdout=asyncio.subprocess.PIPE
+            *as_run(call_argv), env=env, cwd=folder, stdout=asyncio.subprocess.PIPE
         )
         out, _ = await asyncio.wait_for(call.communicate(), timeout=60)
         printed = out.decode()
