@@ -41,6 +41,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/load.py
 	$(BIN)/python bench/http_edge.py
 	$(BIN)/python bench/outbound.py
+	$(BIN)/python bench/handoff.py
 
 demo: $(STAMP)
 	@scripts/sysdeps.sh espeak-ng:espeak-ng
