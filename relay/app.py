@@ -77,8 +77,9 @@ async def ready(request: Request) -> Response:
     problems: list[str] = []
     if manager.draining:
         problems.append("draining")
-    if not state.settings.provider_configured:
-        provider = state.settings.describe_provider()
+    default = manager.agents.default  # the agent of every number no other agent claims
+    if not default.provider_configured:
+        provider = default.settings.describe_provider()
         problems.append(f"{provider} credentials are not configured")
     store = "ok" if await _store_answers(state.store, manager.store_health) else "degraded"
     body: dict[str, Any] = {"store": store, "pending_writes": manager.outbox.pending}
@@ -145,12 +146,14 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        if settings.provider_configured:
-            adapter = manager.agents.default.adapter
-            log.info("Using %s for voice calls", adapter.display_name)
-            log.info("realtime endpoint: %s", adapter.realtime_url)
-            manager.prepare_cascade()  # not on the event loop at a call's first fallback
-        else:
+        for agent in manager.agents:
+            if agent.provider_configured:
+                adapter = agent.adapter
+                whose = f"agent {agent.name}'s calls" if agents.book.path is not None else "voice calls"
+                log.info("Using %s for %s", adapter.display_name, whose)
+                log.info("realtime endpoint: %s", adapter.realtime_url)
+        manager.prepare_cascade()  # not on the event loop at a call's first fallback
+        if not manager.agents.default.provider_configured:
             log.warning(
                 "no provider credentials: set OPENAI_API_KEY, or USE_AZURE_OPENAI=true with "
                 "AZURE_OPENAI_ENDPOINT and AZURE_OPENAI_DEPLOYMENT; calls get a spoken apology until then"

@@ -365,3 +365,33 @@ async def test_an_azure_agent_never_falls_back_to_openai_unless_it_allows_it(tmp
     assert record["agent"] == "praxis" and record["outcome"] == "provider_error"
     assert r.azure.rejected and not r.azure.connections  # its own endpoint refused it (404)
     assert trap.requests == [], "the Azure agent's call reached OpenAI"
+
+
+async def test_ready_and_admission_follow_the_agents_not_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No OPENAI_API_KEY in the environment; the file's default agent has its own key: the relay is
+    ready and takes its calls. An agent without any key is refused with the apology."""
+    import httpx
+
+    monkeypatch.setenv("RELAY_TEST_DEFAULT_KEY", "sk-test")
+    text = """
+[agents.default]
+instructions = "You are the front desk."
+api_key_env = "RELAY_TEST_DEFAULT_KEY"
+
+[agents.keyless]
+numbers = ["+15550100077"]
+instructions = "Nobody gave me a key."
+"""
+    async with agents_rig(tmp_path, text, openai_api_key=None) as r:
+        async with httpx.AsyncClient(base_url=r.url) as client:
+            ready = await client.get("/ready")
+        assert ready.status_code == 200, ready.text
+        async with r.caller(UNCLAIMED) as call:
+            conn = await r.dial(call, r.openai)
+            assert session_of(conn)["instructions"] == "You are the front desk."
+            await call.stop()
+        async with r.caller("+15550100077") as refused:
+            twiml = await refused.fetch_twiml()
+            assert twiml.stream_url is None and twiml.say  # the apology and a hang-up
