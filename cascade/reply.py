@@ -178,6 +178,9 @@ class ReplyPipeline(Playout):
         self.stats.frames_out += len(frames)
         if "first_frame" not in timing and "stt_sent" in timing:
             self.stats.response_latencies_ms.append((now - timing["vad_end"]) * 1000)
+            # from the caller's end of speech: the VAD ended the turn after its silence window
+            silence_ms = self.settings.cascade_silence_ms
+            self.stats.turn_latencies_ms.append((now - timing["vad_end"]) * 1000 + silence_ms)
         timing.setdefault("first_frame", now)
         if self.stats.first_audio_ms is None:
             self.stats.first_audio_ms = (now - self._t0) * 1000

@@ -74,7 +74,7 @@ class CascadeSession(ReplyPipeline):
         self.playback = PlaybackTracker(prefix="c")
         self.messages = [{"role": "system", "content": settings.instructions}]
         self.messages += [{"role": role, "content": text} for role, text in history]
-        self.stats = CallStats()
+        self.stats = CallStats(path="cascade")
         self.timings = self.stats.turn_timings  # per turn: vad_end, stt_sent, … first_frame
         self._t0 = clock()
         self._reply = None

@@ -275,6 +275,15 @@ class Metrics:
             buckets=VOICE_BUCKETS,
             registry=reg,
         )
+        self.turn_latency_seconds = Histogram(
+            "relay_turn_latency_seconds",
+            "Per turn, the caller's end of speech (the VAD's, less its silence window and, on the realtime "
+            "path, the audio the provider had not heard yet) to the first agent audio sent to Twilio, "
+            "by path (realtime, cascade) and agent.",
+            ["path", "agent"],
+            buckets=VOICE_BUCKETS,
+            registry=reg,
+        )
         self.response_latency_seconds = Histogram(
             "relay_response_latency_seconds",
             "The caller's end of speech (as the VAD decided it) to the first agent audio of the answer.",
@@ -315,6 +324,13 @@ class Metrics:
             )
         if stats.first_audio_ms is not None:
             self.first_audio_seconds.observe(stats.first_audio_ms / 1000)
+        turns: Iterable[float] = getattr(stats, "turn_latencies_ms", None) or ()
+        if turns:
+            turn_latency = self.turn_latency_seconds.labels(
+                path=getattr(stats, "path", "") or mode, agent=agent
+            )
+            for ms in turns:
+                turn_latency.observe(ms / 1000)
         latencies: Iterable[float] = getattr(stats, "response_latencies_ms", None) or ()
         for ms in latencies:
             self.response_latency_seconds.observe(ms / 1000)

@@ -52,7 +52,11 @@ class CallStats:
     bad_events: int = 0  # provider events that did not parse or had wrong types (dropped)
     heartbeats: int = 0  # heartbeats sent to a quiet provider
     faults: list[str] = field(default_factory=list)
-    response_latencies_ms: list[float] = field(default_factory=list)  # caller's end of speech → agent audio
+    response_latencies_ms: list[float] = field(default_factory=list)  # VAD's end of turn → agent audio
+    # per turn, the caller's end of speech (the VAD's, less its silence window and the audio the
+    # provider had not heard yet) → the first agent audio sent to Twilio
+    turn_latencies_ms: list[float] = field(default_factory=list)
+    path: str = ""  # "realtime" or "cascade": the session that kept these figures
     turn_timings: list[dict[str, float]] = field(default_factory=list)  # cascade hops, per turn
 
 

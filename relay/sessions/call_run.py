@@ -319,7 +319,9 @@ class CallRun:
             self.manager.post_call.call_ended(self.start.call_sid, self.settings.post_call_webhook_url)
             metrics = self.manager.metrics
             for stats_obj in self.all_stats():
-                metrics.observe_call_end(stats_obj, self.mode, outcome, provider=adapter.vendor, count=False)
+                metrics.observe_call_end(
+                    stats_obj, self.mode, outcome, provider=adapter.vendor, count=False, agent=self.agent.name
+                )
             metrics.calls_total.labels(agent=self.agent.name, mode=self.mode, outcome=outcome).inc()
         log.info("call ended: %s", outcome)
         return outcome

@@ -44,6 +44,7 @@ from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
 log = logging.getLogger("relay.realtime")
 
 TICK_S = 0.5
+MAX_BEHIND_MS = 2000  # a larger gap between the audio sent and the provider's position is not a lag
 
 
 class RealtimeSession:
@@ -77,13 +78,19 @@ class RealtimeSession:
             greeting=opening.greeting,
             dtmf_timeout_s=settings.dtmf_timeout_ms / 1000,
         )
-        self.stats = CallStats()
+        self.stats = CallStats(path="realtime")
         self.live = Liveness(settings, adapter.display_name, clock)
         self._socket: ProviderSocket | None = None  # the connection being bridged
         self._held: list[str] = []  # for the provider while no connection is bridged
         self._early = early
         self._rotate = asyncio.Event()
-        self._speech_ended_at: float | None = None
+        self._speech_ended_at: float | None = None  # when the provider said the speech ended
+        self._speech_end: float | None = None  # when it really ended (`_speech_end_time`)
+        self._connection_frame0 = 0  # the caller frame (count) this connection's audio starts at
+        # server VAD reports the end of speech after this much silence (semantic VAD: no fixed window)
+        self._silence_s = (
+            settings.vad_silence_duration_ms / 1000 if settings.turn_detection == "server_vad" else 0.0
+        )
         self._t0 = clock()
         self._faults_reopened = 0
         self._key_timer = EntryTimer(clock, self._keys_due)
@@ -208,12 +215,16 @@ class RealtimeSession:
                 if self._speech_ended_at is not None:
                     stats.response_latencies_ms.append((now - self._speech_ended_at) * 1000)
                     self._speech_ended_at = None
+                if self._speech_end is not None:
+                    stats.turn_latencies_ms.append((now - self._speech_end) * 1000)
+                    self._speech_end = None
                 if stats.first_audio_ms is None:
                     stats.first_audio_ms = (now - self._t0) * 1000
             elif isinstance(event, ev.SpeechEnded):
                 self._speech_ended_at = now
+                self._speech_end = self._speech_end_time(event.audio_end_ms, now)
             elif isinstance(event, ev.Interrupted):
-                self._speech_ended_at = None
+                self._speech_ended_at = self._speech_end = None
             core.on_backend(event, now)
             await flush()
         raise ProviderClosedError(
@@ -221,6 +232,15 @@ class RealtimeSession:
             f"reason {socket.close_reason!r})",
             status=None,
         )
+
+    def _speech_end_time(self, audio_end_ms: int, now: float) -> float:
+        """When the caller stopped speaking, on the relay's clock. The provider says where in this
+        connection's audio its VAD ended the turn (`audio_end_ms`, after its silence window); the
+        audio the relay had sent past that point by now is real time that has passed since (the
+        caller's frames come every 20 ms), and so is the silence window."""
+        sent_ms = (self.stats.frames_in - self._connection_frame0) * 20
+        behind_ms = min(max(0, sent_ms - audio_end_ms), MAX_BEHIND_MS) if audio_end_ms > 0 else 0
+        return now - behind_ms / 1000 - self._silence_s
 
     async def _ping(self) -> None:
         """A heartbeat for a quiet provider (relay.sessions.liveness)."""
@@ -269,13 +289,17 @@ class RealtimeSession:
         else:  # the conversation so far, what was held for the provider, then the caller's audio
             carried = history_events(self.history, self.adapter.dialect)  # since its last sign of life
             carried += [text for text in held if not text.startswith(AUDIO_APPEND)]
-            carried += [append_event(media.payload) for media in self.unheard_audio()]
+            unheard = self.unheard_audio()
+            carried += [append_event(media.payload) for media in unheard]
             self.core.drop_buffered_audio()  # those frames are in the ring's share too
+            self._connection_frame0 = self.stats.frames_in - len(unheard)
         self.core.provider_opened(self.clock(), greet=first, carried=carried, early=opened_early)
         # Sent from this task at once, not by a task of its own that would start a loop turn or two
         # later: under load every loop turn the greeting waits is milliseconds.
         self._socket = socket
         await self._flush()
+        if first:  # its audio is every caller frame but those the prebuffer had to drop
+            self._connection_frame0 = self.stats.prebuffer_dropped
         return socket
 
     async def _bridge(self, socket: ProviderSocket, twilio_reader: asyncio.Task[str]) -> str:
