@@ -37,6 +37,7 @@ class Playout:
     _reply_items: list[str]  # this reply's sentences, as spoken items
     _spoken: SpokenItems
     _reply_text: str | None  # a finished reply, saved once its audio has played
+    _awaiting_heard: tuple[str, float] | None  # the answer's first item and its turn's end of speech
 
     async def _send_all(self, texts: list[str]) -> None:
         for text in texts:
@@ -57,6 +58,7 @@ class Playout:
     async def _barge_in(self) -> None:
         """The caller speaks over the agent: stop everything, keep only what was heard."""
         now = self.clock()
+        self._awaiting_heard = None  # an answer cut before Twilio played any of it has no figure
         self.on_effect(BargeIn())
         heard = self._heard_text(now)
         self.hold_tone.drop()

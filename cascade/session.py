@@ -89,6 +89,7 @@ class CascadeSession(ReplyPipeline):
         self._failure = None
         self._failed = asyncio.Event()
         self._last_words = False  # `say(last=True)`: the other side is not heard any more
+        self._awaiting_heard: tuple[str, float] | None = None
 
     # --- what the call sees (CallSession) -------------------------------------------------------
     @property
@@ -154,6 +155,8 @@ class CascadeSession(ReplyPipeline):
                 now = self.clock()
                 if not self.playback.on_mark(event.name, now):
                     continue
+                if self._awaiting_heard is not None:
+                    self._answer_heard(now)
                 await self._send_all(self.hold_tone.feed(now))  # a slow tool's hold tone stays topped up
                 if not self.playback.outstanding:
                     self._settle_reply(now)
@@ -192,6 +195,16 @@ class CascadeSession(ReplyPipeline):
                 if self.playing:
                     await self._barge_in()
                 self._start_reply(turn_event)
+
+    def _answer_heard(self, now: float) -> None:
+        """At a mark echo: once Twilio reports some of the turn's answer played, it began playing
+        that much audio ago (Twilio plays in real time)."""
+        assert self._awaiting_heard is not None
+        item, speech_end = self._awaiting_heard
+        played_ms = self.playback.acked_ms(item)
+        if played_ms > 0:
+            self.stats.heard_latencies_ms.append((now - played_ms / 1000 - speech_end) * 1000)
+            self._awaiting_heard = None
 
     # --- handoff ----------------------------------------------------------------------------------
     async def hand_off(self, switch: AgentSwitch) -> bool:

@@ -42,7 +42,13 @@ async def test_the_relays_turn_latency_agrees_with_the_callers(silence_ms: int) 
         print(f"turn: caller {caller_ms:.1f} ms, relay {relay_ms:.1f} ms")
         assert abs(caller_ms - relay_ms) <= AGREE_MS, (callers, relays)
         assert relay_ms >= silence_ms  # the provider's silence window is inside the turn
-    assert build_payload(record)["turn_latencies_ms"] == relays
+    heard = record["stats"][0]["heard_latencies_ms"]
+    assert len(heard) == 2 and all(0 <= h - t < 60 for h, t in zip(heard, relays, strict=True)), (
+        heard,
+        relays,
+    )
+    payload = build_payload(record)
+    assert payload["turn_latencies_ms"] == relays and payload["heard_latencies_ms"] == heard
     labels = {"path": "realtime", "agent": "default"}
     assert metrics.get_sample_value("relay_turn_latency_seconds_count", labels) == 2
     assert metrics.get_sample_value("relay_turn_latency_seconds_sum", labels) == pytest.approx(
@@ -74,7 +80,9 @@ async def test_on_the_cascade_too() -> None:
     assert result.ok, result.timeline.text()
     [caller_ms] = [turn.latency_ms for turn in result.turns]
     [relay_ms] = record["stats"][0]["turn_latencies_ms"]
-    print(f"cascade turn: caller {caller_ms:.1f} ms, relay {relay_ms:.1f} ms")
+    [heard_ms] = record["stats"][0]["heard_latencies_ms"]
+    print(f"cascade turn: caller {caller_ms:.1f} ms, relay {relay_ms:.1f} ms, heard {heard_ms:.1f} ms")
+    assert 0 <= heard_ms - relay_ms < 60
     assert caller_ms is not None and abs(caller_ms - relay_ms) <= AGREE_MS
     assert (
         r.app.state.metrics.registry.get_sample_value(

@@ -53,6 +53,7 @@ def build_payload(record: dict[str, Any]) -> dict[str, Any]:
         ),
         "response_latencies_ms": [ms for p in stats for ms in p.get("response_latencies_ms") or []],
         "turn_latencies_ms": [ms for p in stats for ms in p.get("turn_latencies_ms") or []],
+        "heard_latencies_ms": [ms for p in stats for ms in p.get("heard_latencies_ms") or []],
         "turn_timings": [timing for p in stats for timing in p.get("turn_timings") or []],
     }
 

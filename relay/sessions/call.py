@@ -56,6 +56,9 @@ class CallStats:
     # per turn, the caller's end of speech (the VAD's, less its silence window and the audio the
     # provider had not heard yet) → the first agent audio sent to Twilio
     turn_latencies_ms: list[float] = field(default_factory=list)
+    # per turn, the same end of speech → the moment Twilio started playing the answer (its first
+    # mark echo, less the audio that mark covered)
+    heard_latencies_ms: list[float] = field(default_factory=list)
     path: str = ""  # "realtime" or "cascade": the session that kept these figures
     turn_timings: list[dict[str, float]] = field(default_factory=list)  # cascade hops, per turn
 

@@ -96,6 +96,10 @@ class PlaybackTracker:
                 return True
         return False
 
+    def acked_ms(self, item_id: str) -> float:
+        """Milliseconds of `item_id` Twilio has reported played (by its mark echoes)."""
+        return self._acked_ms.get(item_id, 0.0)
+
     @property
     def outstanding(self) -> bool:
         """True while Twilio holds audio we sent that has not played yet."""

@@ -87,6 +87,9 @@ class RealtimeSession:
         self._speech_ended_at: float | None = None  # when the provider said the speech ended
         self._speech_end: float | None = None  # when it really ended (`_speech_end_time`)
         self._connection_frame0 = 0  # the caller frame (count) this connection's audio starts at
+        self._awaiting_heard: tuple[str, float] | None = (
+            None  # the answer's item and its turn's end of speech
+        )
         # server VAD reports the end of speech after this much silence (semantic VAD: no fixed window)
         self._silence_s = (
             settings.vad_silence_duration_ms / 1000 if settings.turn_detection == "server_vad" else 0.0
@@ -183,6 +186,8 @@ class RealtimeSession:
                 core.on_media(event)
             elif isinstance(event, Mark):
                 core.on_mark(event.name, self.clock())
+                if self._awaiting_heard is not None:
+                    self._answer_heard()
             elif isinstance(event, Stop):
                 return "twilio_stop"
             elif isinstance(event, Dtmf):
@@ -217,6 +222,7 @@ class RealtimeSession:
                     self._speech_ended_at = None
                 if self._speech_end is not None:
                     stats.turn_latencies_ms.append((now - self._speech_end) * 1000)
+                    self._awaiting_heard = (event.item_id, self._speech_end)
                     self._speech_end = None
                 if stats.first_audio_ms is None:
                     stats.first_audio_ms = (now - self._t0) * 1000
@@ -224,7 +230,7 @@ class RealtimeSession:
                 self._speech_ended_at = now
                 self._speech_end = self._speech_end_time(event.audio_end_ms, now)
             elif isinstance(event, ev.Interrupted):
-                self._speech_ended_at = self._speech_end = None
+                self._speech_ended_at = self._speech_end = self._awaiting_heard = None
             core.on_backend(event, now)
             await flush()
         raise ProviderClosedError(
@@ -232,6 +238,17 @@ class RealtimeSession:
             f"reason {socket.close_reason!r})",
             status=None,
         )
+
+    def _answer_heard(self) -> None:
+        """At a mark echo: once Twilio reports some of the turn's answer played, it began playing
+        that much audio ago (Twilio plays in real time); a barge-in before that drops the figure."""
+        assert self._awaiting_heard is not None
+        item_id, speech_end = self._awaiting_heard
+        played_ms = self.core.playback.acked_ms(item_id)
+        if played_ms > 0:
+            began = self.clock() - played_ms / 1000
+            self.stats.heard_latencies_ms.append((began - speech_end) * 1000)
+            self._awaiting_heard = None
 
     def _speech_end_time(self, audio_end_ms: int, now: float) -> float:
         """When the caller stopped speaking, on the relay's clock. The provider says where in this
