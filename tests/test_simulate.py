@@ -4,6 +4,7 @@ what was played, exit statuses (a refused signature, a barge-in's clear)."""
 from __future__ import annotations
 
 import asyncio
+import re
 import wave
 from pathlib import Path
 
@@ -233,3 +234,4 @@ async def test_relay_call_prints_the_relays_record_with_the_admin_token(
     assert code == 0, printed
     assert "transcript (as the relay stored it" in printed and "Hello, how can I help?" in printed
     assert 'tool audit       web_search {"query":"weather in Paris"} → ok' in printed
+    assert re.search(r"relay's turns    \d+ ms \(its end of speech", printed), printed

@@ -47,6 +47,11 @@ def record_lines(record: dict[str, Any]) -> list[str]:
             f"tool audit       {tool.get('name')} {orjson.dumps(tool.get('arguments')).decode()} → "
             f"{tool.get('outcome')} in {tool.get('duration_ms')} ms"
         )
+    phases = [p for p in record.get("stats") or [] if isinstance(p, dict)]
+    turns = [ms for p in phases for ms in p.get("turn_latencies_ms") or []]
+    if turns:
+        figures = ", ".join(f"{ms:.0f} ms" for ms in turns)
+        lines.append(f"relay's turns    {figures} (its end of speech → first agent audio sent)")
     for fallback in record.get("fallbacks") or []:
         lines.append(f"fallback         to the cascade ({fallback.get('cause')}): {fallback.get('error')}")
     return lines
