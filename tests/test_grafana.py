@@ -1,7 +1,8 @@
 """The Grafana dashboard and provisioning of deploy/grafana, checked without Grafana: every metric a
 panel or a template variable queries is one the relay exports (read from `relay.metrics.Metrics()`'s
-registry), the dashboard has the shape Grafana loads, and the provisioning files parse and point
-where docker-compose.yml mounts and runs things."""
+registry), the dashboard has the shape Grafana loads, the provisioning files parse and point where
+docker-compose.yml mounts and runs things, and the README's "Dashboard and compose" says what the
+files hold (its commands, panels, ports, and the walkthrough's log line and call record)."""
 
 from __future__ import annotations
 
@@ -11,10 +12,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
+import orjson
 import pytest
 import yaml
 
+from relay.logs import JsonFormatter
 from relay.metrics import Metrics
+from relay.testing.realtime import Say
+from tests.rig import rig
 
 ROOT = Path(__file__).resolve().parent.parent
 GRAFANA = ROOT / "deploy" / "grafana"
@@ -307,3 +313,79 @@ def test_dashboard_provider_reads_the_mounted_dashboards() -> None:
     assert mount_target("grafana", "./deploy/grafana/provisioning") == "/etc/grafana/provisioning"
     home = COMPOSE["services"]["grafana"]["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
     assert home == provider["options"]["path"] + "/relay.json"
+
+
+# --- the README's "Dashboard and compose" ------------------------------------------------------
+
+
+def readme_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index("### Dashboard and compose")
+    end = text.index("\n## ", start)
+    return text[start:end]
+
+
+def test_readme_commands_use_the_profile_and_files_that_exist() -> None:
+    commands = [line.strip() for line in readme_section().splitlines() if line.startswith("docker compose")]
+    assert len(commands) == 2, commands
+    profiles = {p for s in COMPOSE["services"].values() for p in s.get("profiles", [])}
+    for command in commands:
+        words = command.split()
+        assert words[words.index("--profile") + 1] in profiles, command
+        files = [words[i + 1] for i, w in enumerate(words) if w == "-f"]
+        assert all((ROOT / f).is_file() for f in files), command
+    assert "deploy/compose.traces.yml" in commands[1]
+
+
+def test_readme_lists_every_panel() -> None:
+    listed = set(re.findall(r"^\| \*\*(.+?)\*\* \|", readme_section(), re.M))
+    titles = {
+        p["title"] for p in all_panels(load(GRAFANA / "dashboards" / "relay.json")) if p["type"] != "row"
+    }
+    assert listed == titles
+
+
+def test_readme_figures_match_the_files() -> None:
+    section = readme_section()
+    services = COMPOSE["services"]
+    for service, port in (("prometheus", "9090"), ("grafana", "3000"), ("jaeger", "16686")):
+        assert f"http://localhost:{port}" in section and f"{port}:{port}" in services[service]["ports"]
+    assert "4318:4318" in services["jaeger"]["ports"]
+    assert (
+        services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-admin}"
+    )
+    scrape = yaml.safe_load((ROOT / "deploy" / "prometheus.yml").read_text())["global"]["scrape_interval"]
+    assert scrape == "15s" and "every 15 s" in section
+    (lag,) = [
+        p
+        for p in all_panels(load(GRAFANA / "dashboards" / "relay.json"))
+        if p["title"] == "Event-loop lag p99"
+    ]
+    steps = [s["value"] for s in lag["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+    assert steps == [None, 0.005, 0.02] and "yellow from 5 ms, red from 20 ms" in section
+
+
+async def test_readme_walkthrough_finds_a_call_by_its_sid(caplog: pytest.LogCaptureFixture) -> None:
+    """Steps 2 and 3: the call's `call ended` JSON line carries its SID (what the README's jq filter
+    selects), and GET /calls/{sid} gives its figures per phase, with the per-turn latencies."""
+    token = "walkthrough-token"
+    replies = [Say("Hello.", audio_ms=200)]
+    async with (
+        rig("openai-ga", settings={"relay_admin_token": token}, responses=replies) as r,
+        r.caller() as call,
+    ):
+        conn = await r.dial(call)
+        await conn.wait_for("response.done")
+        await call.stop()
+        await r.app.state.manager.wait_idle(timeout=5)
+        docs = [orjson.loads(JsonFormatter().format(record)) for record in caplog.records]
+        ended = [d for d in docs if d["msg"].startswith("call ended")]
+        assert [d["call_sid"] for d in ended] == [call.call_sid]
+        assert {"ts", "call_sid", "msg"} <= set(ended[0])
+        async with httpx.AsyncClient(base_url=r.url) as client:
+            response = await client.get(
+                f"/calls/{call.call_sid}", headers={"Authorization": f"Bearer {token}"}
+            )
+    assert response.status_code == 200
+    (phase,) = response.json()["stats"]
+    assert isinstance(phase["response_latencies_ms"], list)
