@@ -262,6 +262,14 @@ def test_dashboard_has_grafana_shape(path: Path) -> None:
         assert targets and len(refs) == len(set(refs)), where
         for target in targets:
             assert target["datasource"] == datasource and target["expr"].strip(), where
+    cells = [
+        (x, y)
+        for p in all_panels(dashboard)
+        for g in [p["gridPos"]]
+        for x in range(g["x"], g["x"] + g["w"])
+        for y in range(g["y"], g["y"] + g["h"])
+    ]
+    assert len(cells) == len(set(cells)), "panels overlap"
     for where, expr in queries(dashboard):
         used = {m.strip("${}[]").split(":")[0] for m in _GRAFANA_VARIABLE.findall(expr)}
         assert used <= set(variables) | GRAFANA_BUILTINS, (where, used)
