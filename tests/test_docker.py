@@ -1,6 +1,7 @@
-"""Dockerfile, docker-compose.yml and .dockerignore, checked without Docker: the essentials parsed
-from the files, and the two commands the image runs on its own (the dependency list it extracts
-from pyproject.toml, the HEALTHCHECK) executed here."""
+"""Dockerfile, docker-compose.yml (and its observability profile, deploy/prometheus.yml and
+deploy/compose.traces.yml) and .dockerignore, checked without Docker: the essentials parsed from the
+files, and the two commands the image runs on its own (the dependency list it extracts from
+pyproject.toml, the HEALTHCHECK) executed here, as is Prometheus's scrape of a running relay."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import json
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from relay.testing.server import bind_free_port
@@ -137,3 +140,80 @@ def test_compose_structure() -> None:
     assert relay["environment"]["REDIS_URL"] == "redis://redis:6379/0"
     assert relay["env_file"] == ".env" and "8000:8000" in relay["ports"]
     assert relay["build"] == "." and "redis" in relay["depends_on"]
+
+
+# --- the observability profile (Prometheus, Grafana, Jaeger) and the traces override -------------
+
+OBSERVABILITY = {"prometheus", "grafana", "jaeger"}
+
+
+def compose_doc(path: Path = ROOT / "docker-compose.yml") -> dict[str, Any]:
+    yaml = pytest.importorskip("yaml")
+    doc = yaml.safe_load(path.read_text())
+    assert isinstance(doc, dict), path
+    return doc
+
+
+def test_observability_profile_adds_its_services_only_with_the_profile() -> None:
+    services = compose_doc()["services"]
+    assert {name for name, s in services.items() if "observability" in s.get("profiles", [])} == OBSERVABILITY
+    assert (
+        "profiles" not in services["relay"] and "profiles" not in services["redis"]
+    )  # `up` alone: unchanged
+    for name in OBSERVABILITY:
+        image = services[name]["image"]
+        assert ":" in image and not image.endswith(":latest"), image  # pinned
+    assert "OTEL_EXPORTER_OTLP_ENDPOINT" not in services["relay"]["environment"]
+
+
+def test_observability_ports_and_volumes() -> None:
+    doc = compose_doc()
+    services = doc["services"]
+    assert services["prometheus"]["ports"] == ["9090:9090"]
+    assert services["grafana"]["ports"] == ["3000:3000"]
+    assert set(services["jaeger"]["ports"]) == {"4318:4318", "16686:16686"}  # OTLP/HTTP in, the UI
+    for name in OBSERVABILITY:
+        for volume in services[name].get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (ROOT / source).exists(), volume
+            else:
+                assert source in doc["volumes"], volume
+    mounts = {v.split(":")[0]: v.split(":")[1] for v in services["prometheus"]["volumes"]}
+    assert mounts["./deploy/prometheus.yml"] == "/etc/prometheus/prometheus.yml"  # its default config
+
+
+def test_traces_override_points_the_relay_at_jaeger() -> None:
+    override = compose_doc(ROOT / "deploy" / "compose.traces.yml")
+    otlp_port = next(
+        p.split(":")[1] for p in compose_doc()["services"]["jaeger"]["ports"] if p.startswith("4318")
+    )
+    environment = override["services"]["relay"]["environment"]
+    assert environment["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://jaeger:{otlp_port}"
+    assert set(override["services"]) == {"relay"}
+
+
+def scrape_target() -> tuple[str, str]:
+    """(host:port, path) of the relay job in deploy/prometheus.yml."""
+    config = compose_doc(ROOT / "deploy" / "prometheus.yml")
+    (job,) = [j for j in config["scrape_configs"] if j["job_name"] == "relay"]
+    (static,) = job["static_configs"]
+    (target,) = static["targets"]
+    return target, job.get("metrics_path", "/metrics")
+
+
+def test_prometheus_scrapes_the_relay_service_port() -> None:
+    relay = compose_doc()["services"]["relay"]
+    container_port = relay["ports"][0].rsplit(":", 1)[1]
+    assert relay["environment"]["PORT"] == container_port
+    target, _ = scrape_target()
+    assert target == f"relay:{container_port}"
+
+
+async def test_prometheus_scrape_path_serves_the_relay_metrics(relay_url: str) -> None:
+    _, path = scrape_target()
+    async with httpx.AsyncClient(base_url=relay_url) as client:
+        response = await client.get(path)
+    assert response.status_code == 200
+    assert "# TYPE relay_active_calls gauge" in response.text
+    assert response.headers["content-type"].startswith("text/plain")
