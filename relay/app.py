@@ -181,8 +181,7 @@ def create_app(
                 await twilio_calls.aclose()
             await store.close()
             await stream_gate.close()
-            # the calls have ended their traces; the export may wait on the collector
-            await asyncio.to_thread(tracing.shutdown)
+            await tracing.aclose()  # the calls have ended their traces; the rest end and are exported
 
     app = Starlette(
         routes=[

@@ -3,8 +3,7 @@
 With an endpoint (OTEL_EXPORTER_OTLP_ENDPOINT or OTEL_EXPORTER_OTLP_TRACES_ENDPOINT), a tracer
 provider of the relay's own (the global one is left alone) with a BatchSpanProcessor, which
 exports from its own thread, and the OTLP/HTTP exporter. Without one (or OTEL_SDK_DISABLED=true),
-no provider, no exporter, no thread: the SDK is not even imported, and every call gets a
-`CallTrace` whose methods return at once.
+no provider, no exporter, no thread: every call gets a `CallTrace` whose methods return at once.
 
 Every setting the relay names is read by relay/config.py (so `.env` works for it too) and passed
 to the SDK explicitly, which then does not look it up itself; the resource is built from those
@@ -15,6 +14,7 @@ environment (not from `.env`), and it merges OTEL_EXPORTER_OTLP_HEADERS from the
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from importlib.metadata import PackageNotFoundError, version
@@ -31,7 +31,6 @@ from relay.tracing.spans import AttributeValue, CallTrace, _attributes
 __all__ = ["MAX_PENDING_CALLS", "Tracing", "setup_tracing", "traces_endpoint"]
 
 MAX_PENDING_CALLS = 20_000  # call traces kept for their stream at most (the oldest ended first)
-SHUTDOWN_TIMEOUT_MS = 5_000  # the last export at shutdown
 
 
 def traces_endpoint(settings: Settings) -> str:
@@ -109,10 +108,17 @@ class Tracing:
 
     def shutdown(self) -> None:
         """Ends the traces still kept for a stream, exports what is left and stops the exporter's
-        thread (blocking, up to a few seconds: call it from a thread, never the event loop)."""
+        thread (blocking, as long as the last export takes: never on the event loop)."""
         self._pending.end_all()
         if self.provider is not None:
             self.provider.shutdown()
+
+    async def aclose(self) -> None:
+        """`shutdown()` for the app's lifespan: the kept traces are ended on the event loop (the
+        one that keeps them), the last export waited for in a thread."""
+        self._pending.end_all()
+        if self.provider is not None:
+            await asyncio.to_thread(self.provider.shutdown)
 
 
 def setup_tracing(settings: Settings) -> Tracing:
