@@ -99,16 +99,22 @@ async def test_a_webhook_starts_the_calls_trace_and_its_log_line_names_it(
     assert (line["trace_id"], line["span_id"]) == (root.trace_id, webhook.span_id)
 
 
+@pytest.mark.parametrize("refusal", ["unconfigured", "busy"])
 async def test_a_refused_call_ends_its_trace_at_the_webhook(
-    collector: OtlpReceiver, caplog: pytest.LogCaptureFixture
+    collector: OtlpReceiver, caplog: pytest.LogCaptureFixture, refusal: str
 ) -> None:
-    app = create_app(make_settings(**traced(collector), openai_api_key=None))
+    if refusal == "unconfigured":
+        app = create_app(make_settings(**traced(collector), openai_api_key=None))
+    else:
+        app = create_app(make_settings(**traced(collector), max_concurrent_calls=1))
     async with serve_app(app) as url:
+        if refusal == "busy":
+            assert await app.state.manager.limiter.acquire("CA" + "9" * 32, 60)  # one call in progress
         response = await post_webhook(url, "/incoming-call", FORM)
         assert "<Hangup" in response.text
         await collector.wait_spans(2)  # both ended at once, the app still serving
         (root,), (webhook,) = collector.named("call"), collector.named("webhook")
-    assert root.attributes["relay.outcome"] == webhook.attributes["relay.outcome"] == "unconfigured"
+    assert root.attributes["relay.outcome"] == webhook.attributes["relay.outcome"] == refusal
     assert "relay.agent" not in root.attributes  # no agent was given the call
     line = json_line(caplog, "refusing call")
     assert (line["trace_id"], line["span_id"]) == (root.trace_id, webhook.span_id)
