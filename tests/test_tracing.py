@@ -19,7 +19,7 @@ from twilio.request_validator import RequestValidator
 from relay.app import create_app
 from relay.logs import JsonFormatter
 from relay.testing.otlp import OtlpReceiver
-from relay.testing.server import serve_app
+from relay.testing.server import bind_free_port, serve_app
 from relay.tracing import NO_STREAM, Tracing, setup_tracing
 from relay.tracing.pending import PendingTraces
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, make_settings
@@ -276,3 +276,25 @@ async def test_the_readme_command_exports_the_webhooks_trace(collector: OtlpRece
     assert spans["call"].resource["service.name"] == "relay-eu"
     (line,) = [orjson.loads(x) for x in relay.seen if "connecting stream to" in x]
     assert (line["trace_id"], line["span_id"]) == (spans["call"].trace_id, spans["webhook"].span_id)
+
+
+async def test_a_collector_that_hangs_never_holds_up_the_shutdown(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The exporter retries for its whole timeout (10 s by default); the app waits a bounded time."""
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_TIMEOUT", "0.6")  # the SDK's own: the retries end soon after
+    sock = bind_free_port()
+    sock.listen()  # connections are taken by the kernel, and never answered: a collector that hangs
+    try:
+        down = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        tracing = setup_tracing(make_settings(otel_exporter_otlp_endpoint=down))
+        tracing.call(CALL_SID, direction="inbound")  # kept for a stream that never comes
+        started = time.monotonic()
+        await tracing.aclose(wait=0.2)
+        assert time.monotonic() - started < 0.5
+        (exporting,) = [t for t in threading.enumerate() if t.name == "relay-tracing-shutdown"]
+        await asyncio.to_thread(exporting.join, 5)  # gone before the next test: no stray log lines
+        assert not exporting.is_alive()
+    finally:
+        sock.close()
+    assert f"is the OTLP endpoint {down}/v1/traces up?" in caplog.text

@@ -15,6 +15,9 @@ environment (not from `.env`), and it merges OTEL_EXPORTER_OTLP_HEADERS from the
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import threading
 import time
 import uuid
 from importlib.metadata import PackageNotFoundError, version
@@ -30,6 +33,9 @@ from relay.tracing.spans import AttributeValue, CallTrace, _attributes
 
 __all__ = ["MAX_PENDING_CALLS", "Tracing", "setup_tracing", "traces_endpoint"]
 
+log = logging.getLogger("relay.tracing")
+
+SHUTDOWN_WAIT_S = 5.0  # the last export at shutdown, at most
 MAX_PENDING_CALLS = 20_000  # call traces kept for their stream at most (the oldest ended first)
 
 
@@ -57,6 +63,7 @@ class Tracing:
 
     def __init__(self, settings: Settings, provider: Any = None) -> None:
         self.provider = provider
+        self.endpoint = traces_endpoint(settings) if provider is not None else ""
         self.record_tool_arguments = settings.otel_record_tool_arguments
         self.keep_for = settings.stream_token_ttl + 1  # a stream can only start while its token is valid
         self._tracer: otel.Tracer | None = None if provider is None else provider.get_tracer("relay")
@@ -113,12 +120,37 @@ class Tracing:
         if self.provider is not None:
             self.provider.shutdown()
 
-    async def aclose(self) -> None:
+    async def aclose(self, wait: float = SHUTDOWN_WAIT_S) -> None:
         """`shutdown()` for the app's lifespan: the kept traces are ended on the event loop (the
-        one that keeps them), the last export waited for in a thread."""
+        one that keeps them), the last export waited for `wait` seconds at most, in a daemon
+        thread: a collector that does not answer (the exporter retries for its whole timeout)
+        never holds up the process's exit."""
         self._pending.end_all()
-        if self.provider is not None:
-            await asyncio.to_thread(self.provider.shutdown)
+        if self.provider is None:
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def finished() -> None:
+            if not done.done():
+                done.set_result(None)
+
+        def shut_down() -> None:
+            try:
+                self.provider.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop is gone: nobody waits
+                    loop.call_soon_threadsafe(finished)
+
+        threading.Thread(target=shut_down, name="relay-tracing-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(done, wait)
+        except TimeoutError:
+            log.warning(
+                "the last spans were not exported within %g s: is the OTLP endpoint %s up?",
+                wait,
+                self.endpoint,
+            )
 
 
 def setup_tracing(settings: Settings) -> Tracing:
