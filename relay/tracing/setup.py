@@ -29,7 +29,7 @@ from opentelemetry.context import Context
 
 from relay.config import Settings
 from relay.tracing.pending import PendingTraces
-from relay.tracing.spans import AttributeValue, CallTrace, _attributes
+from relay.tracing.spans import AttributeValue, CallTrace, otel_attributes
 
 __all__ = ["MAX_PENDING_CALLS", "Tracing", "setup_tracing", "traces_endpoint"]
 
@@ -59,7 +59,7 @@ def key_values(text: str) -> dict[str, str]:
 
 class Tracing:
     """The process's tracing: `call()` at a call's webhook, `for_stream()` at its stream,
-    `shutdown()` at the end. `provider` is None when tracing is off."""
+    `aclose()` (or `shutdown()`) at the end. `provider` is None when tracing is off."""
 
     def __init__(self, settings: Settings, provider: Any = None) -> None:
         self.provider = provider
@@ -99,7 +99,7 @@ class Tracing:
         assert self._tracer is not None
         # an empty context: a call's trace is a root, whatever span is current
         root = self._tracer.start_span(
-            "call", context=Context(), attributes=_attributes({"call_sid": call_sid})
+            "call", context=Context(), attributes=otel_attributes({"call_sid": call_sid})
         )
         return CallTrace(
             call_sid,

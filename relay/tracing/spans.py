@@ -21,7 +21,7 @@ from opentelemetry.util.types import AttributeValue as OtelValue
 
 from relay.logs import bind_trace
 
-__all__ = ["AttributeValue", "CallTrace", "Span", "SpanName"]
+__all__ = ["AttributeValue", "CallTrace", "Span", "SpanName", "attribute_name", "epoch_ns", "otel_attributes"]
 
 SpanName = Literal[
     "call",  # the root: one per call, from its webhook (or stream) to its end
@@ -54,7 +54,8 @@ def attribute_name(key: str) -> str:
     return key if "." in key else _TWILIO.get(key) or f"relay.{key}"
 
 
-def _attributes(attrs: Mapping[str, AttributeValue]) -> dict[str, OtelValue]:
+def otel_attributes(attrs: Mapping[str, AttributeValue]) -> dict[str, OtelValue]:
+    """Keywords as OpenTelemetry attributes: their names (`attribute_name`), None values left out."""
     return {attribute_name(k): v for k, v in attrs.items() if v is not None}
 
 
@@ -88,12 +89,12 @@ class Span:
     def set(self, **attrs: AttributeValue) -> None:
         """Sets attributes on this span."""
         if self._span is not None:
-            self._span.set_attributes(_attributes(attrs))
+            self._span.set_attributes(otel_attributes(attrs))
 
     def event(self, name: str, /, **attrs: AttributeValue) -> None:
         """A timestamped event on this span (e.g. `reconnect`, `mark`)."""
         if self._span is not None:
-            self._span.add_event(name, _attributes(attrs))
+            self._span.add_event(name, otel_attributes(attrs))
 
     def fail(self, error: BaseException | str) -> None:
         """Marks this span failed: an exception is recorded as its event, a text is the status."""
@@ -115,7 +116,7 @@ class Span:
             name,
             context=otel.set_span_in_context(self._span, Context()),
             kind=_KINDS.get(name, otel.SpanKind.INTERNAL),
-            attributes=_attributes(attrs),
+            attributes=otel_attributes(attrs),
             start_time=None if at is None else epoch_ns(at),
         )
         return Span(child, self._tracer)
@@ -148,7 +149,7 @@ class Span:
         span, self._span = self._span, None
         if span is not None:
             if attrs:
-                span.set_attributes(_attributes(attrs))
+                span.set_attributes(otel_attributes(attrs))
             span.end(end_time=None if at is None else epoch_ns(at))
 
 
