@@ -33,6 +33,7 @@ from relay.sessions.manager import CallManager
 from relay.sessions.outbox import StoreHealth
 from relay.sessions.providers import AsyncTokenCredential, make_adapter
 from relay.sessions.store import CallStore, make_store
+from relay.tracing import setup_tracing
 from relay.transport.http import ForwardedHeaders, uvicorn_options
 from relay.transport.twilio import MediaStreamEntry
 from webhooks.outbound import routes as outbound_webhook_routes
@@ -129,6 +130,7 @@ def create_app(
     store = store or make_store(settings)
     registry, twilio_calls = _build_tools(settings)
     metrics = Metrics()
+    tracing = setup_tracing(settings)  # no provider at all without OTEL_EXPORTER_OTLP_ENDPOINT
     stream_gate = make_stream_gate(settings, on_fallback=metrics.replay_check_fallbacks_total.inc)
     manager = CallManager(
         settings,
@@ -140,6 +142,7 @@ def create_app(
         metrics=metrics,
         limiter=make_limiter(settings),
         post_call_policy=post_call_policy,
+        tracing=tracing,
     )
     if agents.book.path is not None:  # without AGENTS_FILE, the environment's agent as it is
         manager.agents.replace(agents.book)
@@ -179,6 +182,7 @@ def create_app(
                 await twilio_calls.aclose()
             await store.close()
             await stream_gate.close()
+            await tracing.aclose()  # the calls have ended their traces; the rest end and are exported
 
     app = Starlette(
         routes=[
@@ -204,6 +208,7 @@ def create_app(
     app.state.metrics = metrics
     app.state.stream_gate = stream_gate
     app.state.agents = agents
+    app.state.tracing = tracing
     return app
 
 

@@ -21,8 +21,10 @@ from relay.config_checks import (
     check_agents_file,
     check_api_version,
     check_forwarded_allow_ips,
+    check_key_values,
     check_language,
     check_log_level,
+    check_otlp_endpoint,
     check_phone_number,
     check_public_url,
     check_token_scope,
@@ -37,6 +39,14 @@ from relay.errors import ConfigError
 
 RelayMode = Literal["realtime", "cascade", "auto"]
 TurnDetection = Literal["server_vad", "semantic_vad"]
+TracesSampler = Literal[
+    "always_on",
+    "always_off",
+    "traceidratio",
+    "parentbased_always_on",
+    "parentbased_always_off",
+    "parentbased_traceidratio",
+]
 
 DEFAULT_INSTRUCTIONS = (
     "You are a helpful, friendly voice assistant on a phone call. Keep answers short and "
@@ -155,6 +165,25 @@ class Settings(BaseSettings):
     # --- agents (relay/agents/) ---------------------------------------------------------------
     agents_file: str = ""  # a TOML file of [agents.NAME] tables; empty: the environment is the one agent
 
+    # --- tracing (relay/tracing/): OpenTelemetry's own names, read here and handed to the SDK ------
+    # No endpoint: no exporter, no tracer provider, nothing on any call's path.
+    otel_exporter_otlp_endpoint: str = ""  # a collector's base URL; spans go to <it>/v1/traces
+    otel_exporter_otlp_traces_endpoint: str = ""  # the full URL of the traces endpoint (wins)
+    otel_exporter_otlp_protocol: Literal["http/protobuf"] = "http/protobuf"  # the only one the relay speaks
+    otel_exporter_otlp_headers: SecretStr | None = None  # "key=value,key2=value2" (often an API key)
+    otel_exporter_otlp_compression: Literal["none", "gzip", "deflate"] = "none"
+    otel_service_name: str = "twilio-realtime-relay"
+    otel_resource_attributes: str = ""  # "deployment.environment=prod,service.namespace=voice"
+    otel_traces_sampler: TracesSampler = "parentbased_always_on"
+    otel_traces_sampler_arg: float = Field(1.0, ge=0.0, le=1.0)  # the ratio of the *traceidratio samplers
+    otel_bsp_schedule_delay: int = Field(5000, ge=1, le=600_000)  # ms between two batch exports
+    otel_bsp_max_queue_size: int = Field(2048, ge=1, le=100_000)  # spans waiting; more are dropped
+    otel_bsp_max_export_batch_size: int = Field(512, ge=1, le=100_000)  # at most the queue size
+    otel_sdk_disabled: bool = False  # true: no traces even with an endpoint
+    otel_record_tool_arguments: bool = (
+        False  # tool spans carry the model's arguments (may hold personal data)
+    )
+
     # --- operations ------------------------------------------------------------------------
     relay_admin_token: SecretStr | None = None
     log_format: Literal["text", "json"] = "text"
@@ -202,6 +231,7 @@ class Settings(BaseSettings):
         "openai_chat_model",
         "openai_tts_model",
         "openai_voice",
+        "otel_service_name",
         mode="after",
     )
     @classmethod
@@ -254,6 +284,7 @@ class Settings(BaseSettings):
         "redis_url",
         "relay_admin_token",
         "post_call_webhook_secret",
+        "otel_exporter_otlp_headers",
         mode="after",
     )
     @classmethod
@@ -279,6 +310,24 @@ class Settings(BaseSettings):
     @classmethod
     def _check_agents_file(cls, v: str) -> str:
         return check_agents_file(v)
+
+    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint", mode="after")
+    @classmethod
+    def _check_otlp_endpoint(cls, v: str, info: ValidationInfo) -> str:
+        return check_otlp_endpoint(v, (info.field_name or "").upper())
+
+    @field_validator("otel_exporter_otlp_headers", mode="after")
+    @classmethod
+    def _check_otlp_headers(cls, v: SecretStr | None) -> SecretStr | None:
+        if v is not None:
+            check_key_values(v.get_secret_value(), "OTEL_EXPORTER_OTLP_HEADERS", secret=True)
+        return v
+
+    @field_validator("otel_resource_attributes", mode="after")
+    @classmethod
+    def _check_resource_attributes(cls, v: str) -> str:
+        check_key_values(v, "OTEL_RESOURCE_ATTRIBUTES")
+        return v.strip()
 
     @field_validator("log_level", mode="after")
     @classmethod
@@ -307,6 +356,16 @@ class Settings(BaseSettings):
                 "POST_CALL_WEBHOOK_URL is set but POST_CALL_WEBHOOK_SECRET is not: set a long random "
                 "secret (e.g. `openssl rand -hex 32`), shared with the receiver, which checks each "
                 "delivery's X-Relay-Signature with it."
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_otel_batch(self) -> Settings:
+        if self.otel_bsp_max_export_batch_size > self.otel_bsp_max_queue_size:
+            raise ConfigError(
+                f"OTEL_BSP_MAX_EXPORT_BATCH_SIZE={self.otel_bsp_max_export_batch_size} is more than "
+                f"OTEL_BSP_MAX_QUEUE_SIZE={self.otel_bsp_max_queue_size}: a batch is taken from the "
+                "queue, so lower the batch size or raise the queue size."
             )
         return self
 

@@ -32,7 +32,9 @@ __all__ = [
     "check_api_version",
     "check_forwarded_allow_ips",
     "check_language",
+    "check_key_values",
     "check_log_level",
+    "check_otlp_endpoint",
     "check_phone_number",
     "check_public_url",
     "check_webhook_url",
@@ -122,6 +124,32 @@ def check_webhook_url(v: str) -> str:
                 "'https://crm.example.com/hooks/calls', or leave it empty for no webhook."
             )
     return v
+
+
+def check_otlp_endpoint(v: str, name: str) -> str:
+    """OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT: empty (no traces), or an absolute http(s) URL."""
+    v = v.strip().rstrip("/")
+    parts = urlsplit(v)
+    if v and (parts.scheme not in ("http", "https") or not parts.netloc):
+        example = "'http://collector:4318/v1/traces'" if "TRACES" in name else "'http://collector:4318'"
+        raise ConfigError(
+            f"{name}={_shown(v)} is not an OTLP/HTTP URL: use e.g. {example} (the collector's "
+            "OTLP/HTTP port, 4318 by default), or leave it empty for no traces."
+        )
+    return v
+
+
+def check_key_values(v: str, name: str, *, secret: bool = False) -> None:
+    """OpenTelemetry's `key=value,key2=value2` lists (OTEL_RESOURCE_ATTRIBUTES, _HEADERS): every
+    entry has a key and an `=`. A secret's value is never shown."""
+    for entry in filter(None, (e.strip() for e in v.split(","))):
+        key, equals, _ = entry.partition("=")
+        if not equals or not key.strip():
+            shown = "" if secret else f"={v.strip()!r}"
+            raise ConfigError(
+                f"{name}{shown} is not a list of key=value pairs: use e.g. "
+                "'key=value,other.key=value' (values URL-encoded), or leave it empty."
+            )
 
 
 def check_token_scope(v: str) -> str:

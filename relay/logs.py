@@ -1,7 +1,9 @@
 """Structured logging: readable text by default, JSON lines with LOG_FORMAT=json.
 
 Every line logged while a call is active carries its call SID and stream SID, taken from context
-variables that the Media Stream endpoint sets once per call (`bind_call`).
+variables that the Media Stream endpoint sets once per call (`bind_call`). With tracing on
+(relay/tracing/), a call's JSON lines also carry the `trace_id` and `span_id` of its trace, bound
+the same way (`bind_trace`); with tracing off they carry neither.
 
 A log line is one line whatever a client sent: the text format escapes control characters
 (newline, CR, ESC...) in the message and the extras, and indents tracebacks, so no request can
@@ -23,6 +25,9 @@ import orjson
 
 call_sid_var: contextvars.ContextVar[str] = contextvars.ContextVar("call_sid", default="-")
 stream_sid_var: contextvars.ContextVar[str] = contextvars.ContextVar("stream_sid", default="-")
+# (trace id, span id) as 32 and 16 hex digits, while a traced call's span is current; else None
+trace_var: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("trace", default=None)
+_TRACE_FIELDS = ("trace_id", "span_id")
 
 # Standard record attributes, plus uvicorn's duplicate of its message with terminal colours.
 _STD_ATTRS = frozenset(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime", "color_message"}
@@ -70,12 +75,25 @@ def bind_call(call_sid: str, stream_sid: str = "-") -> Iterator[None]:
         stream_sid_var.reset(t2)
 
 
+@contextmanager
+def bind_trace(trace_id: str, span_id: str) -> Iterator[None]:
+    """Tags every log line in this context (and tasks started from it) with a span of a trace."""
+    token = trace_var.set((trace_id, span_id))
+    try:
+        yield
+    finally:
+        trace_var.reset(token)
+
+
 class _CallContextFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "call_sid"):
             record.call_sid = call_sid_var.get()
         if not hasattr(record, "stream_sid"):
             record.stream_sid = stream_sid_var.get()
+        trace = trace_var.get()
+        if trace is not None and not hasattr(record, "trace_id"):
+            record.trace_id, record.span_id = trace
         return True
 
 
@@ -83,7 +101,9 @@ def _extras(record: logging.LogRecord) -> dict[str, Any]:
     return {
         k: v
         for k, v in vars(record).items()
-        if k not in _STD_ATTRS and k not in ("call_sid", "stream_sid") and not k.startswith("_")
+        if k not in _STD_ATTRS
+        and k not in ("call_sid", "stream_sid", *_TRACE_FIELDS)
+        and not k.startswith("_")
     }
 
 
@@ -99,6 +119,8 @@ class JsonFormatter(logging.Formatter):
             "call_sid": getattr(record, "call_sid", "-"),
             "stream_sid": getattr(record, "stream_sid", "-"),
         }
+        if hasattr(record, "trace_id"):
+            doc.update((k, getattr(record, k, "-")) for k in _TRACE_FIELDS)
         doc.update(
             (k, bound(v, MAX_EXTRA_CHARS) if isinstance(v, str) else v) for k, v in _extras(record).items()
         )

@@ -86,6 +86,19 @@ BAD_VALUES = [
     ("TRANSCRIPTION_LANGUAGE", "german", "ISO 639-1 code such as 'de'"),
     ("AGENTS_FILE", "agents.yaml", "does not exist"),
     ("AGENTS_FILE", ".", "is a directory"),
+    ("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318", "'http://collector:4318'"),
+    ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "grpc://collector", "'http://collector:4318/v1/traces'"),
+    ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc", "'http/protobuf'"),
+    ("OTEL_EXPORTER_OTLP_COMPRESSION", "zstd", "'none', 'gzip', 'deflate'"),
+    ("OTEL_SERVICE_NAME", " ", "'twilio-realtime-relay'"),
+    ("OTEL_RESOURCE_ATTRIBUTES", "production", "key=value pairs"),
+    ("OTEL_TRACES_SAMPLER", "ratio", "'parentbased_traceidratio'"),
+    ("OTEL_TRACES_SAMPLER_ARG", "10", "from 0 to 1"),
+    ("OTEL_BSP_SCHEDULE_DELAY", "0", "from 1 to 600000"),
+    ("OTEL_BSP_MAX_QUEUE_SIZE", "many", "whole number"),
+    ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "4096", "lower the batch size or raise the queue size"),
+    ("OTEL_SDK_DISABLED", "yes please", "true or false"),
+    ("OTEL_RECORD_TOOL_ARGUMENTS", "sometimes", "true or false"),
 ]
 
 
@@ -159,6 +172,15 @@ def test_a_secret_value_is_never_shown(clean_env: pytest.MonkeyPatch) -> None:
     message = str(caught.value)
     assert "OPENAI_API_KEY=<hidden>" in message and "LOG_LEVEL='LOUD'" in message
     assert "sk-very-secret" not in message and "tok-very-secret" not in message
+
+
+def test_otlp_headers_that_are_not_key_values_are_refused_unshown(clean_env: pytest.MonkeyPatch) -> None:
+    clean_env.setenv("OTEL_EXPORTER_OTLP_HEADERS", "Bearer s3cr3t-t0ken")
+    with pytest.raises(ConfigError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "OTEL_EXPORTER_OTLP_HEADERS" in message and "key=value" in message
+    assert "s3cr3t" not in message
 
 
 def test_a_post_call_webhook_needs_its_secret(clean_env: pytest.MonkeyPatch) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -24,6 +25,7 @@ from twilio.twiml.voice_response import Connect, VoiceResponse
 
 from relay.logs import bind_call
 from relay.sids import is_account_sid, is_call_sid
+from relay.tracing import CallTrace
 from webhooks.form import FormRefused, read_form
 from webhooks.signature import public_base, request_signature_ok
 from webhooks.token import mint_stream_token
@@ -111,7 +113,31 @@ async def connect_call(
     Media Stream: refused when replayed or not admitted; otherwise its agent is chosen (the one an
     outbound call asked for, else by the number called), its early provider connection starts,
     its agent and placeholder values are remembered for its stream (and named in the stream's
-    parameters, for an instance that did not see this webhook), and its record gets its parties."""
+    parameters, for an instance that did not see this webhook), and its record gets its parties.
+
+    The call's trace starts here (kept for its stream), with a `webhook` span around the answer; a
+    refused call's trace ends with the refusal as its outcome."""
+    trace = request.app.state.tracing.call(form["CallSid"], direction=direction)
+    with trace.span("webhook", **{"http.route": request.url.path}) as span:
+        response, refusal = await _answer(
+            request, form, trace, direction=direction, context=context, agent=agent
+        )
+        span.set(outcome=refusal or "connected")
+    if refusal is not None:
+        trace.end(outcome=refusal)
+    return response
+
+
+async def _answer(
+    request: Request,
+    form: dict[str, str],
+    trace: CallTrace,
+    *,
+    direction: str,
+    context: dict[str, str] | None,
+    agent: str | None,
+) -> tuple[Response, str | None]:
+    """`connect_call`'s answer, and the refusal (None: the call is connected)."""
     state = request.app.state
     settings = state.settings
     call_sid = form["CallSid"]
@@ -123,7 +149,7 @@ async def connect_call(
             call_sid,
         )
         state.metrics.observe_rejection("replayed_webhook")
-        return say_and_hang_up(APOLOGY)
+        return say_and_hang_up(APOLOGY), "replayed_webhook"
     caller, called = form.get("From", "")[:MAX_NUMBER_CHARS], form.get("To", "")[:MAX_NUMBER_CHARS]
     chosen = state.manager.agents.for_call(called if direction == "inbound" else caller, agent)
     refusal = await state.manager.admit(call_sid, agent=chosen)
@@ -131,7 +157,13 @@ async def connect_call(
         log.warning("refusing call: %s", refusal)
         state.metrics.observe_rejection(refusal)
         text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
-        return say_and_hang_up(text)
+        return say_and_hang_up(text), refusal
+    if trace.recording:  # nothing to work out for a trace that is not exported
+        trace.set(
+            agent=chosen.name,
+            provider="azure_openai" if chosen.settings.use_azure_openai else "openai",
+            provider_host=urlsplit(chosen.adapter.realtime_url).hostname,
+        )
     # the call's agent and placeholder values first: its early connection's opening needs them
     state.manager.notes.remember_call(
         call_sid, agent=chosen.name, caller=caller, called=called, direction=direction, context=context
@@ -151,7 +183,7 @@ async def connect_call(
     record = {"from": params["from"], "to": params["to"], "direction": direction, "agent": chosen.name}
     state.manager.outbox.put(call_sid, "upsert", **record)
     log.info("%s call from %s, connecting stream to %s", direction, params["from"], stream_url)
-    return Response(connect_twiml(stream_url, params, APOLOGY), media_type=TWIML)
+    return Response(connect_twiml(stream_url, params, APOLOGY), media_type=TWIML), None
 
 
 async def call_status(request: Request) -> Response:

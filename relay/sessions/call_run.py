@@ -280,7 +280,21 @@ class CallRun:
         return [*self.earlier_stats, *([self.session.stats] if self.session is not None else [])]
 
     async def run(self) -> str:
+        """Serves the call; its trace (begun at its webhook, or here) spans it and ends with its
+        outcome, and its log lines carry the trace's ids."""
         adapter = self.agent.adapter
+        trace = self.manager.tracing.for_stream(
+            self.start.call_sid, stream_sid=self.start.stream_sid, mode=self.mode, agent=self.agent.name
+        )
+        outcome = "error"
+        try:
+            with trace.bind_logs():
+                outcome = await self._run(adapter)
+        finally:
+            trace.end(outcome=outcome, mode=self.mode, agent=self.agent.name)
+        return outcome
+
+    async def _run(self, adapter: ProviderAdapter) -> str:
         self.recorder.put("add_event", "agents", {"name": self.agent.name, "at": time.time()})
         self.recorder.put(
             "upsert",

@@ -30,6 +30,7 @@ from relay.sessions.outbox import Outbox, StoreHealth
 from relay.sessions.realtime_setup import open_early
 from relay.sessions.recordings import Recordings
 from relay.sessions.store import CallStore
+from relay.tracing import Tracing
 from relay.transport.provider import ProviderSocket
 from relay.twilio_messages import Start
 
@@ -62,9 +63,11 @@ class CallManager:
         metrics: Metrics | None = None,
         limiter: CallLimiter | None = None,
         post_call_policy: DeliveryPolicy | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
+        self.tracing = tracing if tracing is not None else Tracing(settings)  # off: every call a no-op
         self.cascade_factory = cascade_factory
         self.registry = registry
         self.twilio_calls = twilio_calls
