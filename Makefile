@@ -30,8 +30,9 @@ lint: $(STAMP)
 	$(BIN)/mypy relay cascade webhooks scripts/import_contracts.py
 	$(BIN)/lint-imports --no-cache --no-logo
 
+# Two workers, one per core of the CI machine: most tests wait on real-time audio, not on the CPU.
 test: $(STAMP) sysdeps lint
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 bench: $(STAMP)
 	$(BIN)/python bench/codecs.py
