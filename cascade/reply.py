@@ -182,6 +182,7 @@ class ReplyPipeline(Playout):
             silence_ms = self.settings.cascade_silence_ms
             self.stats.turn_latencies_ms.append((now - timing["vad_end"]) * 1000 + silence_ms)
             self._awaiting_heard = (item, timing["vad_end"] - silence_ms / 1000)
+            self.stats.turn_times.append((timing["vad_end"] - silence_ms / 1000, now))
         timing.setdefault("first_frame", now)
         if self.stats.first_audio_ms is None:
             self.stats.first_audio_ms = (now - self._t0) * 1000

@@ -323,3 +323,47 @@ async def test_a_whole_call_is_one_trace_that_ends_with_its_outcome(
     assert root.attributes["relay.mode"] == "realtime" and root.attributes["relay.outcome"] == "twilio_stop"
     ended = json_line(caplog, "call ended")
     assert ended["call_sid"] == call.call_sid and ended["trace_id"] == root.trace_id
+
+
+async def test_a_calls_turns_and_tools_are_spans_of_its_trace(collector: OtlpReceiver) -> None:
+    """Each turn is a `turn` span (its latency the record's figure; `interrupted` when a barge-in
+    cut its answer), each tool call a `tool` span; all children of the call's root."""
+    from relay.testing.realtime import Call, Say
+    from relay.testing.twilio_rest import FakeTwilioRest
+    from tests.conftest import ACCOUNT_SID
+    from tests.rig import rig, speak
+
+    rest = FakeTwilioRest(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
+    replies = [
+        Say("Hello.", audio_ms=200),
+        Say("A long answer that the caller cuts short.", audio_ms=3000),
+        Call("end_call", {"reason": "done"}, call_id="t1"),
+        Say("Goodbye.", audio_ms=200),
+    ]
+    async with rest.serve() as rest_url:
+        settings = traced(collector, realtime_preconnect=True, twilio_api_base_url=rest_url)
+        async with rig("openai-ga", settings=settings, responses=replies) as r:
+            async with r.caller() as call:
+                conn = await r.dial(call)
+                await call.wait_playback_idle(min_bytes=200 * 8)
+                await speak(call)  # turn 1: the long answer starts...
+                await call.wait_for_media(min_bytes=200 * 8 + 800 * 8)
+                await speak(call)  # ...and is cut: turn 2 gets end_call, then the goodbye
+                await rest.wait_update(timeout=10)
+                await call.stop()
+            await r.app.state.manager.wait_idle(timeout=5)
+            record = await r.app.state.store.get(call.call_sid)
+            await collector.wait_spans(5)
+    (root,) = collector.named("call")
+    turns = sorted(collector.named("turn"), key=lambda s: s.start_ns)
+    assert [t.parent_span_id for t in turns] == [root.span_id] * len(turns) == [root.span_id] * 2
+    figures = record["stats"][0]["turn_latencies_ms"]
+    assert [t.attributes["relay.latency_ms"] for t in turns] == pytest.approx(figures, abs=0.1)
+    assert [t.attributes["relay.interrupted"] for t in turns] == [True, False]
+    assert all(t.attributes["relay.path"] == "realtime" for t in turns)
+    (tool,) = collector.named("tool")
+    assert tool.parent_span_id == root.span_id
+    assert tool.attributes["tool.name"] == "end_call" and tool.attributes["relay.outcome"] == "ok"
+    assert "tool.arguments" not in tool.attributes  # only with OTEL_RECORD_TOOL_ARGUMENTS
+    assert "turn_times" not in record["stats"][0]  # the spans' clock readings stay out of the record
+    assert conn.function_outputs["t1"]

@@ -59,6 +59,8 @@ class CallStats:
     # per turn, the same end of speech → the moment Twilio started playing the answer (its first
     # mark echo, less the audio that mark covered)
     heard_latencies_ms: list[float] = field(default_factory=list)
+    # per turn, (end of speech, first agent audio sent) on the monotonic clock: the turn's span
+    turn_times: list[tuple[float, float]] = field(default_factory=list)
     path: str = ""  # "realtime" or "cascade": the session that kept these figures
     turn_timings: list[dict[str, float]] = field(default_factory=list)  # cascade hops, per turn
 

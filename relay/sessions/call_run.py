@@ -19,6 +19,7 @@ from relay.sessions import events as ev
 from relay.sessions.call import AgentSwitch, CallSession, CallStats, EffectSink, Turn, TwilioSink
 from relay.sessions.call_control import Goodbye, ToolControl
 from relay.sessions.call_record import CallRecorder
+from relay.sessions.call_trace import record_turns, trace_tool
 from relay.sessions.effects import (
     BargeIn,
     Effect,
@@ -34,6 +35,7 @@ from relay.sessions.effects import (
 )
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime import RealtimeSession
+from relay.tracing import CallTrace
 from relay.twilio_messages import Media, Start
 
 if TYPE_CHECKING:
@@ -84,6 +86,8 @@ class CallRun:
         self._goodbye: Goodbye | None = None
         self._tones = 0  # DTMF tone sequences played
         self.earlier_stats: list[CallStats] = []  # the realtime phase's figures, after a fallback
+        self.trace = CallTrace(start.call_sid)  # a no-op until `run` takes the call's trace
+        self._cut_turns: set[tuple[int, int]] = set()  # (phase, turn) whose answer a barge-in cut
         self.ending = ""
 
     # --- effects, in one place ------------------------------------------------------------------
@@ -99,6 +103,8 @@ class CallRun:
             self._spawn(self._run_tool(effect.call), f"tool-{effect.call.name}")
         elif isinstance(effect, BargeIn) and stats is not None:
             stats.barge_ins += 1
+            if stats.turn_times:  # the latest turn's answer was cut
+                self._cut_turns.add((len(self.earlier_stats), len(stats.turn_times) - 1))
         elif isinstance(effect, Truncated) and stats is not None:
             stats.truncates += 1
         elif isinstance(effect, Fault) and stats is not None:
@@ -234,6 +240,7 @@ class CallRun:
             control=control,
             twilio=self.manager.twilio_calls,
         )
+        started = time.monotonic()
         dispatch = asyncio.ensure_future(
             registry.dispatch(
                 ToolCallRequest(call.call_id, call.name, call.arguments),
@@ -252,9 +259,9 @@ class CallRun:
         audit = result.audit()
         self.recorder.put("add_event", "tools", audit)
         self.manager.metrics.observe_tool(audit)
-        if (
-            session is self.session and control.output_wanted
-        ):  # not after a fallback or a new agent's connection
+        trace_tool(self.trace, audit, started)
+        # not to a session that has gone (a fallback), nor after a handoff to a new connection
+        if session is self.session and control.output_wanted:
             await session.tool_finished(call.call_id, str(result.output))
 
     def _cancel_tasks(self) -> None:
@@ -283,7 +290,7 @@ class CallRun:
         """Serves the call; its trace (begun at its webhook, or here) spans it and ends with its
         outcome, and its log lines carry the trace's ids."""
         adapter = self.agent.adapter
-        trace = self.manager.tracing.for_stream(
+        trace = self.trace = self.manager.tracing.for_stream(
             self.start.call_sid, stream_sid=self.start.stream_sid, mode=self.mode, agent=self.agent.name
         )
         outcome = "error"
@@ -291,6 +298,7 @@ class CallRun:
             with trace.bind_logs():
                 outcome = await self._run(adapter)
         finally:
+            record_turns(trace, self.all_stats(), self._cut_turns)
             trace.end(outcome=outcome, mode=self.mode, agent=self.agent.name)
         return outcome
 
@@ -324,7 +332,7 @@ class CallRun:
             self.recorder.put("add_event", "errors", {"cause": str(exc), "status": exc.status})
         finally:
             self._cancel_tasks()
-            stats = [vars(st) for st in self.all_stats()]
+            stats = [{k: v for k, v in vars(st).items() if k != "turn_times"} for st in self.all_stats()]
             self.recorder.finish(
                 ended_at=time.time(), status="ended", outcome=outcome, mode=self.mode, stats=stats
             )

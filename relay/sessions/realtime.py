@@ -222,6 +222,7 @@ class RealtimeSession:
                     self._speech_ended_at = None
                 if self._speech_end is not None:
                     stats.turn_latencies_ms.append((now - self._speech_end) * 1000)
+                    stats.turn_times.append((self._speech_end, now))
                     self._awaiting_heard = (event.item_id, self._speech_end)
                     self._speech_end = None
                 if stats.first_audio_ms is None:
