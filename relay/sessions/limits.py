@@ -71,20 +71,29 @@ end
 """.replace("__RECORD_SUFFIXES__", "{" + ", ".join(f"':{name}'" for name in (*LIST_FIELDS, APPLIED)) + "}")
 )
 
-# Each script below returns {its answer, the SIDs its purge marked lost...}.
-# Acquire and refresh are one script: ARGV[3] sid, ARGV[4] ttl in ms, ARGV[5] the slots a SID that
-# holds none may fill (max_calls to acquire, 0 to refresh, which only extends a held slot). Answer:
-# 1 when the sid holds a slot afterwards (its expiry set to now + ttl).
-_HOLD = (
+# Each script below returns {its answer, the SIDs its purge marked lost...}. `hold` is the admission
+# rule they share: `sid` keeps or takes a slot (its expiry set to now + ttl ms) when it holds one
+# already or fewer than `limit` are held; 1 when it holds one afterwards.
+_HOLDING = (
     _PURGE
     + """
-local marked = purge()
-local holds = 0
-if redis.call('ZSCORE', KEYS[1], ARGV[3]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[5]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[3])
-  holds = 1
+local function hold(sid, ttl, limit)
+  if redis.call('ZSCORE', KEYS[1], sid) or redis.call('ZCARD', KEYS[1]) < limit then
+    redis.call('ZADD', KEYS[1], now + ttl, sid)
+    return 1
+  end
+  return 0
 end
-table.insert(marked, 1, holds)
+local marked = purge()
+"""
+)
+
+# Acquire and refresh are one script: ARGV[3] sid, ARGV[4] ttl in ms, ARGV[5] the slots a SID that
+# holds none may fill (max_calls to acquire, 0 to refresh, which only extends a held slot).
+_HOLD = (
+    _HOLDING
+    + """
+table.insert(marked, 1, hold(ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])))
 return marked
 """
 )
@@ -93,16 +102,10 @@ return marked
 # step, so no other call can take it in between. ARGV[3] the old key, then as _HOLD: ARGV[4] the new
 # SID, ARGV[5] ttl in ms, ARGV[6] max_calls (the slot is taken anew when the old key held none).
 _REBIND = (
-    _PURGE
+    _HOLDING
     + """
-local marked = purge()
 redis.call('ZREM', KEYS[1], ARGV[3])
-local holds = 0
-if redis.call('ZSCORE', KEYS[1], ARGV[4]) or redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[6]) then
-  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[5]), ARGV[4])
-  holds = 1
-end
-table.insert(marked, 1, holds)
+table.insert(marked, 1, hold(ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])))
 return marked
 """
 )
