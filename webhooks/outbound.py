@@ -24,7 +24,7 @@ from starlette.routing import Route
 
 from relay.errors import StoreError
 from relay.logs import bind_call
-from webhooks.routes import connect_call, signed_form
+from webhooks.routes import connect_call, refuse_malformed, signed_form
 
 log = logging.getLogger("relay.webhooks")
 
@@ -82,12 +82,9 @@ async def amd_status(request: Request) -> Response:
         answered_by = form.get("AnsweredBy", "")
         duration = form.get("MachineDetectionDuration", "")
         if not ANSWERED_BY.fullmatch(answered_by) or (duration and not DURATION_MS.fullmatch(duration)):
-            log.warning("refused %s: malformed AnsweredBy or MachineDetectionDuration", AMD_PATH)
-            state.metrics.observe_rejection("malformed")
-            return PlainTextResponse(
-                "AnsweredBy must be a Twilio AMD result, MachineDetectionDuration milliseconds",
-                status_code=400,
-            )
+            what = "malformed AnsweredBy or MachineDetectionDuration"
+            answer = "AnsweredBy must be a Twilio AMD result, MachineDetectionDuration milliseconds"
+            return refuse_malformed(request, AMD_PATH, what, answer)
         fields: dict[str, Any] = {"answered_by": answered_by}
         if duration:
             fields["machine_detection_ms"] = int(duration)

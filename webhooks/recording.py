@@ -9,12 +9,12 @@ import re
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from relay.logs import bind_call
 from relay.sessions.recordings import STATUS_PATH
-from webhooks.routes import signed_form
+from webhooks.routes import refuse_malformed, signed_form
 
 log = logging.getLogger("relay.webhooks")
 
@@ -40,10 +40,9 @@ async def recording_status(request: Request) -> Response:
             and (not url or RECORDING_URL.fullmatch(url))
             and (not duration or DURATION_S.fullmatch(duration))
         ):
-            log.warning("refused %s: a malformed recording SID, URL, status or duration", RECORDING_PATH)
-            state.metrics.observe_rejection("malformed")
-            reason = "RecordingSid, RecordingUrl, RecordingStatus or RecordingDuration is malformed"
-            return PlainTextResponse(reason, status_code=400)
+            what = "a malformed recording SID, URL, status or duration"
+            answer = "RecordingSid, RecordingUrl, RecordingStatus or RecordingDuration is malformed"
+            return refuse_malformed(request, RECORDING_PATH, what, answer)
         fields: dict[str, Any] = {"recording_sid": sid, "recording_status": status}
         if url and status == "completed":
             fields["recording_url"] = url

@@ -69,6 +69,14 @@ def _refusal(status: int, text: str) -> Response:
     return PlainTextResponse(text, status_code=status)
 
 
+def refuse_malformed(request: Request, route: str, what: str, answer: str, status: int = 400) -> Response:
+    """A request refused for its form (unreadable, or a signed one with a malformed field):
+    logged (`refused ROUTE: WHAT`), counted as malformed, answered `status` with `answer`."""
+    log.warning("refused %s: %s", route, what)
+    request.app.state.metrics.observe_rejection("malformed")
+    return _refusal(status, answer)
+
+
 async def signed_form(request: Request, route: str) -> dict[str, str] | Response:
     """The webhook's form once its body is bounded, its signature valid and its SIDs well-formed;
     else the response that refuses it. Nothing from the request is logged before it is checked."""
@@ -76,9 +84,7 @@ async def signed_form(request: Request, route: str) -> dict[str, str] | Response
     try:
         form = await read_form(request, within=state.settings.webhook_body_timeout)
     except FormRefused as exc:
-        log.warning("refused %s: HTTP %d, %s", route, exc.status, exc.reason)
-        state.metrics.observe_rejection("malformed")
-        return _refusal(exc.status, exc.reason)
+        return refuse_malformed(request, route, f"HTTP {exc.status}, {exc.reason}", exc.reason, exc.status)
     call_sid = form.get("CallSid", "")
     with bind_call(call_sid if is_call_sid(call_sid) else "-"):
         if not request_signature_ok(request, state.settings, form):
@@ -87,9 +93,8 @@ async def signed_form(request: Request, route: str) -> dict[str, str] | Response
             return PlainTextResponse("invalid signature", status_code=403)
         account_sid = form.get("AccountSid")  # Twilio always sends it; checked when present
         if not is_call_sid(call_sid) or (account_sid is not None and not is_account_sid(account_sid)):
-            log.warning("refused %s: CallSid or AccountSid is not a Twilio SID", route)
-            state.metrics.observe_rejection("malformed")
-            return _refusal(400, "CallSid must be 'CA' and AccountSid 'AC' followed by 32 hex digits")
+            answer = "CallSid must be 'CA' and AccountSid 'AC' followed by 32 hex digits"
+            return refuse_malformed(request, route, "CallSid or AccountSid is not a Twilio SID", answer)
     return form
 
 
@@ -196,9 +201,8 @@ async def call_status(request: Request) -> Response:
         status = form.get("CallStatus", "")
         duration = form.get("CallDuration", "")
         if not CALL_STATUS.fullmatch(status) or (duration and not DURATION.fullmatch(duration)):
-            log.warning("refused /call-status: malformed CallStatus or CallDuration")
-            state.metrics.observe_rejection("malformed")
-            return _refusal(400, "CallStatus must be a Twilio call status, CallDuration whole seconds")
+            answer = "CallStatus must be a Twilio call status, CallDuration whole seconds"
+            return refuse_malformed(request, "/call-status", "malformed CallStatus or CallDuration", answer)
         fields: dict[str, object] = {"twilio_status": status}
         if duration:
             fields["duration_s"] = duration

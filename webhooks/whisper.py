@@ -19,7 +19,7 @@ from twilio.twiml.voice_response import VoiceResponse
 
 from relay.logs import bind_call
 from relay.tools.whisper import WHISPER_PATH, WhisperTokenError, verify_whisper_token
-from webhooks.routes import TWIML, signed_form
+from webhooks.routes import TWIML, refuse_malformed, signed_form
 
 log = logging.getLogger("relay.webhooks")
 
@@ -38,9 +38,11 @@ async def transfer_whisper(request: Request) -> Response:
     with bind_call(whisper.call_sid):
         parent = form.get("ParentCallSid")
         if parent is not None and parent != whisper.call_sid:
-            log.warning("refused %s: ParentCallSid is not the transferred call", WHISPER_PATH)
-            state.metrics.observe_rejection("malformed")
-            return PlainTextResponse("ParentCallSid is not the call this whisper is for", status_code=400)
+            what, answer = (
+                "ParentCallSid is not the transferred call",
+                "ParentCallSid is not the call this whisper is for",
+            )
+            return refuse_malformed(request, WHISPER_PATH, what, answer)
         log.info("transfer answered (leg %s): whispering the summary", form["CallSid"])
         response = VoiceResponse()
         response.say(whisper.summary)
