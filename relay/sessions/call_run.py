@@ -162,12 +162,13 @@ class CallRun:
         target = self.manager.agents.get(name) if name in previous.handoffs else None
         if target is None or session is None or not target.provider_configured:
             raise ToolError(f"I can't hand this call to {name!r} right now; carry on with the caller.")
-        if self.mode == "cascade" and target.cascade_adapter() is None:
+        adapter = target.adapter if self.mode == "realtime" else target.cascade_adapter()
+        if adapter is None:  # on the cascade, an agent without one cannot take the call
             raise ToolError(f"The {name} agent can't take calls on this line right now; carry on.")
         texts = target.texts(self.values)
         switch = AgentSwitch(
             settings=target.call_settings(texts),
-            adapter=target.adapter if self.mode == "realtime" else target.cascade_adapter() or target.adapter,
+            adapter=adapter,
             opening=target.opening_for(texts),
             chat_tools=target.chat_tools(texts),
             reconnect=target.connection_key != previous.connection_key,

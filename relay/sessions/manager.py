@@ -69,7 +69,6 @@ class CallManager:
         self.store = store
         self.tracing = tracing if tracing is not None else Tracing(settings)  # off: every call a no-op
         self.cascade_factory = cascade_factory
-        self.registry = registry
         self.twilio_calls = twilio_calls
         self.active: dict[str, CallRun] = {}
         self._idle = asyncio.Event()
