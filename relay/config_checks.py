@@ -67,6 +67,12 @@ def _shown(url: str) -> str:
 # --- URLs ------------------------------------------------------------------------------------------
 
 
+def _is_url(value: str, schemes: tuple[str, ...] = ("http", "https")) -> bool:
+    """True for an absolute URL of one of `schemes` (a host, at least)."""
+    parts = urlsplit(value)
+    return parts.scheme in schemes and bool(parts.netloc)
+
+
 def normalize_http_url(value: str, *, name: str, default_scheme: str = "https") -> str:
     """Accepts `host`, `https://host` or `http://host[:port]`; returns `scheme://host[:port][/path]`."""
     value = value.strip().rstrip("/")
@@ -74,8 +80,7 @@ def normalize_http_url(value: str, *, name: str, default_scheme: str = "https") 
         return value
     if "://" not in value:
         value = f"{default_scheme}://{value}"
-    parts = urlsplit(value)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
+    if not _is_url(value):
         example = (
             "'my-resource.openai.azure.com', 'https://my-resource.openai.azure.com'"
             if name == "AZURE_OPENAI_ENDPOINT"
@@ -91,8 +96,7 @@ def normalize_http_url(value: str, *, name: str, default_scheme: str = "https") 
 def check_websocket_url(v: str) -> str:
     """REALTIME_WEBSOCKET_BASE_URL: empty, or a ws(s):// (or http(s)://) URL."""
     v = v.strip().rstrip("/")
-    parts = urlsplit(v)
-    if v and (parts.scheme not in ("ws", "wss", "http", "https") or not parts.netloc):
+    if v and not _is_url(v, ("ws", "wss", "http", "https")):
         raise ConfigError(
             f"REALTIME_WEBSOCKET_BASE_URL={_shown(v)} is not a WebSocket URL: use e.g. 'wss://proxy/v1' "
             "(OpenAI) or 'wss://proxy' (Azure), or leave it empty to derive it."
@@ -103,34 +107,29 @@ def check_websocket_url(v: str) -> str:
 def check_public_url(v: str) -> str:
     """PUBLIC_URL: empty, or an absolute http(s) URL, without its trailing slash."""
     v = v.strip().rstrip("/")
-    if v:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(
-                f"PUBLIC_URL={_shown(v)} must be an absolute URL such as 'https://abc123.ngrok.app' "
-                "(run scripts/ngrok.sh to set it)."
-            )
+    if v and not _is_url(v):
+        raise ConfigError(
+            f"PUBLIC_URL={_shown(v)} must be an absolute URL such as 'https://abc123.ngrok.app' "
+            "(run scripts/ngrok.sh to set it)."
+        )
     return v
 
 
 def check_webhook_url(v: str) -> str:
     """POST_CALL_WEBHOOK_URL: empty (no webhook), or an absolute http(s) URL."""
     v = v.strip()
-    if v:
-        parts = urlsplit(v)
-        if parts.scheme not in ("http", "https") or not parts.netloc:
-            raise ConfigError(
-                f"POST_CALL_WEBHOOK_URL={_shown(v)} is not an absolute URL: use e.g. "
-                "'https://crm.example.com/hooks/calls', or leave it empty for no webhook."
-            )
+    if v and not _is_url(v):
+        raise ConfigError(
+            f"POST_CALL_WEBHOOK_URL={_shown(v)} is not an absolute URL: use e.g. "
+            "'https://crm.example.com/hooks/calls', or leave it empty for no webhook."
+        )
     return v
 
 
 def check_otlp_endpoint(v: str, name: str) -> str:
     """OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT: empty (no traces), or an absolute http(s) URL."""
     v = v.strip().rstrip("/")
-    parts = urlsplit(v)
-    if v and (parts.scheme not in ("http", "https") or not parts.netloc):
+    if v and not _is_url(v):
         example = "'http://collector:4318/v1/traces'" if "TRACES" in name else "'http://collector:4318'"
         raise ConfigError(
             f"{name}={_shown(v)} is not an OTLP/HTTP URL: use e.g. {example} (the collector's "
@@ -155,8 +154,7 @@ def check_key_values(v: str, name: str, *, secret: bool = False) -> None:
 def check_token_scope(v: str) -> str:
     """AZURE_TOKEN_SCOPE: an https URL, as Entra ID scopes are."""
     v = v.strip()
-    parts = urlsplit(v)
-    if parts.scheme != "https" or not parts.netloc:
+    if not _is_url(v, ("https",)):
         raise ConfigError(
             f"AZURE_TOKEN_SCOPE={v!r} is not an Entra ID scope: use "
             "'https://cognitiveservices.azure.com/.default' (the default)."
