@@ -179,10 +179,9 @@ class ReplyPipeline(Playout):
         if "first_frame" not in timing and "stt_sent" in timing:
             self.stats.response_latencies_ms.append((now - timing["vad_end"]) * 1000)
             # from the caller's end of speech: the VAD ended the turn after its silence window
-            silence_ms = self.settings.cascade_silence_ms
-            self.stats.turn_latencies_ms.append((now - timing["vad_end"]) * 1000 + silence_ms)
-            self._awaiting_heard = (item, timing["vad_end"] - silence_ms / 1000)
-            self.stats.turn_times.append((timing["vad_end"] - silence_ms / 1000, now))
+            speech_end = timing["vad_end"] - self.settings.cascade_silence_ms / 1000
+            self.stats.turn_times.append((speech_end, now))
+            self._awaiting_heard = (item, speech_end)
         timing.setdefault("first_frame", now)
         if self.stats.first_audio_ms is None:
             self.stats.first_audio_ms = (now - self._t0) * 1000

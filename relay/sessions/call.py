@@ -53,16 +53,26 @@ class CallStats:
     heartbeats: int = 0  # heartbeats sent to a quiet provider
     faults: list[str] = field(default_factory=list)
     response_latencies_ms: list[float] = field(default_factory=list)  # VAD's end of turn → agent audio
-    # per turn, the caller's end of speech (the VAD's, less its silence window and the audio the
-    # provider had not heard yet) → the first agent audio sent to Twilio
-    turn_latencies_ms: list[float] = field(default_factory=list)
+    # per turn, (the caller's end of speech, the first agent audio sent to Twilio) on the monotonic
+    # clock: the end of speech is the VAD's, less its silence window and the audio the provider had
+    # not heard yet (`turn_latencies_ms`; the turn's span)
+    turn_times: list[tuple[float, float]] = field(default_factory=list)
     # per turn, the same end of speech → the moment Twilio started playing the answer (its first
     # mark echo, less the audio that mark covered)
     heard_latencies_ms: list[float] = field(default_factory=list)
-    # per turn, (end of speech, first agent audio sent) on the monotonic clock: the turn's span
-    turn_times: list[tuple[float, float]] = field(default_factory=list)
     path: str = ""  # "realtime" or "cascade": the session that kept these figures
     turn_timings: list[dict[str, float]] = field(default_factory=list)  # cascade hops, per turn
+
+    @property
+    def turn_latencies_ms(self) -> list[float]:
+        """Per turn, the caller's end of speech → the first agent audio sent to Twilio."""
+        return [(end - start) * 1000 for start, end in self.turn_times]
+
+    def record(self) -> dict[str, Any]:
+        """The figures as the call's record keeps them: the turns' latencies, not their clock
+        readings."""
+        fields = {name: value for name, value in vars(self).items() if name != "turn_times"}
+        return {**fields, "turn_latencies_ms": self.turn_latencies_ms}
 
 
 @dataclass(frozen=True, slots=True)

@@ -333,7 +333,7 @@ class CallRun:
             self.recorder.put("add_event", "errors", {"cause": str(exc), "status": exc.status})
         finally:
             self._cancel_tasks()
-            stats = [{k: v for k, v in vars(st).items() if k != "turn_times"} for st in self.all_stats()]
+            stats = [st.record() for st in self.all_stats()]
             self.recorder.finish(
                 ended_at=time.time(), status="ended", outcome=outcome, mode=self.mode, stats=stats
             )

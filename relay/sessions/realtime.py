@@ -87,9 +87,8 @@ class RealtimeSession:
         self._speech_ended_at: float | None = None  # when the provider said the speech ended
         self._speech_end: float | None = None  # when it really ended (`_speech_end_time`)
         self._connection_frame0 = 0  # the caller frame (count) this connection's audio starts at
-        self._awaiting_heard: tuple[str, float] | None = (
-            None  # the answer's item and its turn's end of speech
-        )
+        # the turn's answer (its item) and the turn's end of speech, until Twilio reports it playing
+        self._awaiting_heard: tuple[str, float] | None = None
         # server VAD reports the end of speech after this much silence (semantic VAD: no fixed window)
         self._silence_s = (
             settings.vad_silence_duration_ms / 1000 if settings.turn_detection == "server_vad" else 0.0
@@ -221,7 +220,6 @@ class RealtimeSession:
                     stats.response_latencies_ms.append((now - self._speech_ended_at) * 1000)
                     self._speech_ended_at = None
                 if self._speech_end is not None:
-                    stats.turn_latencies_ms.append((now - self._speech_end) * 1000)
                     stats.turn_times.append((self._speech_end, now))
                     self._awaiting_heard = (event.item_id, self._speech_end)
                     self._speech_end = None
