@@ -201,9 +201,9 @@ class CascadeSession(ReplyPipeline):
         that much audio ago (Twilio plays in real time)."""
         assert self._awaiting_heard is not None
         item, speech_end = self._awaiting_heard
-        played_ms = self.playback.acked_ms(item)
-        if played_ms > 0:
-            self.stats.heard_latencies_ms.append((now - played_ms / 1000 - speech_end) * 1000)
+        began = self.playback.started_playing(item, now)
+        if began is not None:
+            self.stats.heard_latencies_ms.append((began - speech_end) * 1000)
             self._awaiting_heard = None
 
     # --- handoff ----------------------------------------------------------------------------------

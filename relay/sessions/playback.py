@@ -96,9 +96,11 @@ class PlaybackTracker:
                 return True
         return False
 
-    def acked_ms(self, item_id: str) -> float:
-        """Milliseconds of `item_id` Twilio has reported played (by its mark echoes)."""
-        return self._acked_ms.get(item_id, 0.0)
+    def started_playing(self, item_id: str, now: float) -> float | None:
+        """When Twilio began playing `item_id`, once its mark echoes report some of it played: that
+        much audio before `now` (Twilio plays in real time). None while none of it is reported."""
+        played_ms = self._acked_ms.get(item_id, 0.0)
+        return now - played_ms / 1000 if played_ms > 0 else None
 
     @property
     def outstanding(self) -> bool:

@@ -243,9 +243,8 @@ class RealtimeSession:
         that much audio ago (Twilio plays in real time); a barge-in before that drops the figure."""
         assert self._awaiting_heard is not None
         item_id, speech_end = self._awaiting_heard
-        played_ms = self.core.playback.acked_ms(item_id)
-        if played_ms > 0:
-            began = self.clock() - played_ms / 1000
+        began = self.core.playback.started_playing(item_id, self.clock())
+        if began is not None:
             self.stats.heard_latencies_ms.append((began - speech_end) * 1000)
             self._awaiting_heard = None
 
