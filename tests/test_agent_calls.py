@@ -395,3 +395,19 @@ instructions = "Nobody gave me a key."
         async with r.caller("+15550100077") as refused:
             twiml = await refused.fetch_twiml()
             assert twiml.stream_url is None and twiml.say  # the apology and a hang-up
+
+
+async def test_a_handoff_whose_new_provider_refuses_ends_the_call_cleanly(tmp_path: Path) -> None:
+    """The Azure agent's resource refuses the connection (401): the call is not left in silence nor
+    sent to OpenAI; it ends with the apology, outcome provider_error, the record naming both agents."""
+    async with agents_rig(tmp_path, openai_replies=[Call("handoff", {"agent": "praxis"}, call_id="h1")]) as r:
+        r.azure.reject_status = 401
+        async with r.caller(SUPPORT) as call:
+            first = await r.dial(call, r.openai)
+            await speak(call)
+            await call.wait_closed(timeout=15)
+            await first.closed.wait()
+        record = await record_of(r, call.call_sid)
+    assert record["outcome"] == "provider_error"
+    assert [a["name"] for a in record["agents"]] == ["support", "praxis"]
+    assert r.azure.rejected and not r.azure.connections and len(r.openai.connections) == 1

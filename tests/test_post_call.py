@@ -269,3 +269,45 @@ async def test_a_try_that_times_out_is_retried() -> None:
     # the hung first request is only answered (503) when the receiver stops, long after the retry
     assert [d.status for d in receiver.requests] == [503, 200] and delivery.json()["call_sid"] == sid
     assert delivered(r.app, "delivered") == 1
+
+
+async def test_an_agents_calls_go_to_its_own_webhook_url(tmp_path: Path) -> None:
+    """With AGENTS_FILE, an agent with `post_call_webhook_url` gets its calls' records there, signed
+    with POST_CALL_WEBHOOK_SECRET; the environment's URL gets the other agents' calls."""
+    from relay.testing.twilio import FakeTwilioCall
+    from tests.conftest import AUTH_TOKEN
+    from tests.rig import PUBLIC_URL
+
+    environment, clinic = WebhookReceiver(SECRET), WebhookReceiver(SECRET)
+    async with environment.serve() as env_url, clinic.serve() as clinic_url:
+        agents = tmp_path / "agents.toml"
+        agents.write_text(
+            f'[agents.clinic]\nnumbers = ["+15550100001"]\npost_call_webhook_url = "{clinic_url}"\n'
+        )
+        async with hooked_rig(env_url, settings={"agents_file": str(agents)}) as r:
+            default_sid = await short_call(r)  # a random number: the default agent
+            call = FakeTwilioCall(
+                base_url=r.url, auth_token=AUTH_TOKEN, public_url=PUBLIC_URL, to="+15550100001"
+            )
+            async with call:
+                conn = await r.dial(call)
+                await conn.wait_for("response.done")
+                await call.stop()
+            [to_clinic] = await clinic.wait_accepted(1)
+            [to_env] = await environment.wait_accepted(1)
+    assert to_clinic.verified and to_clinic.json()["call_sid"] == call.call_sid
+    assert to_clinic.json()["agent"] == "clinic"
+    assert (
+        to_env.verified and to_env.json()["call_sid"] == default_sid and to_env.json()["agent"] == "default"
+    )
+
+
+def test_a_pending_delivery_keeps_its_agents_url_and_reads_entries_without_one() -> None:
+    """What Redis keeps of a delivery: an agent's own URL survives a restart; an entry written
+    before agents had URLs reads back with none (POST_CALL_WEBHOOK_URL then)."""
+    from relay.post_call.pending import Pending
+
+    kept = Pending("CA" + "1" * 32, b'{"a": 1}', 2, "https://clinic.example.com/calls")
+    assert Pending.loads(kept.dumps()) == kept
+    older = Pending.loads('{"call_sid": "CA' + "2" * 32 + '", "body": null, "tries": 0}')
+    assert older.url is None and older.body is None
