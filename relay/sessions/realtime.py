@@ -38,6 +38,7 @@ from relay.sessions.effects import Effect, PrebufferDropped, SessionExpired
 from relay.sessions.liveness import Liveness, heartbeat_event
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime_setup import Opening, connect_with_retry, history_events
+from relay.tracing import NO_SPAN, Span
 from relay.transport.provider import ProviderSocket
 from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
 
@@ -62,10 +63,12 @@ class RealtimeSession:
         history: list[Turn],
         clock: Callable[[], float] = time.monotonic,
         early: asyncio.Task[ProviderSocket] | None = None,
+        trace: Span = NO_SPAN,
     ) -> None:
         """`history`: the call's turns so far (the call appends to it as `SaveTurn`s come), given
         to a replacement connection. `early`: the early connection opened during /incoming-call
-        (relay.sessions.early)."""
+        (relay.sessions.early). `trace`: the call's, for a `provider.connect` span per connection
+        this session opens."""
         self.settings = settings
         self.adapter = adapter
         self.twilio = twilio
@@ -83,6 +86,7 @@ class RealtimeSession:
         self._socket: ProviderSocket | None = None  # the connection being bridged
         self._held: list[str] = []  # for the provider while no connection is bridged
         self._early = early
+        self.trace = trace
         self._rotate = asyncio.Event()
         self._speech_ended_at: float | None = None  # when the provider said the speech ended
         self._speech_end: float | None = None  # when it really ended (`_speech_end_time`)
@@ -276,16 +280,18 @@ class RealtimeSession:
                 self._rotate.set()
 
     # --- connections ----------------------------------------------------------------------------
-    async def _connect(self, *, first: bool) -> tuple[ProviderSocket, bool]:
-        """The early connection when there is one and it is still open, else a new one; and whether
-        it was sent the opening events already (REALTIME_EARLY_GREETING)."""
+    async def _connect(self, *, first: bool, why: str) -> tuple[ProviderSocket, bool]:
+        """The early connection when there is one and it is still open, else a new one (`why`: the
+        first, or a replacement after a rotation, a fault or a handoff); and whether it was sent
+        the opening events already (REALTIME_EARLY_GREETING)."""
         early, self._early = self._early, None
         if first and early is not None:
-            socket = await early  # its failure is the connect's failure
+            socket = await early  # its failure is the connect's failure (its span is the manager's)
             if socket.open:
                 return socket, self.settings.realtime_early_greeting
             log.info("the early provider connection closed while waiting for the stream; reconnecting")
-        return await connect_with_retry(self.adapter), False
+        with self.trace.span("provider.connect", why=why, provider=self.adapter.vendor):
+            return await connect_with_retry(self.adapter), False
 
     def _early_ready(self) -> bool:
         """True when the early connection is there and still open."""
@@ -294,8 +300,8 @@ class RealtimeSession:
             return False
         return early.result().open
 
-    async def _open(self, *, first: bool) -> ProviderSocket:
-        socket, opened_early = await self._connect(first=first)
+    async def _open(self, *, first: bool, why: str = "first") -> ProviderSocket:
+        socket, opened_early = await self._connect(first=first, why=why)
         if first:
             self.stats.connect_ms = (self.clock() - self._t0) * 1000
         held, self._held = self._held, []
@@ -388,9 +394,9 @@ class RealtimeSession:
                 self.core.provider_lost()
                 old = socket
                 self._held[:0] = old.unsent()  # older than what was held since
-                socket = await self._open(first=False)  # raises ProviderConnectError
-                self.stats.reconnects += 1
                 why = "handoff" if self._handed_off else outcome
+                socket = await self._open(first=False, why=why)  # raises ProviderConnectError
+                self.stats.reconnects += 1
                 log.info("realtime session replaced (%s); %d turns carried over", why, len(self.history))
                 if self._handed_off:  # the new agent's first words, with the conversation so far
                     self._handed_off = False
