@@ -38,6 +38,7 @@ from relay.sessions.effects import Effect, PrebufferDropped, SessionExpired
 from relay.sessions.liveness import Liveness, heartbeat_event
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime_setup import Opening, connect_with_retry, history_events
+from relay.sessions.realtime_turns import RealtimeTurns
 from relay.tracing import NO_SPAN, Span
 from relay.transport.provider import ProviderSocket
 from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
@@ -45,7 +46,6 @@ from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
 log = logging.getLogger("relay.realtime")
 
 TICK_S = 0.5
-MAX_BEHIND_MS = 2000  # a larger gap between the audio sent and the provider's position is not a lag
 
 
 class RealtimeSession:
@@ -88,15 +88,11 @@ class RealtimeSession:
         self._early = early
         self.trace = trace
         self._rotate = asyncio.Event()
-        self._speech_ended_at: float | None = None  # when the provider said the speech ended
-        self._speech_end: float | None = None  # when it really ended (`_speech_end_time`)
-        self._connection_frame0 = 0  # the caller frame (count) this connection's audio starts at
-        # the turn's answer (its item) and the turn's end of speech, until Twilio reports it playing
-        self._awaiting_heard: tuple[str, float] | None = None
         # server VAD reports the end of speech after this much silence (semantic VAD: no fixed window)
-        self._silence_s = (
+        silence_s = (
             settings.vad_silence_duration_ms / 1000 if settings.turn_detection == "server_vad" else 0.0
         )
+        self.turns = RealtimeTurns(self.stats, self.core.playback, silence_s)
         self._t0 = clock()
         self._faults_reopened = 0
         self._key_timer = EntryTimer(clock, self._keys_due)
@@ -179,7 +175,13 @@ class RealtimeSession:
 
     # --- tasks ----------------------------------------------------------------------------------
     async def _read_twilio(self) -> str:
-        receive, core, stats, flush = self.twilio.receive, self.core, self.stats, self._flush
+        receive, core, stats, flush, turns = (
+            self.twilio.receive,
+            self.core,
+            self.stats,
+            self._flush,
+            self.turns,
+        )
         keep_payload, keep_timestamp = self.live.ring.keep_payload, self.live.ring.keep_timestamp
         while (event := await receive()) is not None:
             if type(event) is Media:
@@ -188,9 +190,9 @@ class RealtimeSession:
                 keep_timestamp(event.timestamp)
                 core.on_media(event)
             elif isinstance(event, Mark):
-                core.on_mark(event.name, self.clock())
-                if self._awaiting_heard is not None:
-                    self._answer_heard()
+                now = self.clock()
+                core.on_mark(event.name, now)
+                turns.mark(now)
             elif isinstance(event, Stop):
                 return "twilio_stop"
             elif isinstance(event, Dtmf):
@@ -208,7 +210,7 @@ class RealtimeSession:
 
     async def _read_provider(self, socket: ProviderSocket) -> NoReturn:
         dialect, core, stats, clock, live = self.adapter.dialect, self.core, self.stats, self.clock, self.live
-        audio_out, receive, flush = ev.AudioOut, socket.receive, self._flush
+        audio_out, receive, flush, turns = ev.AudioOut, socket.receive, self._flush, self.turns
         while (data := await receive()) is not None:
             try:
                 event = parse_event(data, dialect)
@@ -220,20 +222,14 @@ class RealtimeSession:
             live.alive_frames = stats.frames_in
             if type(event) is audio_out:
                 stats.frames_out += 1
-                if self._speech_ended_at is not None:
-                    stats.response_latencies_ms.append((now - self._speech_ended_at) * 1000)
-                    self._speech_ended_at = None
-                if self._speech_end is not None:
-                    stats.turn_times.append((self._speech_end, now))
-                    self._awaiting_heard = (event.item_id, self._speech_end)
-                    self._speech_end = None
+                if turns.waiting:
+                    turns.first_audio(event.item_id, now)
                 if stats.first_audio_ms is None:
                     stats.first_audio_ms = (now - self._t0) * 1000
             elif isinstance(event, ev.SpeechEnded):
-                self._speech_ended_at = now
-                self._speech_end = self._speech_end_time(event.audio_end_ms, now)
+                turns.speech_stopped(event.audio_end_ms, now)
             elif isinstance(event, ev.Interrupted):
-                self._speech_ended_at = self._speech_end = self._awaiting_heard = None
+                turns.interrupted()
             core.on_backend(event, now)
             await flush()
         raise ProviderClosedError(
@@ -241,25 +237,6 @@ class RealtimeSession:
             f"reason {socket.close_reason!r})",
             status=None,
         )
-
-    def _answer_heard(self) -> None:
-        """At a mark echo: once Twilio reports some of the turn's answer played, it began playing
-        that much audio ago (Twilio plays in real time); a barge-in before that drops the figure."""
-        assert self._awaiting_heard is not None
-        item_id, speech_end = self._awaiting_heard
-        began = self.core.playback.started_playing(item_id, self.clock())
-        if began is not None:
-            self.stats.heard_latencies_ms.append((began - speech_end) * 1000)
-            self._awaiting_heard = None
-
-    def _speech_end_time(self, audio_end_ms: int, now: float) -> float:
-        """When the caller stopped speaking, on the relay's clock. The provider says where in this
-        connection's audio its VAD ended the turn (`audio_end_ms`, after its silence window); the
-        audio the relay had sent past that point by now is real time that has passed since (the
-        caller's frames come every 20 ms), and so is the silence window."""
-        sent_ms = (self.stats.frames_in - self._connection_frame0) * 20
-        behind_ms = min(max(0, sent_ms - audio_end_ms), MAX_BEHIND_MS) if audio_end_ms > 0 else 0
-        return now - behind_ms / 1000 - self._silence_s
 
     async def _ping(self) -> None:
         """A heartbeat for a quiet provider (relay.sessions.liveness)."""
@@ -313,14 +290,14 @@ class RealtimeSession:
             unheard = self.unheard_audio()
             carried += [append_event(media.payload) for media in unheard]
             self.core.drop_buffered_audio()  # those frames are in the ring's share too
-            self._connection_frame0 = self.stats.frames_in - len(unheard)
+            self.turns.frame0 = self.stats.frames_in - len(unheard)
         self.core.provider_opened(self.clock(), greet=first, carried=carried, early=opened_early)
         # Sent from this task at once, not by a task of its own that would start a loop turn or two
         # later: under load every loop turn the greeting waits is milliseconds.
         self._socket = socket
         await self._flush()
         if first:  # its audio is every caller frame but those the prebuffer had to drop
-            self._connection_frame0 = self.stats.prebuffer_dropped
+            self.turns.frame0 = self.stats.prebuffer_dropped
         return socket
 
     async def _bridge(self, socket: ProviderSocket, twilio_reader: asyncio.Task[str]) -> str:
