@@ -5,13 +5,18 @@ budget on the relay, each pod's stream route) and the relay (its settings, route
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import os
 import re
+import signal
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 import yaml
 from kubernetes_validate import utils as kubernetes_validate
@@ -23,6 +28,8 @@ from relay.config import Settings, load_settings
 from relay.media_stream import PATHS as MEDIA_STREAM_PATHS
 from relay.metrics import Metrics
 from relay.sessions.manager import END_CALLS_MARGIN_S
+from relay.testing.server import bind_free_port
+from tests.test_cli import RelayProcess
 from tests.test_docker import DOCKERFILE, exec_form, final_stage
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,10 +50,13 @@ WEBHOOK_PATHS = {
 NOT_YET_MERGED = {"stream_public_url"} - set(Settings.model_fields)
 
 
+def kubernetes_section() -> str:
+    return README.split("### Kubernetes", 1)[1].split("\n## ", 1)[0]
+
+
 def kubernetes_version() -> str:
     """The Kubernetes version the README's Kubernetes section names (`Kubernetes 1.33`)."""
-    section = README.split("### Kubernetes", 1)[1].split("\n## ", 1)[0]
-    found = re.search(r"Kubernetes (1\.\d+)\b", section)
+    found = re.search(r"Kubernetes (1\.\d+)\b", kubernetes_section())
     assert found, "the README's Kubernetes section names no Kubernetes version"
     return found.group(1)
 
@@ -205,6 +215,41 @@ def test_probes_are_ready_and_health_on_the_relay_port() -> None:
     assert container["livenessProbe"]["httpGet"] == {"path": "/health", "port": port["name"]}
     app_paths = {r.path for r in create_app(manifest_settings()).routes if isinstance(r, Route)}
     assert {"/ready", "/health"} <= app_paths
+
+
+async def test_the_image_command_with_the_manifests_settings_serves_the_probes_and_drains(tmp_path) -> None:
+    """The container's process as the kubelet runs it: the image's CMD exec'd (no shell) with the
+    pod's environment (bound to loopback, no Redis here); its probes answer 200, and SIGTERM sent
+    to that very process starts the drain and ends it within the grace period."""
+    sock = bind_free_port()
+    port = sock.getsockname()[1]
+    sock.close()
+    env = {**config_data(), **secret_data(), **pod_env("relay-0"), "HOST": "127.0.0.1", "PORT": str(port)}
+    del env["REDIS_URL"]
+    (cmd,) = [a for k, a in final_stage(DOCKERFILE) if k == "CMD"]
+    program, *args = exec_form(cmd)
+    proc = await asyncio.create_subprocess_exec(
+        Path(sys.executable).parent / program,  # the venv's console script, as /opt/venv/bin/relay
+        *args,
+        env={"PATH": os.environ["PATH"], **env},
+        cwd=tmp_path,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    relay = RelayProcess(proc, f"http://127.0.0.1:{port}", [])
+    try:
+        await relay.read_until("Application startup complete")
+        async with httpx.AsyncClient(base_url=relay.url) as client:
+            for probe in ("readinessProbe", "livenessProbe"):
+                path = relay_container()[probe]["httpGet"]["path"]
+                assert (await client.get(path)).status_code == 200, probe
+        proc.send_signal(signal.SIGTERM)
+        await relay.read_until("draining: 0 active calls")
+        grace = relay_pod_spec()["terminationGracePeriodSeconds"]
+        assert await asyncio.wait_for(proc.wait(), timeout=grace) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
 
 
 def test_one_cpu_requested_and_no_cpu_limit() -> None:
@@ -372,10 +417,6 @@ def test_ingress_timeouts_outlast_the_longest_call() -> None:
 
 
 # --- the README ----------------------------------------------------------------------------------
-
-
-def kubernetes_section() -> str:
-    return README.split("### Kubernetes", 1)[1].split("\n## ", 1)[0]
 
 
 def test_readme_names_a_version_the_schemas_cover_and_the_apply_command() -> None:
