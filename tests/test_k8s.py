@@ -207,6 +207,14 @@ def test_image_is_the_dockerfile_build_and_the_relay_is_pid_1() -> None:
     assert ("STOPSIGNAL", "SIGTERM") in final
 
 
+def test_pod_runs_as_the_image_user() -> None:
+    runs = " ".join(a for k, a in final_stage(DOCKERFILE) if k == "RUN")
+    uid = re.search(r"useradd [^&]*--uid (\d+)", runs)
+    assert uid, runs
+    security = relay_pod_spec()["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] == int(uid.group(1))
+
+
 def test_probes_are_ready_and_health_on_the_relay_port() -> None:
     container = relay_container()
     (port,) = container["ports"]
