@@ -17,7 +17,7 @@ import pytest
 
 from relay.app import create_app
 from relay.testing.realtime import FakeRealtimeServer, Say
-from relay.testing.server import serve_app
+from relay.testing.server import bind_free_port, serve_app
 from relay.testing.twilio import FakeTwilioCall
 from tests.conftest import AUTH_TOKEN, make_settings
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
@@ -88,6 +88,36 @@ async def test_the_stream_comes_back_to_the_instance_of_its_webhook_and_takes_it
         assert len(early.events("session.update")) == 1  # configured once, before the stream
         assert sample(a, "relay_preconnects_total", outcome="used") == 1
         assert sample(a, "relay_preconnects_missed_total") == sample(b, "relay_preconnects_missed_total") == 0
+
+
+@pytest.mark.parametrize("proxy_path", ["/media-stream", None], ids=["prefix-stripped", "prefix-kept"])
+async def test_a_local_fleet_url_works_as_the_stream_url(proxy_path: str | None) -> None:
+    """The form a fleet on one host uses (`ws://127.0.0.1:PORT/i/relay-N/media-stream`, PORT the
+    proxy's; here the relay's own, the proxy left out): named in the TwiML, signed by the caller
+    for that URL, served whether the prefix reaches the relay or not."""
+    sock = bind_free_port()
+    base = f"127.0.0.1:{sock.getsockname()[1]}"
+    own = f"ws://{base}/i/relay-1/media-stream"
+    async with FakeRealtimeServer(responses=[GREETING]) as rt:
+        settings = make_settings(
+            relay_mode="realtime",
+            openai_base_url=rt.openai_base_url,
+            public_url=f"http://{base}",
+            stream_public_url=own,
+        )
+        app = create_app(settings)
+        url = f"http://{base}"
+        async with serve_app(app, sock=sock), FakeTwilioCall(base_url=url, auth_token=AUTH_TOKEN) as call:
+            twiml = await call.fetch_twiml()
+            assert twiml.stream_url == own
+            assert await call.connect(twiml, path=proxy_path)
+            early = await rt.wait_connection()
+            await early.wait_for("response.done")
+            (greeting,) = early.audio_sent.values()
+            await call.wait_for_media(min_bytes=len(greeting))
+            assert call.received_audio == bytes(greeting) and not call.protocol_errors
+            assert call.stream_url == own and len(rt.connections) == 1
+            assert sample(app, "relay_preconnects_total", outcome="used") == 1
 
 
 async def test_a_stream_that_reaches_another_instance_is_served_there_and_the_waste_counted(
