@@ -14,13 +14,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from starlette.requests import HTTPConnection
 
 from relay.app import create_app
 from relay.testing.realtime import FakeRealtimeServer, Say
 from relay.testing.server import bind_free_port, serve_app
 from relay.testing.twilio import FakeTwilioCall
+from relay.transport.http import FORWARDED_TRUSTED
 from tests.conftest import AUTH_TOKEN, make_settings
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
+from webhooks.signature import forwarded_prefix
 
 PUBLIC_URL = "https://voice.example.com"  # the load balancer: webhooks go to any instance
 URLS = {  # each instance's own route through it
@@ -248,3 +251,26 @@ def test_an_empty_early_greeting_leaves_the_choice_to_the_deployment(monkeypatch
     assert not make_settings(redis_url="redis://127.0.0.1:1/0").realtime_early_greeting
     monkeypatch.setenv("REALTIME_EARLY_GREETING", "true")
     assert make_settings(redis_url="redis://127.0.0.1:1/0").realtime_early_greeting
+
+
+@pytest.mark.parametrize(
+    ("value", "trusted", "prefix"),
+    [
+        ("/i/relay-1", True, "/i/relay-1"),
+        ("/i/relay-1/, /other", True, "/i/relay-1"),  # the first proxy's, without its trailing slash
+        ("/i/relay-1", False, ""),  # from a peer not in FORWARDED_ALLOW_IPS
+        ("i/relay-1", True, ""),  # not a path
+        ("/i/relay-1?x=1", True, ""),
+        ("/" + "a" * 300, True, ""),  # longer than any route
+    ],
+)
+def test_a_forwarded_prefix_is_taken_from_a_trusted_proxy_as_a_plain_path(
+    value: str, trusted: bool, prefix: str
+) -> None:
+    scope = {
+        "type": "websocket",
+        "path": "/media-stream",
+        "headers": [(b"x-forwarded-prefix", value.encode())],
+        FORWARDED_TRUSTED: trusted,
+    }
+    assert forwarded_prefix(HTTPConnection(scope)) == prefix
