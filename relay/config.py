@@ -14,7 +14,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, Field, SecretStr, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    AfterValidator,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.config_checks import (
@@ -28,12 +36,14 @@ from relay.config_checks import (
     check_otlp_endpoint,
     check_phone_number,
     check_public_url,
+    check_stream_public_url,
     check_token_scope,
     check_tool_modules,
     check_transfer_allowlist,
     check_webhook_url,
     check_websocket_url,
     describe_errors,
+    early_greeting_default,
     normalize_http_url,
 )
 from relay.errors import ConfigError
@@ -108,6 +118,7 @@ TokenScope = Annotated[str, AfterValidator(check_token_scope)]
 WebSocketUrl = Annotated[str, AfterValidator(check_websocket_url)]
 Language = Annotated[str, AfterValidator(check_language)]
 PublicUrl = Annotated[str, AfterValidator(check_public_url)]
+StreamPublicUrl = Annotated[str, AfterValidator(check_stream_public_url)]
 AccountSid = Annotated[str, AfterValidator(check_account_sid)]
 PhoneNumber = Annotated[str, AfterValidator(check_phone_number)]
 ToolModules = Annotated[str, AfterValidator(check_tool_modules)]
@@ -177,7 +188,9 @@ class Settings(BaseSettings):
     provider_heartbeat_timeout: float = Field(3.0, gt=0, le=60)
     provider_malformed_limit: int = Field(50, ge=1, le=10_000)  # malformed events in a row that make a fault
     realtime_preconnect: bool = True  # open the realtime socket during /incoming-call, before the stream
-    realtime_early_greeting: bool = True  # on that socket, configure the session and ask for the greeting
+    # On that socket, configure the session and ask for the greeting. Unset (or empty): on for one
+    # instance (no REDIS_URL) or with STREAM_PUBLIC_URL, off with REDIS_URL alone (`_early_greeting`).
+    realtime_early_greeting: bool = True
     # cascade VAD: the silence that ends the caller's turn; shorter sounds (clicks, coughs) are not a turn
     cascade_silence_ms: int = Field(500, ge=100, le=10_000)
     cascade_min_speech_ms: int = Field(200, ge=20, le=10_000)
@@ -189,6 +202,10 @@ class Settings(BaseSettings):
 
     # --- Twilio ----------------------------------------------------------------------------
     public_url: PublicUrl = ""
+    # This instance's own public Media Stream URL (call affinity): its TwiML names it, so the stream
+    # comes back to the instance that answered the webhook; the upgrade's signature is checked
+    # against it. Empty: the stream URL is derived from PUBLIC_URL or the request, as before.
+    stream_public_url: StreamPublicUrl = ""
     twilio_account_sid: AccountSid = ""
     twilio_auth_token: Secret = None
     twilio_phone_number: PhoneNumber = ""  # the From of outbound calls (POST /calls)
@@ -263,6 +280,30 @@ class Settings(BaseSettings):
     http_max_connections: int = Field(0, ge=0)  # open connections served; 0: 2 x MAX_CONCURRENT_CALLS + 500
     webhook_body_timeout: float = Field(5.0, gt=0, le=120)  # seconds to receive a webhook's whole body
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_early_greeting_is_unset(cls, data: object) -> object:
+        """`REALTIME_EARLY_GREETING=` (as in .env.example) leaves the choice to the deployment."""
+        if isinstance(data, dict):
+            key = next((k for k in data if str(k).lower() == "realtime_early_greeting"), None)
+            if key is not None and isinstance(data[key], str) and not data[key].strip():
+                data = {k: v for k, v in data.items() if k != key}
+        return data
+
+    @model_validator(mode="after")
+    def _early_greeting(self) -> Settings:
+        """REALTIME_EARLY_GREETING's default follows the deployment (`early_greeting_why` says how)."""
+        if "realtime_early_greeting" in self.model_fields_set:
+            on = self.realtime_early_greeting
+            self._early_greeting_why = f"REALTIME_EARLY_GREETING={'true' if on else 'false'} is set"
+            return self
+        on, why = early_greeting_default(
+            shared=self.redis_url is not None, affinity=bool(self.stream_public_url)
+        )
+        self.realtime_early_greeting = on
+        self._early_greeting_why = why
+        return self
+
     @model_validator(mode="after")
     def _check_provider(self) -> Settings:
         if self.use_azure_openai:
@@ -299,6 +340,13 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values --------------------------------------------------------------------
+    _early_greeting_why: str = PrivateAttr("")
+
+    @property
+    def early_greeting_why(self) -> str:
+        """Why REALTIME_EARLY_GREETING is on or off here (its value, or the deployment's default)."""
+        return self._early_greeting_why
+
     @property
     def provider_configured(self) -> bool:
         """True when the chosen provider has what it needs to connect."""
