@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/relay serve --port $(PORT)
 
 sysdeps:
-	@scripts/sysdeps.sh redis-server:redis-server espeak-ng:espeak-ng
+	@scripts/sysdeps.sh redis-server:redis-server espeak-ng:espeak-ng nginx:nginx
 
 lint: $(STAMP)
 	$(BIN)/ruff check relay cascade webhooks tests bench scripts
