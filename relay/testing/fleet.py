@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from relay.testing.redis_server import RedisServer, free_port, start_redis
 
@@ -244,6 +245,15 @@ class RelayInstance:
             response = await client.get(self.url + "/metrics")
             response.raise_for_status()
             return response.text
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The sum of `name`'s samples whose labels include `labels` (0 when there is none)."""
+        total = 0.0
+        for family in text_string_to_metric_families(await self.metrics()):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total
 
 
 @dataclass

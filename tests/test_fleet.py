@@ -1,0 +1,168 @@
+"""A real fleet on loopback (relay/testing/fleet.py): nginx running deploy/nginx/relay.conf, two
+`relay serve` processes, one redis-server; the fake provider and the fake Twilio REST API here;
+simulated Twilio calls through nginx, webhook then stream, as Twilio places them.
+
+With affinity each stream returns to the instance that answered its webhook and takes the early
+connection it opened. SIGTERM to one instance: its call is ended with the goodbye after
+DRAIN_TIMEOUT, nginx passes new calls to the other (the draining one answers their webhook 503),
+and the other instance's call loses no frame either way."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from relay.testing.fleet import NGINX_CONF, Fleet, fleet, render_nginx_conf, write_nginx_confs
+from relay.testing.realtime import FakeConnection, FakeRealtimeServer, Say
+from relay.testing.twilio import FakeTwilioCall
+from relay.testing.twilio_rest import FakeTwilioRest
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN
+
+NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin:/bin")
+needs_fleet = pytest.mark.skipif(
+    NGINX is None or shutil.which("redis-server") is None,
+    reason="nginx and redis-server are needed: run `make test` (installs them) or apt-get install them",
+)
+FRAME = 160
+DRAIN_TIMEOUT = 2.0
+CATCH_UP_S = 3.0  # longest wait for frames still in flight once a caller stops
+
+
+def test_relay_conf_renders_for_the_fleet_size_and_nginx_accepts_it() -> None:
+    """The substitution alone: ports rewritten, instances beyond the fleet left out; nothing else."""
+    text = NGINX_CONF.read_text()
+    rendered = render_nginx_conf(text, listen_port=18080, relay_ports=[19001, 19002])
+    assert "listen 127.0.0.1:18080;" in rendered and "listen 80;" not in rendered
+    assert (
+        "server 127.0.0.1:19001 " in rendered
+        and "location /i/relay-2/ { proxy_pass http://127.0.0.1:19002/; }" in rendered
+    )
+    assert "relay-3" not in rendered and "127.0.0.1:800" not in rendered
+    changed = [line for line in text.splitlines() if line not in rendered.splitlines()]
+    assert len(changed) == 3 + 3 + 1  # each instance's two lines (relay-3's left out), and `listen`
+    if NGINX is None:
+        pytest.skip("nginx is not installed: run `make test` (installs it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        main = write_nginx_confs(Path(tmp), NGINX_CONF, listen_port=18080, relay_ports=[19001, 19002, 19003])
+        checked = subprocess.run(
+            [NGINX, "-t", "-p", tmp, "-e", "stderr", "-c", str(main)],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    assert checked.returncode == 0, checked.stderr
+
+
+def settings(rt: FakeRealtimeServer, rest_url: str) -> dict[str, str]:
+    return {
+        "RELAY_MODE": "realtime",
+        "OPENAI_API_KEY": "sk-test",
+        "OPENAI_BASE_URL": rt.openai_base_url,
+        "TWILIO_AUTH_TOKEN": AUTH_TOKEN,
+        "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
+        "TWILIO_API_BASE_URL": rest_url,
+        "DRAIN_TIMEOUT": str(DRAIN_TIMEOUT),
+        "INSTRUCTIONS": "The fleet's agent, answering {caller}.",  # names the call on the provider side
+    }
+
+
+def connection_of(rt: FakeRealtimeServer, call: FakeTwilioCall) -> FakeConnection:
+    """The provider connection that served `call` (its instructions name the caller)."""
+    mine = [c for c in rt.connections if call.from_ in str(c.session.get("instructions", ""))]
+    assert len(mine) == 1, f"{len(mine)} provider connections for {call.call_sid}"
+    return mine[0]
+
+
+async def talk(call: FakeTwilioCall, done: asyncio.Event) -> None:
+    """The caller's side: 20 ms frames of silence in real time until `done`."""
+    while not done.is_set() and call.is_open:
+        await call.send_silence(200)
+
+
+async def place(f: Fleet, stack: contextlib.AsyncExitStack) -> tuple[FakeTwilioCall, int]:
+    """One call through nginx: its webhook, then its stream; (the call, the instance it names)."""
+    call = await stack.enter_async_context(FakeTwilioCall(base_url=f.url, auth_token=AUTH_TOKEN))
+    twiml = await call.fetch_twiml()
+    instance = f.instance_of(twiml.stream_url)
+    assert twiml.status_code == 200 and instance is not None, twiml.body
+    assert await call.connect(twiml), call.upgrade_body
+    await call.wait_for_media(timeout=5)
+    return call, instance.index
+
+
+def lost_frames(rt: FakeRealtimeServer, call: FakeTwilioCall, until: float) -> tuple[int, int]:
+    """(caller frames the provider did not get, agent frames sent before `until` the caller did
+    not get, or got out of order)."""
+    conn = connection_of(rt, call)
+    sent = sum(1 for _, m in call.sent if isinstance(m, dict) and m.get("event") == "media")
+    agent = b"".join(
+        base64.b64decode(e["delta"])
+        for t, e in conn.sent
+        if t <= until and e.get("type") == "response.output_audio.delta"
+    )
+    heard = call.received_audio()
+    return sent - len(conn.audio_in) // FRAME, 0 if heard[: len(agent)] == agent else len(agent) // FRAME
+
+
+@contextlib.asynccontextmanager
+async def fakes() -> AsyncIterator[tuple[FakeRealtimeServer, FakeTwilioRest, str]]:
+    rest = FakeTwilioRest(account_sid=ACCOUNT_SID, auth_token=AUTH_TOKEN)
+    talking = Say("The agent keeps talking all through the test.", audio_ms=30_000)
+    async with FakeRealtimeServer(default_reply=talking, pace=1.0, delta_ms=20) as rt, rest.serve() as url:
+        yield rt, rest, url
+
+
+@pytest.mark.slow
+@needs_fleet
+async def test_two_instances_behind_nginx_keep_affinity_and_drain_one() -> None:
+    async with (
+        fakes() as (rt, rest, rest_url),
+        fleet(2, settings=settings(rt, rest_url)) as f,
+        contextlib.AsyncExitStack() as stack,
+    ):
+        done = asyncio.Event()
+        # nginx balances webhooks round-robin: the first two land one on each instance
+        placed = {}
+        for _ in range(2):
+            call, index = await place(f, stack)
+            placed[index] = call
+        assert sorted(placed) == [1, 2]
+        staying, leaving = placed[1], placed[2]
+        talkers = [asyncio.create_task(talk(call, done)) for call in placed.values()]
+        # affinity: each stream took the early connection its webhook opened, greeting included
+        assert len(rt.connections) == 2
+        for relay in f.relays:
+            assert await relay.metric("relay_preconnects_total", outcome="used") == 1
+
+        drained = f.relays[1]
+        mark = drained.process.lines_printed
+        drained.process.signal(signal.SIGTERM)
+        await drained.process.wait_line("draining: 1 active calls", timeout=5, after=mark)
+        newcomers = [await place(f, stack) for _ in range(2)]
+        assert [index for _, index in newcomers] == [1, 1]  # nginx sent both to the other
+        assert await drained.metric("relay_calls_rejected_total", reason="draining") >= 1
+
+        (goodbye,) = await rest.wait_requests(1, timeout=DRAIN_TIMEOUT + 5)
+        assert goodbye.call_sid == leaving.call_sid and "restarting" in goodbye.form.get("Twiml", "")
+        await leaving.wait_closed(timeout=5)
+        assert leaving.closed_by_relay
+        assert await drained.process.wait(timeout=10) == 0
+
+        done.set()
+        await asyncio.gather(*talkers)
+        stop = time.monotonic()
+        sent = sum(1 for _, m in staying.sent if isinstance(m, dict) and m.get("event") == "media")
+        await connection_of(rt, staying).wait_for("input_audio_buffer.append", timeout=CATCH_UP_S, n=sent)
+        assert lost_frames(rt, staying, until=stop - 0.5) == (0, 0)
+        for call in [staying, *(call for call, _ in newcomers)]:
+            await call.hangup()
