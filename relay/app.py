@@ -23,8 +23,7 @@ from relay.agents import AgentsHolder
 from relay.config import Settings, load_settings
 from relay.errors import StoreError
 from relay.loop_lag import watch_event_loop
-from relay.media_stream import PATHS as MEDIA_STREAM_PATHS
-from relay.media_stream import serve_media_stream
+from relay.media_stream import serve_media_stream, stream_paths
 from relay.metrics import Metrics
 from relay.outbound import outbound_routes
 from relay.post_call import DeliveryPolicy
@@ -156,6 +155,14 @@ def create_app(
                 log.info("Using %s for %s", adapter.display_name, whose)
                 log.info("realtime endpoint: %s", adapter.realtime_url)
         manager.prepare_cascade()  # not on the event loop at a call's first fallback
+        if settings.stream_public_url:
+            log.info(
+                "call affinity: this instance (%s) names STREAM_PUBLIC_URL %s in its TwiML",
+                manager.instance_id,
+                settings.stream_public_url,
+            )
+        early = "on" if settings.realtime_early_greeting else "off"
+        log.info("early greeting %s: %s", early, settings.early_greeting_why)
         if not manager.agents.default.provider_configured:
             log.warning(
                 "no provider credentials: set OPENAI_API_KEY, or USE_AZURE_OPENAI=true with "
@@ -198,7 +205,7 @@ def create_app(
         middleware=[
             Middleware(ForwardedHeaders, allow_ips=settings.forwarded_allow_ips),
             # WS /media-stream, served with the server's own receive/send (relay/transport/twilio.py)
-            Middleware(MediaStreamEntry, paths=MEDIA_STREAM_PATHS, handler=serve_media_stream),
+            Middleware(MediaStreamEntry, paths=stream_paths(settings), handler=serve_media_stream),
         ],
         lifespan=lifespan,
     )

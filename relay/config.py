@@ -13,7 +13,15 @@ from functools import cached_property
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from relay.config_checks import (
@@ -27,6 +35,7 @@ from relay.config_checks import (
     check_otlp_endpoint,
     check_phone_number,
     check_public_url,
+    check_stream_public_url,
     check_token_scope,
     check_tool_modules,
     check_transfer_allowlist,
@@ -115,7 +124,9 @@ class Settings(BaseSettings):
     provider_heartbeat_timeout: float = Field(3.0, gt=0, le=60)
     provider_malformed_limit: int = Field(50, ge=1, le=10_000)  # malformed events in a row that make a fault
     realtime_preconnect: bool = True  # open the realtime socket during /incoming-call, before the stream
-    realtime_early_greeting: bool = True  # on that socket, configure the session and ask for the greeting
+    # On that socket, configure the session and ask for the greeting. Unset (or empty): on for one
+    # instance (no REDIS_URL) or with STREAM_PUBLIC_URL, off with REDIS_URL alone (`_early_greeting`).
+    realtime_early_greeting: bool = True
     # cascade VAD: the silence that ends the caller's turn; shorter sounds (clicks, coughs) are not a turn
     cascade_silence_ms: int = Field(500, ge=100, le=10_000)
     cascade_min_speech_ms: int = Field(200, ge=20, le=10_000)
@@ -127,6 +138,10 @@ class Settings(BaseSettings):
 
     # --- Twilio ----------------------------------------------------------------------------
     public_url: str = ""
+    # This instance's own public Media Stream URL (call affinity): its TwiML names it, so the stream
+    # comes back to the instance that answered the webhook; the upgrade's signature is checked
+    # against it. Empty: the stream URL is derived from PUBLIC_URL or the request, as before.
+    stream_public_url: str = ""
     twilio_account_sid: str = ""
     twilio_auth_token: SecretStr | None = None
     twilio_phone_number: str = ""  # the From of outbound calls (POST /calls)
@@ -291,6 +306,11 @@ class Settings(BaseSettings):
     def _empty_secret_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
         return v if v is not None and v.get_secret_value().strip() else None
 
+    @field_validator("stream_public_url", mode="after")
+    @classmethod
+    def _check_stream_public_url(cls, v: str) -> str:
+        return check_stream_public_url(v)
+
     @field_validator("post_call_webhook_url", mode="after")
     @classmethod
     def _check_webhook_url(cls, v: str) -> str:
@@ -334,6 +354,38 @@ class Settings(BaseSettings):
     def _check_level(cls, v: str) -> str:
         return check_log_level(v)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_early_greeting_is_unset(cls, data: object) -> object:
+        """`REALTIME_EARLY_GREETING=` (as in .env.example) leaves the choice to the deployment."""
+        if isinstance(data, dict):
+            key = next((k for k in data if str(k).lower() == "realtime_early_greeting"), None)
+            if key is not None and isinstance(data[key], str) and not data[key].strip():
+                data = {k: v for k, v in data.items() if k != key}
+        return data
+
+    @model_validator(mode="after")
+    def _early_greeting(self) -> Settings:
+        """REALTIME_EARLY_GREETING's default follows the deployment (`early_greeting_why` says how)."""
+        if "realtime_early_greeting" in self.model_fields_set:
+            on = self.realtime_early_greeting
+            self._early_greeting_why = f"REALTIME_EARLY_GREETING={'true' if on else 'false'} is set"
+            return self
+        if self.redis_url is None:
+            on, why = True, "one instance (no REDIS_URL): its streams come to it"
+        elif self.stream_public_url:
+            on, why = True, "call affinity (STREAM_PUBLIC_URL): streams come back to this instance"
+        else:
+            on = False
+            why = (
+                "REDIS_URL without STREAM_PUBLIC_URL: a stream may reach another instance than its "
+                "webhook's, where the greeting would be made in vain; set STREAM_PUBLIC_URL per "
+                "instance to have it"
+            )
+        self.realtime_early_greeting = on
+        self._early_greeting_why = why
+        return self
+
     @model_validator(mode="after")
     def _check_provider(self) -> Settings:
         if self.use_azure_openai:
@@ -370,6 +422,13 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values --------------------------------------------------------------------
+    _early_greeting_why: str = PrivateAttr("")
+
+    @property
+    def early_greeting_why(self) -> str:
+        """Why REALTIME_EARLY_GREETING is on or off here (its value, or the deployment's default)."""
+        return self._early_greeting_why
+
     @property
     def provider_configured(self) -> bool:
         """True when the chosen provider has what it needs to connect."""

@@ -37,6 +37,7 @@ __all__ = [
     "check_otlp_endpoint",
     "check_phone_number",
     "check_public_url",
+    "check_stream_public_url",
     "check_webhook_url",
     "check_token_scope",
     "check_tool_modules",
@@ -111,6 +112,27 @@ def check_public_url(v: str) -> str:
         raise ConfigError(
             f"PUBLIC_URL={_shown(v)} must be an absolute URL such as 'https://abc123.ngrok.app' "
             "(run scripts/ngrok.sh to set it)."
+        )
+    return v
+
+
+STREAM_PATH = "/media-stream"
+
+
+def check_stream_public_url(v: str) -> str:
+    """STREAM_PUBLIC_URL: empty, or an absolute ws(s):// URL whose path ends with /media-stream
+    (the relay's own path, after whatever prefix the load balancer routes to this instance), with
+    no query string (Twilio drops it) and no trailing slash."""
+    v = v.strip().rstrip("/")
+    if not v:
+        return v
+    parts = urlsplit(v)
+    if not _is_url(v, ("ws", "wss")) or parts.query or parts.fragment or not parts.path.endswith(STREAM_PATH):
+        raise ConfigError(
+            f"STREAM_PUBLIC_URL={_shown(v)} must be this instance's public Media Stream URL: wss:// "
+            "(ws:// for local tests), no query string, its path ending with /media-stream, e.g. "
+            "'wss://relay-2.voice.example.com/media-stream' or "
+            "'wss://voice.example.com/i/relay-2/media-stream'; or leave it empty."
         )
     return v
 

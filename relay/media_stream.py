@@ -1,33 +1,46 @@
 """`WS /media-stream`: the Twilio side of a call.
 
-Checks `X-Twilio-Signature` on the upgrade and the stream token in `start.customParameters`
-before any provider is contacted (close 1008 otherwise), refuses a second stream for a call that
-has one here and a token presented before (1008, `webhooks.replay`), then hands a
-`TwilioStream` to the call the manager runs. Bad input never reaches the session: malformed
-JSON, bad base64, binary frames, oversize frames and media before `start` are logged with the
-stream SID and dropped; a stream that keeps sending garbage is closed.
+Served at `/media-stream` and at STREAM_PUBLIC_URL's path. Checks `X-Twilio-Signature` on the
+upgrade (against STREAM_PUBLIC_URL and the URL as requested: `webhooks.signature.stream_urls`)
+and the stream token in `start.customParameters` before any provider is contacted (close 1008
+otherwise), refuses a second stream for a call that has one here and a token presented before
+(1008, `webhooks.replay`), then hands a `TwilioStream` to the call the manager runs. Bad input
+never reaches the session: malformed JSON, bad base64, binary frames, oversize frames and media
+before `start` are logged with the stream SID and dropped; a stream that keeps sending garbage
+is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from urllib.parse import urlsplit
 
 from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
+from relay.config import Settings
 from relay.errors import ProtocolError, StreamAuthError
 from relay.logs import bind_call
 from relay.sids import is_call_sid, is_stream_sid
 from relay.transport.twilio import TwilioSocket
 from relay.twilio_messages import MAX_MESSAGE_BYTES, Connected, Start, TwilioEvent, Unknown, parse_message
 from webhooks.replay import StreamRefusal
-from webhooks.signature import websocket_signature_ok
+from webhooks.signature import stream_urls, websocket_signature_ok
 from webhooks.token import verify_stream_token
 
 log = logging.getLogger("relay.media_stream")
 
 PATHS = ("/media-stream", "/media-stream/")
+
+
+def stream_paths(settings: Settings) -> tuple[str, ...]:
+    """Where the stream is served: `/media-stream`, and STREAM_PUBLIC_URL's own path when set (a
+    proxy may hand on `/i/relay-2/media-stream` as it is, or strip the prefix)."""
+    path = urlsplit(settings.stream_public_url).path
+    return PATHS + ((path, path + "/") if path and path not in PATHS else ())
+
+
 WS_1008_POLICY_VIOLATION = 1008
 WS_1011_INTERNAL_ERROR = 1011
 MAX_BAD_MESSAGES = 50  # a stream sending more garbage than this is closed
@@ -102,7 +115,12 @@ async def serve_media_stream(scope: Scope, receive: Receive, send: Send) -> None
     await socket.accept()  # a refusal below is a close with 1008, so the peer sees why, not a 403
     stream = TwilioStream(socket)
     if not websocket_signature_ok(request, settings):
-        log.warning("rejected Media Stream: missing or invalid X-Twilio-Signature on the upgrade")
+        log.warning(
+            "rejected Media Stream: missing or invalid X-Twilio-Signature on the upgrade; it is not "
+            "Twilio's signature of %s (STREAM_PUBLIC_URL, when set, must be the URL this instance's "
+            "TwiML names; behind a proxy, see PUBLIC_URL and FORWARDED_ALLOW_IPS)",
+            " or ".join(stream_urls(request, settings)[::2]),  # without the trailing-slash twins
+        )
         app.state.metrics.observe_rejection("signature")
         await stream.close(WS_1008_POLICY_VIOLATION, "invalid signature")
         return
@@ -170,4 +188,4 @@ def _log_refusal(refusal: StreamRefusal, start: Start) -> None:
     )
 
 
-__all__ = ["MAX_MESSAGE_BYTES", "PATHS", "TwilioStream", "serve_media_stream"]
+__all__ = ["MAX_MESSAGE_BYTES", "PATHS", "TwilioStream", "serve_media_stream", "stream_paths"]

@@ -190,6 +190,13 @@ class Metrics:
             ["outcome"],
             registry=reg,
         )
+        self.preconnects_missed_total = Counter(
+            "relay_preconnects_missed_total",
+            "Streams served by this instance whose webhook opened the early connection on another "
+            "instance (a stream without call affinity, or after a restart): that connection, and its "
+            "greeting, were made in vain (counted expired there).",
+            registry=reg,
+        )
         self.handoffs_total = Counter(
             "relay_handoffs_total",
             "Calls handed from one agent to another (the handoff tool), by agent.",

@@ -54,6 +54,8 @@ BAD_VALUES = [
     ("MAX_CALL_DURATION", "0", "greater than 0"),
     ("DRAIN_TIMEOUT", "-5", "at least 0"),
     ("FORWARDED_ALLOW_IPS", "10.0.0.300", "not an IP address or network"),
+    ("STREAM_PUBLIC_URL", "https://voice.example.com/media-stream", "wss://"),
+    ("STREAM_PUBLIC_URL", "wss://voice.example.com/i/relay-2", "ending with /media-stream"),
     ("HTTP_HEADER_TIMEOUT", "0", "greater than 0 and at most 120"),
     ("WEBHOOK_BODY_TIMEOUT", "600", "at most 120"),
     ("HTTP_MAX_HEADER_BYTES", "100", "at least 1024"),

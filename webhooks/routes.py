@@ -2,13 +2,15 @@
 
 Both read their form through `webhooks.form` (a bounded body, 413/408/415/400 otherwise), then
 check the signature (403), then the SIDs' format (400). The voice webhook answers TwiML that
-connects the call to `wss://<public host>/media-stream` (`ws://` only for a relay reached over
-plain HTTP with no PUBLIC_URL and no trusted proxy: see `public_base`; no query string: Twilio
-drops it) with `<Parameter>`s for the caller, the call SID and a
-short-lived stream token. When the relay cannot serve the call it says so and hangs up: never a
-500 (draining behind a load balancer that sends `X-Relay-Failover`: 503, for it to try another
-instance). A bad signature gets 403. A signed webhook replayed for a call whose stream already started
-(running or ended) gets the apology and a hang-up too, and no new token (`webhooks.replay`).
+connects the call to STREAM_PUBLIC_URL when set (this instance's own address: call affinity), else
+to `wss://<public host>/media-stream` (`ws://` only for a relay reached over plain HTTP with no
+PUBLIC_URL and no trusted proxy: see `public_base`; no query string: Twilio drops it), with
+`<Parameter>`s for the caller, the call SID, a short-lived stream token, and the instance that
+holds the call's early provider connection (`earlyAt`, when one was opened). When the relay
+cannot serve the call it says so and hangs up: never a 500 (draining behind a load balancer that
+sends `X-Relay-Failover`: 503, for it to try another instance). A bad signature gets 403. A signed
+webhook replayed for a call whose stream already started (running or ended) gets the apology and
+a hang-up too, and no new token (`webhooks.replay`).
 Record writes are queued (the manager's outbox), never awaited: a Redis outage costs no webhook.
 """
 
@@ -24,7 +26,9 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from twilio.twiml.voice_response import Connect, VoiceResponse
 
+from relay.config_checks import STREAM_PATH
 from relay.logs import bind_call
+from relay.sessions.manager import EARLY_AT
 from relay.sids import is_account_sid, is_call_sid
 from relay.tracing import CallTrace
 from relay.transport.http import forwarded_trusted
@@ -180,10 +184,10 @@ async def _answer(
     state.manager.notes.remember_call(
         call_sid, agent=chosen.name, caller=caller, called=called, direction=direction, context=context
     )
-    state.manager.open_early_connection(
-        call_sid, chosen
-    )  # the provider handshake overlaps Twilio's stream setup
-    stream_url = public_base(request, settings, websocket=True) + "/media-stream"
+    # the provider handshake overlaps Twilio's stream setup
+    early = state.manager.open_early_connection(call_sid, chosen)
+    # STREAM_PUBLIC_URL: this instance's own address, so the stream comes back here (call affinity)
+    stream_url = settings.stream_public_url or (public_base(request, settings, websocket=True) + STREAM_PATH)
     params = {
         "callSid": call_sid,
         "from": caller,
@@ -192,6 +196,8 @@ async def _answer(
         "agent": chosen.name,
         "token": mint_stream_token(call_sid, settings),
     }
+    if early:  # which instance holds the early connection: a stream served elsewhere counts it wasted
+        params[EARLY_AT] = state.manager.instance_id
     record = {"from": params["from"], "to": params["to"], "direction": direction, "agent": chosen.name}
     state.manager.outbox.put(call_sid, "upsert", **record)
     log.info("%s call from %s, connecting stream to %s", direction, params["from"], stream_url)

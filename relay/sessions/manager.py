@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 import uuid
 from collections.abc import Mapping
@@ -46,6 +47,10 @@ END_CALLS_MARGIN_S = 2.0  # the drain's bound on ending the remaining calls: one
 # lasts this long (Twilio rings 60 s by default, at most 600 s, after queueing) or CALL_SLOT_TTL if
 # longer. A call that is never answered gives it back at its final status callback.
 RINGING_SLOT_TTL_S = 660.0
+# The stream parameter naming the instance that holds the call's early connection (set by the
+# webhook when it opened one): a stream served by another instance finds it is not its own.
+EARLY_AT = "earlyAt"
+MAX_INSTANCE_ID_CHARS = 32
 
 
 class CallManager:
@@ -85,6 +90,9 @@ class CallManager:
         self.post_call.ready = self.recordings.ready
         self._sweeper: asyncio.Task[None] | None = None
         self.draining = False
+        # this process, as the webhook names it to the stream (EARLY_AT): new at every start, so a
+        # stream reaching a restarted instance finds the early connection was another's
+        self.instance_id = secrets.token_hex(6)
         # the agents: the environment's (`default`) until AGENTS_FILE gives others (`agents.replace`)
         default = AgentRuntime("default", settings, adapter_factory=adapter_factory, registry=registry)
         self.agents = AgentSet(default, adapter_factory=adapter_factory, registry=registry)
@@ -197,12 +205,29 @@ class CallManager:
         texts = agent.texts(values)
         return await open_early(agent.adapter, agent.settings, agent.opening_for(texts))
 
-    def open_early_connection(self, call_sid: str, agent: AgentRuntime) -> None:
+    def open_early_connection(self, call_sid: str, agent: AgentRuntime) -> bool:
         """An admitted call: open its realtime connection now, while Twilio sets up the stream
-        (unless its agent serves calls by the cascade only)."""
+        (unless its agent serves calls by the cascade only). True when one was started."""
         realtime = agent.settings.relay_mode != "cascade" and agent.settings.realtime_preconnect
         if self.early_connections is not None and realtime and not self.draining:
-            self.early_connections.start(call_sid)
+            return self.early_connections.start(call_sid)
+        return False
+
+    def _check_affinity(self, start: Start) -> None:
+        """A stream whose webhook opened an early connection on another instance (EARLY_AT names
+        it) is served here all the same, by a connection of its own; that early connection, and
+        its greeting, were made in vain (it expires there): counted in
+        relay_preconnects_missed_total and logged."""
+        holder = start.custom_parameters.get(EARLY_AT, "")[:MAX_INSTANCE_ID_CHARS]
+        if not holder or holder == self.instance_id:
+            return
+        self.metrics.preconnects_missed_total.inc()
+        log.info(
+            "stream served by instance %s, but its webhook opened the early provider connection on "
+            "instance %s: that one is wasted (set STREAM_PUBLIC_URL per instance for call affinity)",
+            self.instance_id,
+            holder,
+        )
 
     async def stored_record(self, call_sid: str) -> dict[str, Any] | None:
         """The call's record once every write queued so far is stored (the post-call webhook's);
@@ -334,6 +359,7 @@ class CallManager:
                 await self._idle.wait()
 
     async def run_call(self, start: Start, stream: TwilioSink) -> str:
+        self._check_affinity(start)
         run = CallRun(self, start, stream)
         self.active[start.call_sid] = run
         keeper = asyncio.create_task(self._keep_slot(run))

@@ -203,14 +203,17 @@ class FakeTwilioCall(Handset):
         parameters: dict[str, str] | None = None,
         sign: bool = True,
         signature: str | None = None,
+        path: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> bool:
         """Opens the Media Stream and sends `connected` and `start`; True when the stream is open.
 
         The URL Twilio would open is `stream_url`, else the TwiML's `<Stream url>`, else
         `public_url` (as ws/wss) + `/media-stream`. The fake connects to the same path on
-        `base_url` and signs that public URL with params `{}` (unless `sign` is false; `signature`
-        overrides the header). Query strings are dropped as Twilio does (recorded as a protocol
-        error, as is a non-wss URL taken from TwiML). `customParameters` are `parameters`, else
+        `base_url` (or to `path`, as a proxy that rewrites it would, with `headers` added as a
+        proxy adds them) and signs that public URL with params `{}` (unless `sign` is false;
+        `signature` overrides the header). Query strings are dropped as Twilio does (recorded as a
+        protocol error, as is a non-wss URL taken from TwiML). `customParameters` are `parameters`, else
         the TwiML's. A rejected upgrade returns False and sets `upgrade_status`/`upgrade_body`.
         """
         if self._ws is not None or self._closed.is_set():
@@ -231,20 +234,23 @@ class FakeTwilioCall(Handset):
             self._protocol_error(f"<Stream url> has a query string, which Twilio drops: {stream_url}")
         self.stream_url = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
         base = urlsplit(ws_url(self.base_url))
-        local_url = urlunsplit((base.scheme, base.netloc, parts.path or "/", "", ""))
+        local_url = urlunsplit((base.scheme, base.netloc, path or parts.path or "/", "", ""))
         if parameters is None:
             parameters = dict(twiml.parameters) if twiml is not None else {}
         self.custom_parameters = dict(parameters)
 
-        headers: dict[str, str] = {}
+        upgrade_headers = dict(headers or {})
         if signature is not None:
-            headers[SIGNATURE_HEADER] = signature
+            upgrade_headers[SIGNATURE_HEADER] = signature
         elif sign and self.auth_token is not None:
-            headers[SIGNATURE_HEADER] = self.sign(self.stream_url, {})
+            upgrade_headers[SIGNATURE_HEADER] = self.sign(self.stream_url, {})
 
         try:
             ws = await ws_connect(
-                local_url, additional_headers=headers, open_timeout=self.open_timeout, close_timeout=2.0
+                local_url,
+                additional_headers=upgrade_headers,
+                open_timeout=self.open_timeout,
+                close_timeout=2.0,
             )
         except InvalidStatus as exc:
             self.upgrade_status = exc.response.status_code
