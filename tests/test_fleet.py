@@ -110,7 +110,7 @@ def lost_frames(rt: FakeRealtimeServer, call: FakeTwilioCall, until: float) -> t
         for t, e in conn.sent
         if t <= until and e.get("type") == "response.output_audio.delta"
     )
-    heard = call.received_audio()
+    heard = call.received_audio
     return sent - len(conn.audio_in) // FRAME, 0 if heard[: len(agent)] == agent else len(agent) // FRAME
 
 
@@ -163,6 +163,7 @@ async def test_two_instances_behind_nginx_keep_affinity_and_drain_one() -> None:
         stop = time.monotonic()
         sent = sum(1 for _, m in staying.sent if isinstance(m, dict) and m.get("event") == "media")
         await connection_of(rt, staying).wait_for("input_audio_buffer.append", timeout=CATCH_UP_S, n=sent)
+        assert sent >= 100 and len(staying.received_audio) >= 8000  # 2 s of the caller, 1 s of the agent
         assert lost_frames(rt, staying, until=stop - 0.5) == (0, 0)
         for call in [staying, *(call for call, _ in newcomers)]:
             await call.hangup()
