@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import re
 import shutil
 import signal
 import subprocess
@@ -19,14 +20,27 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
-from relay.testing.fleet import NGINX_CONF, Fleet, fleet, render_nginx_conf, write_nginx_confs
+from relay.testing.fleet import (
+    NGINX_CONF,
+    RELAY_SERVE,
+    Fleet,
+    ManagedProcess,
+    fleet,
+    render_nginx_conf,
+    write_nginx_confs,
+)
 from relay.testing.realtime import FakeConnection, FakeRealtimeServer, Say
+from relay.testing.redis_server import free_port
 from relay.testing.twilio import FakeTwilioCall
 from relay.testing.twilio_rest import FakeTwilioRest
+from relay.testing.twilio_twiml import Twiml
 from tests.conftest import ACCOUNT_SID, AUTH_TOKEN
+from webhooks.routes import DRAINING
 
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin:/bin")
 needs_fleet = pytest.mark.skipif(
@@ -61,6 +75,74 @@ def test_relay_conf_renders_for_the_fleet_size_and_nginx_accepts_it() -> None:
             timeout=10,
         )
     assert checked.returncode == 0, checked.stderr
+
+
+async def test_relay_conf_routes_strips_the_prefix_and_answers_for_a_fleet_that_is_gone() -> None:
+    """nginx alone in front of instance 1 (a socket that records what reaches it) and instance 2
+    (nobody listening): the affinity route strips its prefix and hands on the headers the
+    signature check needs; /metrics stays inside; the voice webhook, refused by both (a 503, as
+    from a draining relay, and no connection), gets the relay's own "restarting" TwiML from nginx."""
+    if NGINX is None:
+        pytest.skip("nginx is not installed: run `make test` (installs it)")
+    heads: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def instance_1(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        heads.put_nowait(head)
+        status = b"503 Service Unavailable" if head.startswith(b"POST") else b"200 OK"  # draining
+        writer.write(b"HTTP/1.1 " + status + b"\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(instance_1, "127.0.0.1", 0)
+    port, gone = free_port(), free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        ports = [server.sockets[0].getsockname()[1], gone]
+        main = write_nginx_confs(Path(tmp), NGINX_CONF, listen_port=port, relay_ports=ports)
+        nginx = ManagedProcess(
+            "nginx", [NGINX, "-p", tmp, "-e", "stderr", "-c", str(main)], env={}, cwd=Path(tmp)
+        )
+        await nginx.start("start worker process")
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+                assert (await client.get("/i/relay-1/media-stream")).text == "ok"
+                head = (await asyncio.wait_for(heads.get(), 5)).decode()
+                metrics = [
+                    (await client.get(path)).status_code for path in ("/metrics", "/i/relay-1/metrics")
+                ]
+                webhook = await client.post("/incoming-call", data={"CallSid": "CA" + "0" * 32})
+                tried = await asyncio.wait_for(heads.get(), 5)
+        finally:
+            await nginx.stop()
+            server.close()
+    assert head.startswith("GET /media-stream HTTP/1.1\r\n")
+    for header in (
+        f"X-Forwarded-Host: 127.0.0.1:{port}",
+        "X-Forwarded-Proto: http",
+        "X-Forwarded-For: 127.0.0.1",
+    ):
+        assert header in head
+    assert "X-Forwarded-Prefix: /i/relay-1" in head and "X-Relay-Failover: on" in head
+    assert metrics == [404, 404]
+    assert tried.startswith(b"POST /incoming-call HTTP/1.1\r\n")
+    twiml = Twiml.parse(webhook.status_code, webhook.text, "")
+    assert webhook.status_code == 200 and webhook.headers["content-type"].startswith("application/xml")
+    assert twiml.say == DRAINING and twiml.hangup and twiml.stream_url is None
+
+
+def test_readme_scaling_commands_are_what_the_fleet_runs() -> None:
+    """The README's "Scaling on one host" block: each relay as the harness starts it, with its
+    STREAM_PUBLIC_URL on the route relay.conf gives that instance, and relay.conf as the file nginx
+    loads."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### Scaling on one host (nginx)", 1)[1]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    serve = re.search(r"STREAM_PUBLIC_URL=(\S+) relay (serve .*) 800\$k", block)
+    assert serve is not None, block
+    assert serve.group(2).split() == list(RELAY_SERVE)
+    public = urlsplit(serve.group(1).replace("$k", "2"))
+    assert public.path == "/i/relay-2/media-stream" and "location /i/relay-2/ " in NGINX_CONF.read_text()
+    assert "cp deploy/nginx/relay.conf /etc/nginx/conf.d/relay.conf" in block and "nginx -t" in block
 
 
 def settings(rt: FakeRealtimeServer, rest_url: str) -> dict[str, str]:

@@ -40,6 +40,7 @@ from relay.testing.redis_server import RedisServer, free_port, start_redis
 
 __all__ = [
     "NGINX_CONF",
+    "RELAY_SERVE",
     "Fleet",
     "FleetStartError",
     "ManagedProcess",
@@ -57,6 +58,7 @@ RELAY_READY = "Uvicorn running on"
 NGINX_READY = "start worker process"
 START_TIMEOUT_S = 30.0  # a relay process imports a lot; two cores may be shared
 KEPT_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR")
+RELAY_SERVE = ("serve", "--host", "127.0.0.1", "--port")  # the README's command, then the port
 
 
 class FleetStartError(RuntimeError):
@@ -310,7 +312,7 @@ async def fleet(
                 env = {**settings, "REDIS_URL": redis.url, "LOG_FORMAT": "text", "LOG_LEVEL": "INFO"}
                 if affinity:
                     env["STREAM_PUBLIC_URL"] = f"ws://127.0.0.1:{port}/i/relay-{k}/media-stream"
-                argv = [sys.executable, "-m", "relay", "serve", "--host", "127.0.0.1", f"--port={relay_port}"]
+                argv = [sys.executable, "-m", "relay", *RELAY_SERVE, str(relay_port)]
                 process = ManagedProcess(f"relay-{k}", argv, env=relay_env(env), cwd=directory)
                 relays.append(RelayInstance(k, relay_port, process))
             await asyncio.gather(*(r.process.start(RELAY_READY) for r in relays))
