@@ -24,7 +24,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from twilio.request_validator import RequestValidator
 
+from relay.app import create_app
 from relay.testing.fleet import (
     NGINX_CONF,
     RELAY_SERVE,
@@ -36,10 +38,11 @@ from relay.testing.fleet import (
 )
 from relay.testing.realtime import FakeConnection, FakeRealtimeServer, Say
 from relay.testing.redis_server import free_port
+from relay.testing.server import serve_app
 from relay.testing.twilio import FakeTwilioCall
 from relay.testing.twilio_rest import FakeTwilioRest
 from relay.testing.twilio_twiml import Twiml
-from tests.conftest import ACCOUNT_SID, AUTH_TOKEN
+from tests.conftest import ACCOUNT_SID, AUTH_TOKEN, make_settings
 from webhooks.routes import DRAINING
 
 NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin:/sbin:/bin")
@@ -143,6 +146,36 @@ def test_readme_scaling_commands_are_what_the_fleet_runs() -> None:
     public = urlsplit(serve.group(1).replace("$k", "2"))
     assert public.path == "/i/relay-2/media-stream" and "location /i/relay-2/ " in NGINX_CONF.read_text()
     assert "cp deploy/nginx/relay.conf /etc/nginx/conf.d/relay.conf" in block and "nginx -t" in block
+
+
+@pytest.mark.parametrize(
+    ("allowed", "status"), [("127.0.0.1", 503), ("10.0.0.1", 200)], ids=["trusted", "not"]
+)
+async def test_a_draining_relay_answers_its_webhook_503_only_to_a_trusted_balancer(
+    allowed: str, status: int
+) -> None:
+    """`X-Relay-Failover` from a peer in FORWARDED_ALLOW_IPS: 503, for the balancer to try another
+    instance; from anyone else the header changes nothing: the spoken refusal, as for Twilio."""
+    app = create_app(make_settings(forwarded_allow_ips=allowed))
+    assert await app.state.manager.drain(0) == 0  # no call: the instance is draining at once
+    params = {
+        "CallSid": "CA" + "1" * 32,
+        "AccountSid": ACCOUNT_SID,
+        "From": "+15550001111",
+        "To": "+15550002222",
+    }
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url) as client:
+        signature = RequestValidator(AUTH_TOKEN).compute_signature(
+            "https://relay.example.com/incoming-call", params
+        )
+        headers = {"X-Twilio-Signature": signature, "X-Relay-Failover": "on"}
+        answer = await client.post("/incoming-call", data=params, headers=headers)
+    assert answer.status_code == status
+    if status == 503:
+        assert answer.headers["retry-after"] == "1" and answer.text == DRAINING
+    else:
+        twiml = Twiml.parse(answer.status_code, answer.text, "")
+        assert twiml.say == DRAINING and twiml.hangup and twiml.stream_url is None
 
 
 def settings(rt: FakeRealtimeServer, rest_url: str) -> dict[str, str]:
