@@ -40,6 +40,7 @@ import base64
 import contextlib
 import itertools
 import math
+import os
 import signal
 import sys
 import time
@@ -52,7 +53,7 @@ import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _loadgen import FRAME_S, SimCall, fetch_twiml, memoize_fake_audio, twilio_sid  # noqa: E402
-from realtime_load import cpu_seconds  # noqa: E402
+from realtime_load import cpu_seconds, others_cpu_seconds, process_cpu  # noqa: E402
 
 from relay.sessions.redis_store import RedisStore  # noqa: E402
 from relay.testing.fleet import Fleet, RelayInstance, fleet  # noqa: E402
@@ -257,7 +258,7 @@ async def _zero(f: Fleet) -> bool:
 # --------------------------------------------------------------------------- 2. affinity
 
 
-async def affinity_run(f: Fleet, client: httpx.AsyncClient, label: str) -> None:
+async def affinity_run(f: Fleet, client: httpx.AsyncClient, label: str, used_label: str) -> None:
     before = {
         k: await metric_sum(f.relays, "relay_preconnects_total", outcome=k) for k in ("used", "expired")
     }
@@ -272,7 +273,7 @@ async def affinity_run(f: Fleet, client: httpx.AsyncClient, label: str) -> None:
     n = len(calls)
     print(
         f"   {label}: {n} calls; streams at the webhook's instance {100 * (n - missed) / n:.1f} %, "
-        f"early connection and greeting used {100 * used / n:.1f} %, wasted {100 * (n - used) / n:.1f} %"
+        f"{used_label} {100 * used / n:.1f} %, wasted {100 * (n - used) / n:.1f} %"
     )
 
 
@@ -356,6 +357,7 @@ class Throughput:
     nginx_cpu_s: float
     window_s: float
     loss: Loss
+    others_cpu_s: float  # every other process on the box (other users included) in the window
 
     def pct_per_call(self, cpu_s: float) -> float:
         return 100 * cpu_s / self.window_s / self.calls
@@ -385,21 +387,44 @@ async def throughput(fx: Fakes, n: int, calls_n: int, seconds: float) -> Through
             calls.append(await place(f, client))
             await asyncio.sleep(0.02)
         await asyncio.sleep(1.0)
+        ours = {*pids, *_nginx_pids(f), os.getpid(), f.redis.pid}
+        box0 = process_cpu()
         relay0, nginx0, t0 = sum(map(cpu_seconds, pids)), _nginx_cpu(f), time.monotonic()
         await asyncio.sleep(seconds)
         relay1, nginx1, t1 = sum(map(cpu_seconds, pids)), _nginx_cpu(f), time.monotonic()
+        others = others_cpu_seconds(box0, process_cpu(), ours)
         stop = await hang_up(calls)
         loss = await count_loss(fx.rt, calls, stop)
-    return Throughput(n, calls_n, relay1 - relay0, idle * (t1 - t0) / seconds, nginx1 - nginx0, t1 - t0, loss)
+    idle_s = idle * (t1 - t0) / seconds
+    return Throughput(n, calls_n, relay1 - relay0, idle_s, nginx1 - nginx0, t1 - t0, loss, others)
+
+
+def pooled(runs: list[Throughput]) -> Throughput:
+    """Runs of one fleet size as one: CPU and call-seconds summed (every run has the same calls)."""
+    first = runs[0]
+    window = sum(r.window_s for r in runs)
+    return Throughput(
+        first.n,
+        first.calls,
+        sum(r.relay_cpu_s for r in runs),
+        sum(r.idle_cpu_s for r in runs),
+        sum(r.nginx_cpu_s for r in runs),
+        window,
+        first.loss,
+        sum(r.others_cpu_s for r in runs),
+    )
+
+
+def _nginx_pids(f: Fleet) -> list[int]:
+    """nginx's master and workers (the workers are the master's children)."""
+    master = f.nginx.pid
+    with contextlib.suppress(OSError):
+        return [master, *map(int, Path(f"/proc/{master}/task/{master}/children").read_text().split())]
+    return [master]
 
 
 def _nginx_cpu(f: Fleet) -> float:
-    """nginx's master and workers (the workers are the master's children)."""
-    master = f.nginx.pid
-    pids = [master]
-    with contextlib.suppress(OSError):
-        pids += [int(p) for p in Path(f"/proc/{master}/task/{master}/children").read_text().split()]
-    return sum(cpu_seconds(p) for p in pids)
+    return sum(cpu_seconds(p) for p in _nginx_pids(f))
 
 
 # --------------------------------------------------------------------------- main
@@ -417,32 +442,48 @@ async def main(args: argparse.Namespace) -> None:
             await bursts(f, client)
             gap_ms = CALL_GAP_S * 1000
             print(f"\n2. Call affinity ({AFFINITY_CALLS} calls placed {gap_ms:.0f} ms apart, 1.5 s each)")
-            await affinity_run(f, client, "with affinity (STREAM_PUBLIC_URL per instance)")
+            await affinity_run(
+                f,
+                client,
+                "with affinity (STREAM_PUBLIC_URL per instance)",
+                "early connection and greeting used",
+            )
             await stop_instances(f, fx, client)
         async with (
             fleet(3, settings=settings(fx, **extra), affinity=False) as f,
             httpx.AsyncClient() as client,
         ):
-            await affinity_run(f, client, "without affinity (balanced /media-stream)")
+            await affinity_run(
+                f,
+                client,
+                "without affinity (balanced /media-stream)",
+                "early connection used (the early greeting is off by default here)",
+            )
     print(
         f"\n4. Throughput: {args.calls} calls per process through nginx for {args.seconds:g} s, "
         "1 process alone, then 3 side by side"
     )
-    runs = []
-    for n in (1, 3):
-        async with fakes() as fx:
-            runs.append(await throughput(fx, n, n * args.calls, args.seconds))
-    for r in runs:
+    runs: dict[int, list[Throughput]] = {1: [], 3: []}
+    for _ in range(args.repeat):  # alternated: the box's load drifts
+        for n in (1, 3):
+            async with fakes() as fx:
+                runs[n].append(await throughput(fx, n, n * args.calls, args.seconds))
+    for r in [*runs[1], *runs[3]]:
         print(
             f"   {r.n} process(es): relay CPU {r.pct_per_call(r.relay_cpu_s):.2f} % of a core per call, "
             f"{r.calls_per_core:.0f} calls per core ({r.calls_per_core_net:.0f} without the processes' "
             f"idle {100 * r.idle_cpu_s / r.window_s:.1f} % of a core); "
-            f"nginx {r.pct_per_call(r.nginx_cpu_s):.2f} % per call; {r.loss}"
+            f"nginx {r.pct_per_call(r.nginx_cpu_s):.2f} % per call; other processes on the box "
+            f"{100 * r.others_cpu_s / r.window_s:.0f} % of a core; {r.loss}"
         )
-    one, three = runs
+    one, three = pooled(runs[1]), pooled(runs[3])
+    ratio, ratio_net = (
+        three.calls_per_core / one.calls_per_core,
+        three.calls_per_core_net / one.calls_per_core_net,
+    )
     print(
-        f"   calls per core, 3 processes against 1: {three.calls_per_core / one.calls_per_core:.2f} "
-        f"({three.calls_per_core_net / one.calls_per_core_net:.2f} without idle cost): N processes on N free "
+        f"   calls per core, 3 processes against 1 (all runs pooled): {ratio:.2f} "
+        f"({ratio_net:.2f} without idle cost): N processes on N free "
         "cores carry that × N × one process's calls (goal ≥ 0.9; measured in CPU per call, since this box "
         "has 2 cores, shared)"
     )
@@ -453,6 +494,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--calls", type=int, default=20, help="calls per process in the throughput runs")
     parser.add_argument("--seconds", type=float, default=15.0, help="steady window of each throughput run")
+    parser.add_argument("--repeat", type=int, default=2, help="throughput runs per fleet size, alternated")
     return parser.parse_args(argv)
 
 
