@@ -149,7 +149,7 @@ def announce_calls(app: Any, fakes: LocalFakes, mode: str) -> Callable[..., Any]
     where = {"cascade": cascade, "realtime": realtime}.get(mode, f"{realtime}, or {cascade} on fallback")
 
     async def asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "websocket" and scope.get("path", "").rstrip("/") == "/media-stream":
+        if scope["type"] == "websocket" and scope.get("path", "").rstrip("/").endswith("/media-stream"):
             log.warning("%s; this call goes to %s", NOTICE, where)
         await app(scope, receive, send)
 

@@ -119,7 +119,7 @@ async def serve_media_stream(scope: Scope, receive: Receive, send: Send) -> None
             "rejected Media Stream: missing or invalid X-Twilio-Signature on the upgrade; it is not "
             "Twilio's signature of %s (STREAM_PUBLIC_URL, when set, must be the URL this instance's "
             "TwiML names; behind a proxy, see PUBLIC_URL and FORWARDED_ALLOW_IPS)",
-            " or ".join(stream_urls(request, settings)[::2]),  # without the trailing-slash twins
+            " or ".join(dict.fromkeys(url.rstrip("/") for url in stream_urls(request, settings))),
         )
         app.state.metrics.observe_rejection("signature")
         await stream.close(WS_1008_POLICY_VIOLATION, "invalid signature")

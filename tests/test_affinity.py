@@ -14,13 +14,16 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from starlette.requests import HTTPConnection
 
 from relay.app import create_app
 from relay.testing.realtime import FakeRealtimeServer, Say
-from relay.testing.server import serve_app
+from relay.testing.server import bind_free_port, serve_app
 from relay.testing.twilio import FakeTwilioCall
+from relay.transport.http import FORWARDED_TRUSTED
 from tests.conftest import AUTH_TOKEN, make_settings
 from tests.redis_server import RedisServer, redis_server  # noqa: F401
+from webhooks.signature import forwarded_prefix
 
 PUBLIC_URL = "https://voice.example.com"  # the load balancer: webhooks go to any instance
 URLS = {  # each instance's own route through it
@@ -88,6 +91,36 @@ async def test_the_stream_comes_back_to_the_instance_of_its_webhook_and_takes_it
         assert len(early.events("session.update")) == 1  # configured once, before the stream
         assert sample(a, "relay_preconnects_total", outcome="used") == 1
         assert sample(a, "relay_preconnects_missed_total") == sample(b, "relay_preconnects_missed_total") == 0
+
+
+@pytest.mark.parametrize("proxy_path", ["/media-stream", None], ids=["prefix-stripped", "prefix-kept"])
+async def test_a_local_fleet_url_works_as_the_stream_url(proxy_path: str | None) -> None:
+    """The form a fleet on one host uses (`ws://127.0.0.1:PORT/i/relay-N/media-stream`, PORT the
+    proxy's; here the relay's own, the proxy left out): named in the TwiML, signed by the caller
+    for that URL, served whether the prefix reaches the relay or not."""
+    sock = bind_free_port()
+    base = f"127.0.0.1:{sock.getsockname()[1]}"
+    own = f"ws://{base}/i/relay-1/media-stream"
+    async with FakeRealtimeServer(responses=[GREETING]) as rt:
+        settings = make_settings(
+            relay_mode="realtime",
+            openai_base_url=rt.openai_base_url,
+            public_url=f"http://{base}",
+            stream_public_url=own,
+        )
+        app = create_app(settings)
+        url = f"http://{base}"
+        async with serve_app(app, sock=sock), FakeTwilioCall(base_url=url, auth_token=AUTH_TOKEN) as call:
+            twiml = await call.fetch_twiml()
+            assert twiml.stream_url == own
+            assert await call.connect(twiml, path=proxy_path)
+            early = await rt.wait_connection()
+            await early.wait_for("response.done")
+            (greeting,) = early.audio_sent.values()
+            await call.wait_for_media(min_bytes=len(greeting))
+            assert call.received_audio == bytes(greeting) and not call.protocol_errors
+            assert call.stream_url == own and len(rt.connections) == 1
+            assert sample(app, "relay_preconnects_total", outcome="used") == 1
 
 
 async def test_a_stream_that_reaches_another_instance_is_served_there_and_the_waste_counted(
@@ -218,3 +251,26 @@ def test_an_empty_early_greeting_leaves_the_choice_to_the_deployment(monkeypatch
     assert not make_settings(redis_url="redis://127.0.0.1:1/0").realtime_early_greeting
     monkeypatch.setenv("REALTIME_EARLY_GREETING", "true")
     assert make_settings(redis_url="redis://127.0.0.1:1/0").realtime_early_greeting
+
+
+@pytest.mark.parametrize(
+    ("value", "trusted", "prefix"),
+    [
+        ("/i/relay-1", True, "/i/relay-1"),
+        ("/i/relay-1/, /other", True, "/i/relay-1"),  # the first proxy's, without its trailing slash
+        ("/i/relay-1", False, ""),  # from a peer not in FORWARDED_ALLOW_IPS
+        ("i/relay-1", True, ""),  # not a path
+        ("/i/relay-1?x=1", True, ""),
+        ("/" + "a" * 300, True, ""),  # longer than any route
+    ],
+)
+def test_a_forwarded_prefix_is_taken_from_a_trusted_proxy_as_a_plain_path(
+    value: str, trusted: bool, prefix: str
+) -> None:
+    scope = {
+        "type": "websocket",
+        "path": "/media-stream",
+        "headers": [(b"x-forwarded-prefix", value.encode())],
+        FORWARDED_TRUSTED: trusted,
+    }
+    assert forwarded_prefix(HTTPConnection(scope)) == prefix

@@ -15,7 +15,8 @@ that had one is remembered for `remember` seconds (a stream token's lifetime), w
 connection is waiting, was taken or expired. Bounded: at most MAX_CONCURRENT_CALLS wait at a time,
 each for `EARLY_TTL_S` or STREAM_TOKEN_TTL if shorter (no valid stream can start after its
 token expired); one not taken by then is closed and counted as expired: behind a load balancer
-the stream may land on another instance, which then connects by itself.
+without call affinity (STREAM_PUBLIC_URL) the stream may land on another instance, which then
+connects by itself (and counts the miss: `CallManager`, `relay_preconnects_missed_total`).
 """
 
 from __future__ import annotations
