@@ -115,7 +115,6 @@ def settings(fakes: Fakes, **extra: str) -> dict[str, str]:
         "TWILIO_ACCOUNT_SID": ACCOUNT_SID,
         "TWILIO_API_BASE_URL": fakes.rest_url,
         "INSTRUCTIONS": "The fleet bench's agent, answering {caller}.",
-        "LOG_LEVEL": "WARNING",
         **extra,
     }
 

@@ -13,9 +13,9 @@ or is left out when the fleet has fewer than K instances. `nginx_main_conf` is t
 it. Every process logs to a bounded tail (`log`) and is awaited on its own "ready" line, not polled.
 
 Instance K (1-based) listens on its own port with `STREAM_PUBLIC_URL=ws://127.0.0.1:NGINX/i/relay-K/
-media-stream` when `affinity` is on; its other settings are `settings` (environment names), and
-nothing of this process's environment but PATH, HOME and the locale (no `.env`: it runs in a
-temporary directory).
+media-stream` when `affinity` is on, REDIS_URL, LOG_FORMAT=text and LOG_LEVEL=INFO (its ready and
+drain lines are INFO); its other settings are `settings` (environment names), and nothing of this
+process's environment but PATH, HOME and the locale (no `.env`: it runs in a temporary directory).
 """
 
 from __future__ import annotations
@@ -129,6 +129,7 @@ class ManagedProcess:
         self._reader: asyncio.Task[None] | None = None
         self._lines = asyncio.Condition()
         self._printed = 0
+        self._eof = False  # the output ended: the process exited (or closed it)
 
     @property
     def pid(self) -> int:
@@ -167,6 +168,7 @@ class ManagedProcess:
                 self._printed += 1
                 self._lines.notify_all()
         async with self._lines:
+            self._eof = True
             self._lines.notify_all()
 
     async def wait_line(self, text: str, timeout: float, *, after: int = 0) -> str:  # noqa: ASYNC109
@@ -178,7 +180,7 @@ class ManagedProcess:
                 for i, line in enumerate(self.log):
                     if seen + i >= after and text in line:
                         return line
-                if self._reader is None or self._reader.done():
+                if self._eof:
                     raise FleetStartError(self.failure(f"ended before printing {text!r}"))
                 await self._lines.wait()
 
@@ -315,7 +317,9 @@ async def fleet(
                 argv = [sys.executable, "-m", "relay", *RELAY_SERVE, str(relay_port)]
                 process = ManagedProcess(f"relay-{k}", argv, env=relay_env(env), cwd=directory)
                 relays.append(RelayInstance(k, relay_port, process))
-            await asyncio.gather(*(r.process.start(RELAY_READY) for r in relays))
+            async with asyncio.TaskGroup() as starting:  # one failing stops the others' waits
+                for relay in relays:
+                    starting.create_task(relay.process.start(RELAY_READY))
             main_conf = write_nginx_confs(directory, conf, listen_port=port, relay_ports=ports)
             argv = [nginx_exe, "-p", tmp, "-e", "stderr", "-c", str(main_conf)]
             nginx = ManagedProcess("nginx", argv, env=relay_env({}), cwd=directory)
