@@ -4,6 +4,10 @@ Run: ``python bench/realtime_load.py`` (``--calls 25,50,100 --seconds 20``; ``--
 relay and floor three times per N and pools the rounds, for a noisy machine; ``--quick`` for a 10-call,
 5 s smoke run).
 
+Tracing: ``--trace`` has the relay export its traces over OTLP/HTTP to a collector in the callers'
+process (``relay.testing.otlp.OtlpReceiver``); two benches side by side, one with ``--trace`` and one
+without, measure what tracing costs.
+
 Side by side, for changes smaller than this box's drift between rounds (up to 25 %): two benches at
 once, each running one server (``--systems relay`` and ``--systems floor``, or ``--systems relay``
 twice with ``--relay-dir`` pointing one of them at another checkout, e.g. a ``git worktree``), both
@@ -65,6 +69,8 @@ from typing import Any
 
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
+
+from relay.testing.otlp import OtlpReceiver
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/ is not a package
 from _loadgen import (  # noqa: E402
@@ -533,7 +539,9 @@ async def run_system(
     relay_dir: Path = ROOT,
     quiet: bool = True,
     probe_gap: float = 0.0,
+    collector: OtlpReceiver | None = None,
 ) -> RunResult:
+    """One run of `system` with `n` calls; with `collector`, the relay exports its traces to it."""
     result = RunResult(system, n)
     busy = await wait_quiet() if quiet else math.nan
     if busy > QUIET_PCT:
@@ -541,9 +549,10 @@ async def run_system(
     fake: Fake = LocalFake(reply_ms) if in_process else HelperFake(reply_ms)
     await fake.start()
     freeze_heap()
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url} if collector is not None else {}
     try:
         async with httpx.AsyncClient(timeout=10.0) as client:
-            target = Target(system, fake, log_dir, n, relay_dir=relay_dir)
+            target = Target(system, fake, log_dir, n, relay_dir=relay_dir, env=env)
             result.log_path = str(target.log_path)
             try:
                 await target.wait_ready(client)
@@ -736,23 +745,29 @@ async def main_async(args: argparse.Namespace, log_dir: Path) -> None:
     print(LEGEND)
     print(HEADER)
     results: list[RunResult] = []
-    for n in args.calls:
-        for round_ in range(args.repeat):
-            order = ("relay", "floor") if round_ % 2 == 0 else ("floor", "relay")  # cancels order effects
-            for system in (s for s in order if s in args.systems):
-                result = await run_system(
-                    system,
-                    n,
-                    args.seconds,
-                    reply_ms,
-                    log_dir,
-                    in_process=args.fake_in_process,
-                    relay_dir=args.relay_dir,
-                    quiet=not args.no_wait_quiet,
-                    probe_gap=args.probe_stream_gap_ms / 1000,
-                )
-                results.append(result)
-                print(row(result), flush=True)
+    async with contextlib.AsyncExitStack() as stack:
+        collector = await stack.enter_async_context(OtlpReceiver().serve()) if args.trace else None
+        for n in args.calls:
+            for round_ in range(args.repeat):
+                order = ("relay", "floor") if round_ % 2 == 0 else ("floor", "relay")  # cancels order effects
+                for system in (s for s in order if s in args.systems):
+                    result = await run_system(
+                        system,
+                        n,
+                        args.seconds,
+                        reply_ms,
+                        log_dir,
+                        in_process=args.fake_in_process,
+                        relay_dir=args.relay_dir,
+                        quiet=not args.no_wait_quiet,
+                        probe_gap=args.probe_stream_gap_ms / 1000,
+                        collector=collector if system == "relay" else None,
+                    )
+                    results.append(result)
+                    print(row(result), flush=True)
+        if collector is not None:
+            roots = len(collector.named("call"))
+            print(f"traces: {len(collector.spans)} spans received, {roots} of them calls' root spans")
     if {"relay", "floor"} <= set(args.systems):
         summary(results)
     problems = [(r, line) for r in results for line in r.log_lines]
@@ -782,6 +797,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--no-wait-quiet", action="store_true", help="start each run at once (two benches side by side)"
+    )
+    parser.add_argument(
+        "--trace",
+        action="store_true",
+        help="the relay exports its traces (OTEL_EXPORTER_OTLP_ENDPOINT) to a collector in this process",
     )
     parser.add_argument(
         "--probe-stream-gap-ms",

@@ -59,10 +59,10 @@ class Playout:
         """The caller speaks over the agent: stop everything, keep only what was heard."""
         now = self.clock()
         self._awaiting_heard = None  # an answer cut before Twilio played any of it has no figure
-        self.on_effect(BargeIn())
         heard = self._heard_text(now)
         self.hold_tone.drop()
-        self.playback.interrupt(now)
+        cut = self.playback.interrupt(now)
+        self.on_effect(BargeIn(now, cut.audio_end_ms if cut is not None else 0))
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()  # before the clear is sent: no more of its audio after the clear
         self._reply_text = None

@@ -130,6 +130,7 @@ class ReplyPipeline(Playout):
             async for piece in stream_chat(
                 self.client, self.models["chat"], self.messages + extra, self.tools
             ):
+                timing.setdefault("first_token", self.clock())
                 if isinstance(piece, ToolCallsDone):
                     calls = piece
                     continue
@@ -137,6 +138,7 @@ class ReplyPipeline(Playout):
                     timing.setdefault("first_sentence", self.clock())
                     spoken.append(sentence)
                     sentences.put_nowait(sentence)
+            timing["chat_done"] = self.clock()
             rest = chunker.flush()
             if rest:
                 timing.setdefault("first_sentence", self.clock())
@@ -168,6 +170,7 @@ class ReplyPipeline(Playout):
                 timing.setdefault("tts_first_bytes", self.clock())
                 await self._send_audio(item, converter.push(pcm), timing)
             spoken.audio_done = True
+            timing["tts_done"] = self.clock()
         if item:
             await self._send_audio(item, converter.flush(), timing)
 

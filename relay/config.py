@@ -2,24 +2,25 @@
 
 Every setting of the public contract (../shared/DESIGN.md) lives here; nothing else in the
 code base reads `os.environ`. Secrets are `SecretStr` so they never appear in logs or reprs.
-Which check applies to which setting is decided here; the checks of single values, and the
-messages of every validation error, are in relay/config_checks.py.
+Which check applies to which setting is decided here (by its type, e.g. `PublicUrl`); the checks of
+single values, and the messages of every validation error, are in relay/config_checks.py.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
+    AfterValidator,
     Field,
     PrivateAttr,
     SecretStr,
     ValidationError,
     ValidationInfo,
-    field_validator,
     model_validator,
 )
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -42,6 +43,7 @@ from relay.config_checks import (
     check_webhook_url,
     check_websocket_url,
     describe_errors,
+    early_greeting_default,
     normalize_http_url,
 )
 from relay.errors import ConfigError
@@ -68,6 +70,68 @@ DEFAULT_VOICEMAIL_MESSAGE = (
 )
 
 
+# Each setting's check (relay/config_checks.py) rides on its type: it returns the value normalized or
+# raises ConfigError naming the variable, the bad value and the fix.
+def _named(check: Callable[[str, str], str]) -> AfterValidator:
+    """A check told the name of the variable it checks."""
+    return AfterValidator(lambda v, info: check(v, (info.field_name or "").upper()))
+
+
+def _unset_if_empty(v: SecretStr | None) -> SecretStr | None:
+    return v if v is not None and v.get_secret_value().strip() else None
+
+
+def _not_empty(v: str, info: ValidationInfo) -> str:
+    v = v.strip()
+    if not v:
+        default = Settings.model_fields[info.field_name or ""].default
+        raise ConfigError(
+            f"{(info.field_name or '').upper()} is empty: set a name such as {default!r} "
+            "(the default when the line is removed)."
+        )
+    return v
+
+
+def _base_url(v: str, name: str) -> str:
+    if not v.strip():
+        raise ConfigError(f"{name} is empty: remove the line to use the real service, or set a URL.")
+    return normalize_http_url(v, name=name)
+
+
+def _otlp_headers(v: SecretStr | None) -> SecretStr | None:
+    if v is not None:
+        check_key_values(v.get_secret_value(), "OTEL_EXPORTER_OTLP_HEADERS", secret=True)
+    return v
+
+
+def _resource_attributes(v: str) -> str:
+    check_key_values(v, "OTEL_RESOURCE_ATTRIBUTES")
+    return v.strip()
+
+
+Secret = Annotated[SecretStr | None, AfterValidator(_unset_if_empty)]  # empty is unset
+Name = Annotated[str, AfterValidator(_not_empty)]  # a model, voice or service name
+BaseUrl = Annotated[str, _named(_base_url)]  # a service's base URL (scheme added when missing)
+AzureEndpoint = Annotated[str, AfterValidator(lambda v: normalize_http_url(v, name="AZURE_OPENAI_ENDPOINT"))]
+ApiVersion = Annotated[str, _named(check_api_version)]
+TokenScope = Annotated[str, AfterValidator(check_token_scope)]
+WebSocketUrl = Annotated[str, AfterValidator(check_websocket_url)]
+Language = Annotated[str, AfterValidator(check_language)]
+PublicUrl = Annotated[str, AfterValidator(check_public_url)]
+StreamPublicUrl = Annotated[str, AfterValidator(check_stream_public_url)]
+AccountSid = Annotated[str, AfterValidator(check_account_sid)]
+PhoneNumber = Annotated[str, AfterValidator(check_phone_number)]
+ToolModules = Annotated[str, AfterValidator(check_tool_modules)]
+TransferAllowlist = Annotated[str, AfterValidator(check_transfer_allowlist)]
+WebhookUrl = Annotated[str, AfterValidator(check_webhook_url)]
+AgentsFile = Annotated[str, AfterValidator(check_agents_file)]
+OtlpEndpoint = Annotated[str, _named(check_otlp_endpoint)]
+OtlpHeaders = Annotated[SecretStr | None, AfterValidator(_unset_if_empty), AfterValidator(_otlp_headers)]
+ResourceAttributes = Annotated[str, AfterValidator(_resource_attributes)]
+LogLevel = Annotated[str, AfterValidator(check_log_level)]
+ForwardedAllowIps = Annotated[str, AfterValidator(check_forwarded_allow_ips)]
+
+
 class Settings(BaseSettings):
     """The relay's settings. Field names are the environment variable names, case-insensitive."""
 
@@ -81,27 +145,27 @@ class Settings(BaseSettings):
     allow_cross_provider_fallback: bool = False
 
     # --- OpenAI ----------------------------------------------------------------------------
-    openai_api_key: SecretStr | None = None
-    openai_base_url: str = "https://api.openai.com/v1"
-    openai_realtime_model: str = "gpt-realtime"
-    openai_stt_model: str = "gpt-4o-mini-transcribe"
-    openai_chat_model: str = "gpt-4o-mini"
-    openai_tts_model: str = "gpt-4o-mini-tts"
-    openai_voice: str = "marin"
+    openai_api_key: Secret = None
+    openai_base_url: BaseUrl = "https://api.openai.com/v1"
+    openai_realtime_model: Name = "gpt-realtime"
+    openai_stt_model: Name = "gpt-4o-mini-transcribe"
+    openai_chat_model: Name = "gpt-4o-mini"
+    openai_tts_model: Name = "gpt-4o-mini-tts"
+    openai_voice: Name = "marin"
 
     # --- Azure OpenAI ----------------------------------------------------------------------
-    azure_openai_api_key: SecretStr | None = None
-    azure_openai_endpoint: str = ""
+    azure_openai_api_key: Secret = None
+    azure_openai_endpoint: AzureEndpoint = ""
     azure_openai_deployment: str = ""
-    azure_api_version: str = ""  # empty: GA protocol (/openai/v1/realtime); a preview version: preview
+    azure_api_version: ApiVersion = ""  # empty: GA protocol (/openai/v1/realtime); a preview version: preview
     azure_openai_stt_deployment: str = ""
     azure_openai_chat_deployment: str = ""
     azure_openai_tts_deployment: str = ""
-    azure_cascade_api_version: str = "2025-03-01-preview"
-    azure_token_scope: str = "https://cognitiveservices.azure.com/.default"
+    azure_cascade_api_version: ApiVersion = "2025-03-01-preview"
+    azure_token_scope: TokenScope = "https://cognitiveservices.azure.com/.default"
     # Where the realtime WebSocket lives when not at the HTTP endpoint (a proxy; tests). Empty: derived
     # from OPENAI_BASE_URL (e.g. ws://host/v1) or AZURE_OPENAI_ENDPOINT (e.g. ws://host).
-    realtime_websocket_base_url: str = ""
+    realtime_websocket_base_url: WebSocketUrl = ""
 
     # --- the conversation ------------------------------------------------------------------
     instructions: str = DEFAULT_INSTRUCTIONS
@@ -113,7 +177,7 @@ class Settings(BaseSettings):
     vad_silence_duration_ms: int = Field(500, ge=0, le=10_000)
     vad_eagerness: Literal["low", "medium", "high", "auto"] = "auto"
     input_transcription_model: str = "gpt-4o-mini-transcribe"
-    transcription_language: str = ""  # ISO 639-1 hint for transcription ("de"); empty: detected
+    transcription_language: Language = ""  # ISO 639-1 hint for transcription ("de"); empty: detected
     noise_reduction: Literal["near_field", "far_field", "off"] = "near_field"
     realtime_session_max_minutes: float = Field(28.0, gt=0)
     provider_connect_timeout: float = Field(5.0, gt=0, le=60)
@@ -137,14 +201,14 @@ class Settings(BaseSettings):
     dtmf_tool: bool = False  # offer the send_digits tool on every call (outbound calls get it anyway)
 
     # --- Twilio ----------------------------------------------------------------------------
-    public_url: str = ""
+    public_url: PublicUrl = ""
     # This instance's own public Media Stream URL (call affinity): its TwiML names it, so the stream
     # comes back to the instance that answered the webhook; the upgrade's signature is checked
     # against it. Empty: the stream URL is derived from PUBLIC_URL or the request, as before.
-    stream_public_url: str = ""
-    twilio_account_sid: str = ""
-    twilio_auth_token: SecretStr | None = None
-    twilio_phone_number: str = ""  # the From of outbound calls (POST /calls)
+    stream_public_url: StreamPublicUrl = ""
+    twilio_account_sid: AccountSid = ""
+    twilio_auth_token: Secret = None
+    twilio_phone_number: PhoneNumber = ""  # the From of outbound calls (POST /calls)
     # outbound calls: Twilio's async answering-machine detection by default (a request may say otherwise),
     # and what the agent leaves on a machine ({name} placeholders from the call's context; empty: hang up)
     outbound_machine_detection: bool = True
@@ -152,19 +216,19 @@ class Settings(BaseSettings):
     record_calls: bool = False  # a dual-channel Twilio recording of every call, started at stream start
     recording_notice: str = ""  # said, word for word, before the greeting (recording consent)
     recording_wait_s: float = Field(60.0, ge=0, le=600)  # the post-call webhook's wait for the recording
-    twilio_api_base_url: str = "https://api.twilio.com"
+    twilio_api_base_url: BaseUrl = "https://api.twilio.com"
     twilio_api_timeout: float = Field(10.0, gt=0, le=60)  # seconds per REST request (hang up, redirect)
-    stream_token_secret: SecretStr | None = None  # defaults to a key derived from TWILIO_AUTH_TOKEN
+    stream_token_secret: Secret = None  # defaults to a key derived from TWILIO_AUTH_TOKEN
     stream_token_ttl: float = Field(60.0, gt=0, le=3600)
 
     # --- tools -----------------------------------------------------------------------------
-    tavily_api_key: SecretStr | None = None
-    tavily_base_url: str = "https://api.tavily.com"
-    relay_tools: str = ""  # comma-separated modules that register user tools
-    transfer_allowlist: str = ""  # "+15551234567,sales=+15557654321"
+    tavily_api_key: Secret = None
+    tavily_base_url: BaseUrl = "https://api.tavily.com"
+    relay_tools: ToolModules = ""  # comma-separated modules that register user tools
+    transfer_allowlist: TransferAllowlist = ""  # "+15551234567,sales=+15557654321"
 
     # --- storage and limits ----------------------------------------------------------------
-    redis_url: SecretStr | None = None
+    redis_url: Secret = None
     call_record_ttl_days: float = Field(7.0, gt=0)
     max_concurrent_calls: int = Field(100, ge=1, le=100_000)
     # seconds a call's concurrency slot outlives its instance's last refresh (every third of it); a
@@ -174,21 +238,23 @@ class Settings(BaseSettings):
     drain_timeout: float = Field(30.0, ge=0)  # seconds active calls get to finish on SIGTERM
 
     # --- the post-call webhook (relay/post_call/) ----------------------------------------------
-    post_call_webhook_url: str = ""  # empty: no webhook
-    post_call_webhook_secret: SecretStr | None = None  # the HMAC key of X-Relay-Signature
+    post_call_webhook_url: WebhookUrl = ""  # empty: no webhook
+    post_call_webhook_secret: Secret = None  # the HMAC key of X-Relay-Signature
 
     # --- agents (relay/agents/) ---------------------------------------------------------------
-    agents_file: str = ""  # a TOML file of [agents.NAME] tables; empty: the environment is the one agent
+    agents_file: AgentsFile = (
+        ""  # a TOML file of [agents.NAME] tables; empty: the environment is the one agent
+    )
 
     # --- tracing (relay/tracing/): OpenTelemetry's own names, read here and handed to the SDK ------
     # No endpoint: no exporter, no tracer provider, nothing on any call's path.
-    otel_exporter_otlp_endpoint: str = ""  # a collector's base URL; spans go to <it>/v1/traces
-    otel_exporter_otlp_traces_endpoint: str = ""  # the full URL of the traces endpoint (wins)
+    otel_exporter_otlp_endpoint: OtlpEndpoint = ""  # a collector's base URL; spans go to <it>/v1/traces
+    otel_exporter_otlp_traces_endpoint: OtlpEndpoint = ""  # the full URL of the traces endpoint (wins)
     otel_exporter_otlp_protocol: Literal["http/protobuf"] = "http/protobuf"  # the only one the relay speaks
-    otel_exporter_otlp_headers: SecretStr | None = None  # "key=value,key2=value2" (often an API key)
+    otel_exporter_otlp_headers: OtlpHeaders = None  # "key=value,key2=value2" (often an API key)
     otel_exporter_otlp_compression: Literal["none", "gzip", "deflate"] = "none"
-    otel_service_name: str = "twilio-realtime-relay"
-    otel_resource_attributes: str = ""  # "deployment.environment=prod,service.namespace=voice"
+    otel_service_name: Name = "twilio-realtime-relay"
+    otel_resource_attributes: ResourceAttributes = ""  # "deployment.environment=prod,service.namespace=voice"
     otel_traces_sampler: TracesSampler = "parentbased_always_on"
     otel_traces_sampler_arg: float = Field(1.0, ge=0.0, le=1.0)  # the ratio of the *traceidratio samplers
     otel_bsp_schedule_delay: int = Field(5000, ge=1, le=600_000)  # ms between two batch exports
@@ -200,159 +266,19 @@ class Settings(BaseSettings):
     )
 
     # --- operations ------------------------------------------------------------------------
-    relay_admin_token: SecretStr | None = None
+    relay_admin_token: Secret = None
     log_format: Literal["text", "json"] = "text"
-    log_level: str = "INFO"
+    log_level: LogLevel = "INFO"
     host: str = Field("0.0.0.0", min_length=1)
     port: int = Field(8000, ge=1, le=65535)
 
     # --- the HTTP edge (relay/transport/http.py, webhooks/form.py) ----------------------------
     # Peers whose X-Forwarded-Proto/-Host/-For are believed: IPs, CIDRs, comma-separated, or "*".
-    forwarded_allow_ips: str = "127.0.0.1"
+    forwarded_allow_ips: ForwardedAllowIps = "127.0.0.1"
     http_header_timeout: float = Field(5.0, gt=0, le=120)  # seconds for a request's line and headers
     http_max_header_bytes: int = Field(16 * 1024, ge=1024)  # request line + headers; 431 past it
     http_max_connections: int = Field(0, ge=0)  # open connections served; 0: 2 x MAX_CONCURRENT_CALLS + 500
     webhook_body_timeout: float = Field(5.0, gt=0, le=120)  # seconds to receive a webhook's whole body
-
-    # ---------------------------------------------------------------------------------------
-    # Each check (relay/config_checks.py) returns the value normalized or raises ConfigError naming
-    # the variable, the bad value and the fix.
-    @field_validator("azure_openai_endpoint", mode="after")
-    @classmethod
-    def _normalize_endpoint(cls, v: str) -> str:
-        return normalize_http_url(v, name="AZURE_OPENAI_ENDPOINT")
-
-    @field_validator("openai_base_url", "tavily_base_url", "twilio_api_base_url", mode="after")
-    @classmethod
-    def _normalize_base_urls(cls, v: str, info: ValidationInfo) -> str:
-        name = (info.field_name or "base URL").upper()
-        if not v.strip():
-            raise ConfigError(f"{name} is empty: remove the line to use the real service, or set a URL.")
-        return normalize_http_url(v, name=name)
-
-    @field_validator("realtime_websocket_base_url", mode="after")
-    @classmethod
-    def _check_websocket_url(cls, v: str) -> str:
-        return check_websocket_url(v)
-
-    @field_validator("azure_token_scope", mode="after")
-    @classmethod
-    def _check_scope(cls, v: str) -> str:
-        return check_token_scope(v)
-
-    @field_validator(
-        "openai_realtime_model",
-        "openai_stt_model",
-        "openai_chat_model",
-        "openai_tts_model",
-        "openai_voice",
-        "otel_service_name",
-        mode="after",
-    )
-    @classmethod
-    def _not_empty(cls, v: str, info: ValidationInfo) -> str:
-        v = v.strip()
-        if not v:
-            default = cls.model_fields[info.field_name or ""].default
-            raise ConfigError(
-                f"{(info.field_name or '').upper()} is empty: set a name such as {default!r} "
-                "(the default when the line is removed)."
-            )
-        return v
-
-    @field_validator("azure_api_version", "azure_cascade_api_version", mode="after")
-    @classmethod
-    def _check_api_version(cls, v: str, info: ValidationInfo) -> str:
-        return check_api_version(v, (info.field_name or "").upper())
-
-    @field_validator("twilio_account_sid", mode="after")
-    @classmethod
-    def _check_account_sid(cls, v: str) -> str:
-        return check_account_sid(v)
-
-    @field_validator("twilio_phone_number", mode="after")
-    @classmethod
-    def _check_phone_number(cls, v: str) -> str:
-        return check_phone_number(v)
-
-    @field_validator("relay_tools", mode="after")
-    @classmethod
-    def _check_tool_modules(cls, v: str) -> str:
-        return check_tool_modules(v)
-
-    @field_validator("transfer_allowlist", mode="after")
-    @classmethod
-    def _check_transfer_allowlist(cls, v: str) -> str:
-        return check_transfer_allowlist(v)
-
-    @field_validator("public_url", mode="after")
-    @classmethod
-    def _check_public_url(cls, v: str) -> str:
-        return check_public_url(v)
-
-    @field_validator(
-        "openai_api_key",
-        "azure_openai_api_key",
-        "twilio_auth_token",
-        "stream_token_secret",
-        "tavily_api_key",
-        "redis_url",
-        "relay_admin_token",
-        "post_call_webhook_secret",
-        "otel_exporter_otlp_headers",
-        mode="after",
-    )
-    @classmethod
-    def _empty_secret_is_unset(cls, v: SecretStr | None) -> SecretStr | None:
-        return v if v is not None and v.get_secret_value().strip() else None
-
-    @field_validator("stream_public_url", mode="after")
-    @classmethod
-    def _check_stream_public_url(cls, v: str) -> str:
-        return check_stream_public_url(v)
-
-    @field_validator("post_call_webhook_url", mode="after")
-    @classmethod
-    def _check_webhook_url(cls, v: str) -> str:
-        return check_webhook_url(v)
-
-    @field_validator("forwarded_allow_ips", mode="after")
-    @classmethod
-    def _check_forwarded_allow_ips(cls, v: str) -> str:
-        return check_forwarded_allow_ips(v)
-
-    @field_validator("transcription_language", mode="after")
-    @classmethod
-    def _check_language(cls, v: str) -> str:
-        return check_language(v)
-
-    @field_validator("agents_file", mode="after")
-    @classmethod
-    def _check_agents_file(cls, v: str) -> str:
-        return check_agents_file(v)
-
-    @field_validator("otel_exporter_otlp_endpoint", "otel_exporter_otlp_traces_endpoint", mode="after")
-    @classmethod
-    def _check_otlp_endpoint(cls, v: str, info: ValidationInfo) -> str:
-        return check_otlp_endpoint(v, (info.field_name or "").upper())
-
-    @field_validator("otel_exporter_otlp_headers", mode="after")
-    @classmethod
-    def _check_otlp_headers(cls, v: SecretStr | None) -> SecretStr | None:
-        if v is not None:
-            check_key_values(v.get_secret_value(), "OTEL_EXPORTER_OTLP_HEADERS", secret=True)
-        return v
-
-    @field_validator("otel_resource_attributes", mode="after")
-    @classmethod
-    def _check_resource_attributes(cls, v: str) -> str:
-        check_key_values(v, "OTEL_RESOURCE_ATTRIBUTES")
-        return v.strip()
-
-    @field_validator("log_level", mode="after")
-    @classmethod
-    def _check_level(cls, v: str) -> str:
-        return check_log_level(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -371,17 +297,9 @@ class Settings(BaseSettings):
             on = self.realtime_early_greeting
             self._early_greeting_why = f"REALTIME_EARLY_GREETING={'true' if on else 'false'} is set"
             return self
-        if self.redis_url is None:
-            on, why = True, "one instance (no REDIS_URL): its streams come to it"
-        elif self.stream_public_url:
-            on, why = True, "call affinity (STREAM_PUBLIC_URL): streams come back to this instance"
-        else:
-            on = False
-            why = (
-                "REDIS_URL without STREAM_PUBLIC_URL: a stream may reach another instance than its "
-                "webhook's, where the greeting would be made in vain; set STREAM_PUBLIC_URL per "
-                "instance to have it"
-            )
+        on, why = early_greeting_default(
+            shared=self.redis_url is not None, affinity=bool(self.stream_public_url)
+        )
         self.realtime_early_greeting = on
         self._early_greeting_why = why
         return self

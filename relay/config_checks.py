@@ -38,6 +38,7 @@ __all__ = [
     "check_phone_number",
     "check_public_url",
     "check_stream_public_url",
+    "early_greeting_default",
     "check_webhook_url",
     "check_token_scope",
     "check_tool_modules",
@@ -302,6 +303,20 @@ def check_log_level(v: str) -> str:
 
 
 # --- the other validation errors -------------------------------------------------------------------
+
+
+def early_greeting_default(*, shared: bool, affinity: bool) -> tuple[bool, str]:
+    """REALTIME_EARLY_GREETING when it is not set, and why: on for one instance or with call
+    affinity (`affinity`: STREAM_PUBLIC_URL), off for a fleet (`shared`: REDIS_URL) without it."""
+    if not shared:
+        return True, "one instance (no REDIS_URL): its streams come to it"
+    if affinity:
+        return True, "call affinity (STREAM_PUBLIC_URL): streams come back to this instance"
+    return False, (
+        "REDIS_URL without STREAM_PUBLIC_URL: a stream may reach another instance than its "
+        "webhook's, where the greeting would be made in vain; set STREAM_PUBLIC_URL per "
+        "instance to have it"
+    )
 
 
 def describe_errors(exc: ValidationError, fields: Mapping[str, FieldInfo]) -> list[str]:

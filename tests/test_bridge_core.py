@@ -112,7 +112,7 @@ def test_barge_in_clears_truncates_and_drops_late_audio() -> None:
         "content_index": 0,
         "audio_end_ms": heard,
     }
-    assert BargeIn() in fx
+    assert BargeIn(first_mark_s + 0.03, heard) in fx  # when, and what the caller had heard
     saved = [e for e in fx if isinstance(e, SaveTurn)]
     assert saved and saved[0].meta["interrupted"] and saved[0].meta["heard_ms"] == heard
     # 530 of the 1000 ms sent, the text's spoken length (5 syllables) about the same: 2.65 syllables

@@ -53,7 +53,7 @@ def test_a_key_press_while_the_agent_speaks_cancels_and_cuts_at_what_was_heard()
     to_twilio, to_provider, effects = core.drain()
     assert [m["event"] for m in sent(to_twilio)] == ["clear"]
     assert [e["type"] for e in sent(to_provider)] == ["response.cancel", "conversation.item.truncate"]
-    assert sent(to_provider)[1]["audio_end_ms"] == 200 and BargeIn() in effects
+    assert sent(to_provider)[1]["audio_end_ms"] == 200 and BargeIn(0.2, 200) in effects
     core.on_dtmf("#", 0.3)
     _, to_provider, effects = core.drain()
     item = sent(to_provider)

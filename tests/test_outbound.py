@@ -322,6 +322,24 @@ async def test_unsigned_answer_and_amd_callbacks_are_403_and_store_nothing() -> 
         assert env.server.connections == []  # no early provider connection either
 
 
+async def test_a_signed_answer_with_a_malformed_direction_is_refused_logged_and_counted(caplog) -> None:
+    """A signed `/outbound-answer` whose Direction is not one of Twilio's: 400, one WARNING naming
+    the value, counted as malformed; no stream is offered and nothing is connected."""
+    from tests.test_webhooks import signed
+
+    async with outbound() as env:
+        form = {"CallSid": "CA" + "6" * 32, "AccountSid": ACCOUNT_SID, "From": FROM, "To": TO}
+        form["Direction"] = "sideways<script>"
+        headers = signed(PUBLIC_URL + "/outbound-answer", form)
+        async with httpx.AsyncClient(base_url=env.url) as client:
+            answer = await client.post("/outbound-answer", data=form, headers=headers)
+        assert answer.status_code == 400 and "Direction must be" in answer.text
+        assert "<Stream" not in answer.text
+        assert "refused /outbound-answer: Direction 'sideways<script>'" in caplog.text
+        assert env.metric("relay_calls_rejected_total", reason="malformed") == 1
+        assert env.server.connections == []
+
+
 async def test_another_instance_answers_with_the_context_from_redis(redis_server) -> None:  # noqa: F811
     """Placed by one instance, answered by another: the context comes from the shared record."""
     async with outbound(redis_url=redis_server.url) as placing:

@@ -90,3 +90,31 @@ async def test_on_the_cascade_too() -> None:
         )
         == 1
     )
+
+
+def test_the_realtime_turn_clock_places_the_end_of_speech_and_times_the_answer() -> None:
+    """`RealtimeTurns` without sockets: the provider's end of speech less the audio sent past its
+    position (at most MAX_BEHIND_MS) and the silence window; the first answer frame closes the
+    turn, the mark that reports it played gives the heard figure; a barge-in drops the turn."""
+    from relay.sessions.call import CallStats
+    from relay.sessions.playback import PlaybackTracker
+    from relay.sessions.realtime_turns import MAX_BEHIND_MS, RealtimeTurns
+
+    stats, playback = CallStats(path="realtime"), PlaybackTracker()
+    turns = RealtimeTurns(stats, playback, silence_s=0.5)
+    stats.frames_in = 150  # 3 s of caller audio sent; the provider's VAD ended the turn at 2.8 s
+    turns.speech_stopped(2800, now=10.0)
+    assert turns.waiting
+    turns.first_audio("i1", now=10.3)
+    assert stats.turn_times == [(10.0 - 0.2 - 0.5, 10.3)] and not turns.waiting
+    mark = playback.on_audio_sent("i1", 800, 10.3)  # 100 ms of μ-law
+    assert mark is not None and playback.on_mark(mark, 10.45)
+    turns.mark(10.45)
+    assert stats.heard_latencies_ms == pytest.approx([(10.45 - 0.1 - 9.3) * 1000])
+    turns.frame0, stats.frames_in = 100, 300  # a new connection, from the 100th frame: 4 s sent
+    assert turns.speech_end_time(0, now=20.0) == 20.0 - 0.5  # no position given: no correction
+    assert turns.speech_end_time(1, now=20.0) == 20.0 - MAX_BEHIND_MS / 1000 - 0.5  # bounded
+    turns.speech_stopped(900, now=21.0)
+    turns.interrupted()
+    turns.first_audio("i2", now=21.2)
+    assert len(stats.turn_times) == 1 and len(stats.response_latencies_ms) == 1

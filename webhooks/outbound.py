@@ -19,7 +19,7 @@ import re
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from relay.errors import StoreError
@@ -64,7 +64,8 @@ async def outbound_answer(request: Request) -> Response:
     with bind_call(call_sid):
         direction = form.get("Direction", "outbound-api")
         if not DIRECTION.fullmatch(direction):
-            return PlainTextResponse("Direction must be a Twilio call direction", status_code=400)
+            answer = "Direction must be a Twilio call direction"
+            return refuse_malformed(request, ANSWER_PATH, f"Direction {direction[:40]!r}", answer)
         placed = request.app.state.manager.notes.context(call_sid)
         if placed is None:
             placed = await _stored_context(request, call_sid)

@@ -115,12 +115,12 @@ class TwilioSide:
         active = self._active if self._active not in self._cut_responses else None  # still speaking
         if active is None and not self.playback.outstanding:
             return  # nothing to interrupt (or it was interrupted already)
-        self._effects.append(BargeIn())
         if active is not None:
             self._cut_responses.add(active)
             if cancel:
                 self._to_provider.append(RESPONSE_CANCEL)
         cut = self.playback.interrupt(now, self._current_item or None)
+        self._effects.append(BargeIn(now, cut.audio_end_ms if cut is not None else 0))
         self._to_twilio.append(clear_message(self.stream_sid))
         if cut is None:
             return

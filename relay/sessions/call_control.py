@@ -1,18 +1,21 @@
-"""What a tool may do to its call (`ToolControl`, the call's `relay.tools.CallControl`) and when a
-requested hang-up or transfer may happen (`Goodbye`)."""
+"""A call's tools: how one runs (`run_tool`), what it may do to its call (`ToolControl`, the
+call's `relay.tools.CallControl`) and when a requested hang-up or transfer may happen (`Goodbye`)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from relay.sessions import events as ev
+from relay.sessions.call_trace import trace_tool
 from relay.sessions.effects import HangUp, SendDigits, Transfer
 
 if TYPE_CHECKING:
     from relay.sessions.call_run import CallRun
 
-__all__ = ["Goodbye", "ToolControl"]
+__all__ = ["Goodbye", "ToolControl", "run_tool"]
 
 
 class ToolControl:
@@ -55,3 +58,47 @@ class Goodbye:
         while not (self.said and not playing()):
             self.changed.clear()
             await self.changed.wait()
+
+
+async def run_tool(run: CallRun, call: ev.ToolCall) -> None:
+    """Runs a tool of the call `run` for either path: its context, the hold tone when it is slow,
+    its audit on the record and its span; the output goes back to the session that asked."""
+    from relay.tools import ToolCallRequest, ToolContext
+
+    session, registry = run.session, run.agent.registry
+    if session is None:
+        return
+    if registry is None:  # no tools were offered: the model made one up
+        await session.tool_finished(call.call_id, '{"error": "no tools are available"}')
+        return
+    control = ToolControl(run, call.response_id)
+    ctx = ToolContext(
+        call_sid=run.start.call_sid,
+        stream_sid=run.start.stream_sid,
+        settings=run.settings,
+        control=control,
+        twilio=run.manager.twilio_calls,
+    )
+    started = time.monotonic()
+    dispatch = asyncio.ensure_future(
+        registry.dispatch(
+            ToolCallRequest(call.call_id, call.name, call.arguments),
+            ctx,
+            run.agent.hidden_tools(run.texts),
+        )
+    )
+    try:
+        if run.settings.slow_tool_feedback == "tone":
+            done, _ = await asyncio.wait({dispatch}, timeout=run.settings.slow_tool_after)
+            if not done:
+                await session.hold()
+        result = await dispatch
+    finally:
+        dispatch.cancel()
+    audit = result.audit()
+    run.recorder.put("add_event", "tools", audit)
+    run.manager.metrics.observe_tool(audit)
+    trace_tool(run.trace, audit, started)
+    # not to a session that has gone (a fallback), nor after a handoff to a new connection
+    if session is run.session and control.output_wanted:
+        await session.tool_finished(call.call_id, str(result.output))

@@ -15,11 +15,10 @@ from twilio.twiml.voice_response import VoiceResponse
 from relay.codecs.dtmf import dtmf_ulaw
 from relay.config import Settings
 from relay.errors import ProviderError, ToolError
-from relay.sessions import events as ev
 from relay.sessions.call import AgentSwitch, CallSession, CallStats, EffectSink, Turn, TwilioSink
-from relay.sessions.call_control import Goodbye, ToolControl
+from relay.sessions.call_control import Goodbye, run_tool
 from relay.sessions.call_record import CallRecorder
-from relay.sessions.call_trace import record_turns, trace_tool
+from relay.sessions.call_trace import Fallback, record_call_spans, trace_barge_in
 from relay.sessions.effects import (
     BargeIn,
     Effect,
@@ -35,7 +34,7 @@ from relay.sessions.effects import (
 )
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime import RealtimeSession
-from relay.tracing import CallTrace
+from relay.tracing import CallTrace, Span
 from relay.twilio_messages import Media, Start
 
 if TYPE_CHECKING:
@@ -88,6 +87,7 @@ class CallRun:
         self.earlier_stats: list[CallStats] = []  # the realtime phase's figures, after a fallback
         self.trace = CallTrace(start.call_sid)  # a no-op until `run` takes the call's trace
         self._cut_turns: set[tuple[int, int]] = set()  # (phase, turn) whose answer a barge-in cut
+        self._fallback: Fallback | None = None  # when and why the realtime path was given up
         self.ending = ""
 
     # --- effects, in one place ------------------------------------------------------------------
@@ -100,9 +100,10 @@ class CallRun:
             if "dtmf" in effect.meta:
                 self.manager.metrics.dtmf_entries_total.inc()
         elif isinstance(effect, RunTool):
-            self._spawn(self._run_tool(effect.call), f"tool-{effect.call.name}")
+            self._spawn(run_tool(self, effect.call), f"tool-{effect.call.name}")
         elif isinstance(effect, BargeIn) and stats is not None:
             stats.barge_ins += 1
+            trace_barge_in(self.trace, effect, stats.path)
             if stats.turn_times:  # the latest turn's answer was cut
                 self._cut_turns.add((len(self.earlier_stats), len(stats.turn_times) - 1))
         elif isinstance(effect, Truncated) and stats is not None:
@@ -123,14 +124,16 @@ class CallRun:
                 self._tones += 1
                 await self.session.play(dtmf_ulaw(effect.digits), f"dtmf:{self._tones}")
             return
+        span = None
         if isinstance(effect, HangUp):
             log.info("hang-up requested (%s); waiting for the goodbye to play", effect.reason or "end_call")
             act = self.manager.hang_up(self.start.call_sid)
+            span = self.trace.start("hang_up", reason=effect.reason or "end_call", by="tool")
         else:
             log.info("transfer requested; waiting for the model's answer to play")
             act = self.manager.redirect(self.start.call_sid, effect.twiml)
         self._goodbye = Goodbye(effect.after_response)
-        self._spawn(self._after_goodbye(self._goodbye, act), type(effect).__name__.lower())
+        self._spawn(self._after_goodbye(self._goodbye, act, span), type(effect).__name__.lower())
 
     def on_answered_by(self, answered_by: str) -> None:
         """Twilio's answering-machine detection: on a machine (after its beep or silence) the agent
@@ -145,13 +148,15 @@ class CallRun:
         if not message or session is None:
             log.info("answered by %s: hanging up", answered_by)
             self.ending = "machine"
-            await self._carry_out(self.manager.hang_up(self.start.call_sid))
+            span = self.trace.start("hang_up", reason=answered_by, by="machine_detection")
+            await self._carry_out(self.manager.hang_up(self.start.call_sid), span)
             return
         log.info("answered by %s: leaving the voicemail message, then hanging up", answered_by)
         self._goodbye = Goodbye(after_response="")  # the next response that completes is the message
         self.ending = "voicemail"
+        span = self.trace.start("hang_up", reason=answered_by, by="voicemail")
         await session.say(message, last=True)
-        await self._after_goodbye(self._goodbye, self.manager.hang_up(self.start.call_sid))
+        await self._after_goodbye(self._goodbye, self.manager.hang_up(self.start.call_sid), span)
 
     async def hand_off(self, name: str, reason: str) -> bool:
         """The `handoff` tool: the call moves to the agent `name`, one of its agent's `handoffs`
@@ -201,7 +206,9 @@ class CallRun:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _after_goodbye(self, goodbye: Goodbye, act: Coroutine[Any, Any, None]) -> None:
+    async def _after_goodbye(
+        self, goodbye: Goodbye, act: Coroutine[Any, Any, None], span: Span | None = None
+    ) -> None:
         try:
             async with asyncio.timeout(HANGUP_GRACE_S):
                 await goodbye.played(lambda: self.session is not None and self.session.playing)
@@ -211,59 +218,23 @@ class CallRun:
             )
         except asyncio.CancelledError:
             act.close()
+            if span is not None:
+                span.end(done=False)  # the call ended before its goodbye had played
             raise
-        await self._carry_out(act)
+        await self._carry_out(act, span)
 
     @staticmethod
-    async def _carry_out(act: Coroutine[Any, Any, None]) -> None:
-        """A hang-up or redirect through Twilio's REST API; a refusal is logged, the call goes on."""
+    async def _carry_out(act: Coroutine[Any, Any, None], span: Span | None = None) -> None:
+        """A hang-up or redirect through Twilio's REST API; a refusal is logged, the call goes on.
+        `span` (a `hang_up`) ends when Twilio has answered."""
         try:
             await act
         except ToolError as exc:  # Twilio refused or did not answer: the call goes on as it is
             log.error("%s", exc)
-
-    async def _run_tool(self, call: ev.ToolCall) -> None:
-        """Runs a tool for either path: its context, the hold tone when it is slow, its audit on the
-        record; the output goes back to the session that asked."""
-        from relay.tools import ToolCallRequest, ToolContext
-
-        session, registry = self.session, self.agent.registry
-        if session is None:
-            return
-        if registry is None:  # no tools were offered: the model made one up
-            await session.tool_finished(call.call_id, '{"error": "no tools are available"}')
-            return
-        control = ToolControl(self, call.response_id)
-        ctx = ToolContext(
-            call_sid=self.start.call_sid,
-            stream_sid=self.start.stream_sid,
-            settings=self.settings,
-            control=control,
-            twilio=self.manager.twilio_calls,
-        )
-        started = time.monotonic()
-        dispatch = asyncio.ensure_future(
-            registry.dispatch(
-                ToolCallRequest(call.call_id, call.name, call.arguments),
-                ctx,
-                self.agent.hidden_tools(self.texts),
-            )
-        )
-        try:
-            if self.settings.slow_tool_feedback == "tone":
-                done, _ = await asyncio.wait({dispatch}, timeout=self.settings.slow_tool_after)
-                if not done:
-                    await session.hold()
-            result = await dispatch
-        finally:
-            dispatch.cancel()
-        audit = result.audit()
-        self.recorder.put("add_event", "tools", audit)
-        self.manager.metrics.observe_tool(audit)
-        trace_tool(self.trace, audit, started)
-        # not to a session that has gone (a fallback), nor after a handoff to a new connection
-        if session is self.session and control.output_wanted:
-            await session.tool_finished(call.call_id, str(result.output))
+            if span is not None:
+                span.fail(str(exc))
+        if span is not None:
+            span.end(done=True)
 
     def _cancel_tasks(self) -> None:
         for task in self._tasks:
@@ -273,6 +244,7 @@ class CallRun:
     async def end_politely(self, text: str, reason: str) -> None:
         """Ends the call with a spoken goodbye: a TwiML redirect when Twilio credentials are set,
         otherwise by closing the stream (Twilio then speaks the `<Say>` after `<Connect>`)."""
+        span = self.trace.start("hang_up", reason=reason, by="relay")
         if self.manager.twilio_calls is not None:
             vr = VoiceResponse()
             vr.say(text)
@@ -281,8 +253,10 @@ class CallRun:
                 await self.manager.twilio_calls.redirect(self.start.call_sid, str(vr))
             except Exception as exc:  # the stream close below still ends the call
                 log.warning("could not redirect the call to its goodbye (%s): %s", reason, exc)
+                span.fail(exc)
         self.ending = reason
         await self.stream.close()
+        span.end(done=True)
 
     def all_stats(self) -> list[CallStats]:
         return [*self.earlier_stats, *([self.session.stats] if self.session is not None else [])]
@@ -299,7 +273,7 @@ class CallRun:
             with trace.bind_logs():
                 outcome = await self._run(adapter)
         finally:
-            record_turns(trace, self.all_stats(), self._cut_turns)
+            record_call_spans(trace, self.all_stats(), self._cut_turns, self._fallback)
             trace.end(outcome=outcome, mode=self.mode, agent=self.agent.name)
         return outcome
 
@@ -362,6 +336,7 @@ class CallRun:
             on_effect=self.apply,
             history=self.turns,
             early=early.take(self.start.call_sid) if early is not None else None,
+            trace=self.trace,
         )
         self.session = realtime
         self._answered_early()
@@ -372,6 +347,7 @@ class CallRun:
             if fallback is None:
                 raise
             cause = exc.cause
+            self._fallback = Fallback(time.monotonic(), cause, str(exc))
             self.manager.metrics.fallbacks_total.labels(cause=cause).inc()
             self.earlier_stats.append(realtime.stats)
             log.warning("falling back to the cascade (%s): %s", cause, exc)

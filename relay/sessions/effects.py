@@ -33,7 +33,11 @@ class SaveTurn:
 
 @dataclass(frozen=True, slots=True)
 class BargeIn:
-    """The caller spoke over the agent: its audio was cleared at Twilio."""
+    """The caller spoke over the agent: its audio was cleared at Twilio at `at` (the session's
+    clock), after the caller had heard `heard_ms` of the answer being played (0: none of it)."""
+
+    at: float = 0.0
+    heard_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)

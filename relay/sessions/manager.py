@@ -203,7 +203,11 @@ class CallManager:
         name, values = self.notes.call(call_sid)
         agent = self.agents.named(name)
         texts = agent.texts(values)
-        return await open_early(agent.adapter, agent.settings, agent.opening_for(texts))
+        greet = agent.settings.realtime_early_greeting
+        with self.tracing.kept(call_sid).span(
+            "provider.connect", why="early", provider=agent.adapter.vendor, greeting=greet
+        ):
+            return await open_early(agent.adapter, agent.settings, agent.opening_for(texts))
 
     def open_early_connection(self, call_sid: str, agent: AgentRuntime) -> bool:
         """An admitted call: open its realtime connection now, while Twilio sets up the stream

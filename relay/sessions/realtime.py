@@ -38,13 +38,14 @@ from relay.sessions.effects import Effect, PrebufferDropped, SessionExpired
 from relay.sessions.liveness import Liveness, heartbeat_event
 from relay.sessions.providers import ProviderAdapter
 from relay.sessions.realtime_setup import Opening, connect_with_retry, history_events
+from relay.sessions.realtime_turns import RealtimeTurns
+from relay.tracing import NO_SPAN, Span
 from relay.transport.provider import ProviderSocket
 from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
 
 log = logging.getLogger("relay.realtime")
 
 TICK_S = 0.5
-MAX_BEHIND_MS = 2000  # a larger gap between the audio sent and the provider's position is not a lag
 
 
 class RealtimeSession:
@@ -62,10 +63,12 @@ class RealtimeSession:
         history: list[Turn],
         clock: Callable[[], float] = time.monotonic,
         early: asyncio.Task[ProviderSocket] | None = None,
+        trace: Span = NO_SPAN,
     ) -> None:
         """`history`: the call's turns so far (the call appends to it as `SaveTurn`s come), given
         to a replacement connection. `early`: the early connection opened during /incoming-call
-        (relay.sessions.early)."""
+        (relay.sessions.early). `trace`: the call's, for a `provider.connect` span per connection
+        this session opens."""
         self.settings = settings
         self.adapter = adapter
         self.twilio = twilio
@@ -83,16 +86,13 @@ class RealtimeSession:
         self._socket: ProviderSocket | None = None  # the connection being bridged
         self._held: list[str] = []  # for the provider while no connection is bridged
         self._early = early
+        self.trace = trace
         self._rotate = asyncio.Event()
-        self._speech_ended_at: float | None = None  # when the provider said the speech ended
-        self._speech_end: float | None = None  # when it really ended (`_speech_end_time`)
-        self._connection_frame0 = 0  # the caller frame (count) this connection's audio starts at
-        # the turn's answer (its item) and the turn's end of speech, until Twilio reports it playing
-        self._awaiting_heard: tuple[str, float] | None = None
         # server VAD reports the end of speech after this much silence (semantic VAD: no fixed window)
-        self._silence_s = (
+        silence_s = (
             settings.vad_silence_duration_ms / 1000 if settings.turn_detection == "server_vad" else 0.0
         )
+        self.turns = RealtimeTurns(self.stats, self.core.playback, silence_s)
         self._t0 = clock()
         self._faults_reopened = 0
         self._key_timer = EntryTimer(clock, self._keys_due)
@@ -175,7 +175,13 @@ class RealtimeSession:
 
     # --- tasks ----------------------------------------------------------------------------------
     async def _read_twilio(self) -> str:
-        receive, core, stats, flush = self.twilio.receive, self.core, self.stats, self._flush
+        receive, core, stats, flush, turns = (
+            self.twilio.receive,
+            self.core,
+            self.stats,
+            self._flush,
+            self.turns,
+        )
         keep_payload, keep_timestamp = self.live.ring.keep_payload, self.live.ring.keep_timestamp
         while (event := await receive()) is not None:
             if type(event) is Media:
@@ -184,9 +190,9 @@ class RealtimeSession:
                 keep_timestamp(event.timestamp)
                 core.on_media(event)
             elif isinstance(event, Mark):
-                core.on_mark(event.name, self.clock())
-                if self._awaiting_heard is not None:
-                    self._answer_heard()
+                now = self.clock()
+                core.on_mark(event.name, now)
+                turns.mark(now)
             elif isinstance(event, Stop):
                 return "twilio_stop"
             elif isinstance(event, Dtmf):
@@ -204,7 +210,7 @@ class RealtimeSession:
 
     async def _read_provider(self, socket: ProviderSocket) -> NoReturn:
         dialect, core, stats, clock, live = self.adapter.dialect, self.core, self.stats, self.clock, self.live
-        audio_out, receive, flush = ev.AudioOut, socket.receive, self._flush
+        audio_out, receive, flush, turns = ev.AudioOut, socket.receive, self._flush, self.turns
         while (data := await receive()) is not None:
             try:
                 event = parse_event(data, dialect)
@@ -216,20 +222,14 @@ class RealtimeSession:
             live.alive_frames = stats.frames_in
             if type(event) is audio_out:
                 stats.frames_out += 1
-                if self._speech_ended_at is not None:
-                    stats.response_latencies_ms.append((now - self._speech_ended_at) * 1000)
-                    self._speech_ended_at = None
-                if self._speech_end is not None:
-                    stats.turn_times.append((self._speech_end, now))
-                    self._awaiting_heard = (event.item_id, self._speech_end)
-                    self._speech_end = None
+                if turns.waiting:
+                    turns.first_audio(event.item_id, now)
                 if stats.first_audio_ms is None:
                     stats.first_audio_ms = (now - self._t0) * 1000
             elif isinstance(event, ev.SpeechEnded):
-                self._speech_ended_at = now
-                self._speech_end = self._speech_end_time(event.audio_end_ms, now)
+                turns.speech_stopped(event.audio_end_ms, now)
             elif isinstance(event, ev.Interrupted):
-                self._speech_ended_at = self._speech_end = self._awaiting_heard = None
+                turns.interrupted()
             core.on_backend(event, now)
             await flush()
         raise ProviderClosedError(
@@ -237,25 +237,6 @@ class RealtimeSession:
             f"reason {socket.close_reason!r})",
             status=None,
         )
-
-    def _answer_heard(self) -> None:
-        """At a mark echo: once Twilio reports some of the turn's answer played, it began playing
-        that much audio ago (Twilio plays in real time); a barge-in before that drops the figure."""
-        assert self._awaiting_heard is not None
-        item_id, speech_end = self._awaiting_heard
-        began = self.core.playback.started_playing(item_id, self.clock())
-        if began is not None:
-            self.stats.heard_latencies_ms.append((began - speech_end) * 1000)
-            self._awaiting_heard = None
-
-    def _speech_end_time(self, audio_end_ms: int, now: float) -> float:
-        """When the caller stopped speaking, on the relay's clock. The provider says where in this
-        connection's audio its VAD ended the turn (`audio_end_ms`, after its silence window); the
-        audio the relay had sent past that point by now is real time that has passed since (the
-        caller's frames come every 20 ms), and so is the silence window."""
-        sent_ms = (self.stats.frames_in - self._connection_frame0) * 20
-        behind_ms = min(max(0, sent_ms - audio_end_ms), MAX_BEHIND_MS) if audio_end_ms > 0 else 0
-        return now - behind_ms / 1000 - self._silence_s
 
     async def _ping(self) -> None:
         """A heartbeat for a quiet provider (relay.sessions.liveness)."""
@@ -276,16 +257,18 @@ class RealtimeSession:
                 self._rotate.set()
 
     # --- connections ----------------------------------------------------------------------------
-    async def _connect(self, *, first: bool) -> tuple[ProviderSocket, bool]:
-        """The early connection when there is one and it is still open, else a new one; and whether
-        it was sent the opening events already (REALTIME_EARLY_GREETING)."""
+    async def _connect(self, *, first: bool, why: str) -> tuple[ProviderSocket, bool]:
+        """The early connection when there is one and it is still open, else a new one (`why`: the
+        first, or a replacement after a rotation, a fault or a handoff); and whether it was sent
+        the opening events already (REALTIME_EARLY_GREETING)."""
         early, self._early = self._early, None
         if first and early is not None:
-            socket = await early  # its failure is the connect's failure
+            socket = await early  # its failure is the connect's failure (its span is the manager's)
             if socket.open:
                 return socket, self.settings.realtime_early_greeting
             log.info("the early provider connection closed while waiting for the stream; reconnecting")
-        return await connect_with_retry(self.adapter), False
+        with self.trace.span("provider.connect", why=why, provider=self.adapter.vendor):
+            return await connect_with_retry(self.adapter), False
 
     def _early_ready(self) -> bool:
         """True when the early connection is there and still open."""
@@ -294,8 +277,8 @@ class RealtimeSession:
             return False
         return early.result().open
 
-    async def _open(self, *, first: bool) -> ProviderSocket:
-        socket, opened_early = await self._connect(first=first)
+    async def _open(self, *, first: bool, why: str = "first") -> ProviderSocket:
+        socket, opened_early = await self._connect(first=first, why=why)
         if first:
             self.stats.connect_ms = (self.clock() - self._t0) * 1000
         held, self._held = self._held, []
@@ -307,14 +290,14 @@ class RealtimeSession:
             unheard = self.unheard_audio()
             carried += [append_event(media.payload) for media in unheard]
             self.core.drop_buffered_audio()  # those frames are in the ring's share too
-            self._connection_frame0 = self.stats.frames_in - len(unheard)
+            self.turns.frame0 = self.stats.frames_in - len(unheard)
         self.core.provider_opened(self.clock(), greet=first, carried=carried, early=opened_early)
         # Sent from this task at once, not by a task of its own that would start a loop turn or two
         # later: under load every loop turn the greeting waits is milliseconds.
         self._socket = socket
         await self._flush()
         if first:  # its audio is every caller frame but those the prebuffer had to drop
-            self._connection_frame0 = self.stats.prebuffer_dropped
+            self.turns.frame0 = self.stats.prebuffer_dropped
         return socket
 
     async def _bridge(self, socket: ProviderSocket, twilio_reader: asyncio.Task[str]) -> str:
@@ -388,9 +371,9 @@ class RealtimeSession:
                 self.core.provider_lost()
                 old = socket
                 self._held[:0] = old.unsent()  # older than what was held since
-                socket = await self._open(first=False)  # raises ProviderConnectError
-                self.stats.reconnects += 1
                 why = "handoff" if self._handed_off else outcome
+                socket = await self._open(first=False, why=why)  # raises ProviderConnectError
+                self.stats.reconnects += 1
                 log.info("realtime session replaced (%s); %d turns carried over", why, len(self.history))
                 if self._handed_off:  # the new agent's first words, with the conversation so far
                     self._handed_off = False

@@ -30,9 +30,10 @@ id and span id (relay/logs.py), so a JSON log line leads to its trace.
 
 from relay.tracing.pending import NO_STREAM
 from relay.tracing.setup import Tracing, setup_tracing, traces_endpoint
-from relay.tracing.spans import AttributeValue, CallTrace, Span, SpanName
+from relay.tracing.spans import NO_SPAN, AttributeValue, CallTrace, Span, SpanName
 
 __all__ = [
+    "NO_SPAN",
     "NO_STREAM",
     "AttributeValue",
     "CallTrace",

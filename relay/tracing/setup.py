@@ -86,6 +86,14 @@ class Tracing:
         trace.set(**attrs)
         return trace
 
+    def kept(self, call_sid: str) -> CallTrace:
+        """The trace a webhook started for `call_sid`, still kept for its stream (for a span of
+        the call before its stream starts, e.g. its early provider connection); else one that
+        records nothing."""
+        if self._tracer is None:
+            return CallTrace(call_sid)
+        return self._pending.get(call_sid, time.monotonic()) or CallTrace(call_sid)
+
     def for_stream(self, call_sid: str, **attrs: AttributeValue) -> CallTrace:
         """At a call's stream: the trace its webhook started here (no longer kept), else a new
         one (the webhook was served by another instance). The caller ends it."""

@@ -21,7 +21,16 @@ from opentelemetry.util.types import AttributeValue as OtelValue
 
 from relay.logs import bind_trace
 
-__all__ = ["AttributeValue", "CallTrace", "Span", "SpanName", "attribute_name", "epoch_ns", "otel_attributes"]
+__all__ = [
+    "NO_SPAN",
+    "AttributeValue",
+    "CallTrace",
+    "Span",
+    "SpanName",
+    "attribute_name",
+    "epoch_ns",
+    "otel_attributes",
+]
 
 SpanName = Literal[
     "call",  # the root: one per call, from its webhook (or stream) to its end
@@ -111,7 +120,7 @@ class Span:
 
     def _child(self, name: SpanName, at: float | None, attrs: Mapping[str, AttributeValue]) -> Span:
         if self._span is None or self._tracer is None:
-            return _NOTHING
+            return NO_SPAN
         child = self._tracer.start_span(
             name,
             context=otel.set_span_in_context(self._span, Context()),
@@ -153,7 +162,7 @@ class Span:
             span.end(end_time=None if at is None else epoch_ns(at))
 
 
-_NOTHING = Span()
+NO_SPAN = Span()  # the span of nothing: every method returns at once
 
 
 class CallTrace(Span):
