@@ -170,7 +170,7 @@ async def _answer(
     if refusal is not None:
         log.warning("refusing call: %s", refusal)
         state.metrics.observe_rejection(refusal)
-        if refusal == "draining" and _balancer_fails_over(request):
+        if refusal == "draining" and direction == "inbound" and _balancer_fails_over(request):
             return PlainTextResponse(DRAINING, status_code=503, headers={"Retry-After": "1"}), refusal
         text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
         return say_and_hang_up(text), refusal
@@ -206,7 +206,9 @@ async def _answer(
 
 def _balancer_fails_over(request: Request) -> bool:
     """A trusted proxy (FORWARDED_ALLOW_IPS) said it passes a 503 on to another instance: this
-    instance's refusal to drain is then that proxy's to route around, not the caller's to hear."""
+    instance's refusal to drain is then that proxy's to route around, not the caller's to hear.
+    The voice webhook only: an outbound call's answer keeps its spoken refusal (nginx does not
+    retry that POST, and the instance that placed the call holds its slot)."""
     return bool(request.headers.get(FAILOVER_HEADER)) and forwarded_trusted(request.scope)
 
 
