@@ -207,8 +207,8 @@ async def _answer(
 def _balancer_fails_over(request: Request) -> bool:
     """A trusted proxy (FORWARDED_ALLOW_IPS) said it passes a 503 on to another instance: this
     instance's refusal to drain is then that proxy's to route around, not the caller's to hear.
-    The voice webhook only: an outbound call's answer keeps its spoken refusal (nginx does not
-    retry that POST, and the instance that placed the call holds its slot)."""
+    The voice webhook only: deploy/nginx/relay.conf retries no other POST, so an outbound call's
+    answer keeps its spoken refusal."""
     return bool(request.headers.get(FAILOVER_HEADER)) and forwarded_trusted(request.scope)
 
 
