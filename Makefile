@@ -22,7 +22,7 @@ run: $(STAMP)
 	$(BIN)/relay serve --port $(PORT)
 
 sysdeps:
-	@scripts/sysdeps.sh redis-server:redis-server espeak-ng:espeak-ng
+	@scripts/sysdeps.sh redis-server:redis-server espeak-ng:espeak-ng nginx:nginx
 
 lint: $(STAMP)
 	$(BIN)/ruff check relay cascade webhooks tests bench scripts
@@ -34,7 +34,7 @@ lint: $(STAMP)
 test: $(STAMP) sysdeps lint
 	$(BIN)/pytest -n 2
 
-bench: $(STAMP)
+bench: $(STAMP) sysdeps
 	$(BIN)/python bench/codecs.py
 	$(BIN)/python bench/vad.py
 	$(BIN)/python bench/cascade_latency.py
@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/http_edge.py
 	$(BIN)/python bench/outbound.py
 	$(BIN)/python bench/handoff.py
+	$(BIN)/python bench/fleet.py
 
 demo: $(STAMP)
 	@scripts/sysdeps.sh espeak-ng:espeak-ng

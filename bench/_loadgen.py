@@ -95,13 +95,18 @@ def twilio_sid(prefix: str, n: int) -> str:
 
 
 async def fetch_twiml(
-    client: httpx.AsyncClient, base_url: str, public_url: str, auth_token: str, call_sid: str
+    client: httpx.AsyncClient,
+    base_url: str,
+    public_url: str,
+    auth_token: str,
+    call_sid: str,
+    caller: str = "+15550000001",
 ) -> tuple[str, dict[str, str]]:
     """POSTs the signed incoming-call webhook; returns the `<Stream url>` and its `<Parameter>`s."""
     params = {
         "CallSid": call_sid,
         "AccountSid": twilio_sid("AC", 1),
-        "From": "+15550000001",
+        "From": caller,
         "To": "+15550000002",
         "CallStatus": "ringing",
         "Direction": "inbound",

@@ -7,7 +7,8 @@ to `wss://<public host>/media-stream` (`ws://` only for a relay reached over pla
 PUBLIC_URL and no trusted proxy: see `public_base`; no query string: Twilio drops it), with
 `<Parameter>`s for the caller, the call SID, a short-lived stream token, and the instance that
 holds the call's early provider connection (`earlyAt`, when one was opened). When the relay
-cannot serve the call it says so and hangs up: never a 500. A bad signature gets 403. A signed
+cannot serve the call it says so and hangs up: never a 500 (draining behind a load balancer that
+sends `X-Relay-Failover`: 503, for it to try another instance). A bad signature gets 403. A signed
 webhook replayed for a call whose stream already started (running or ended) gets the apology and
 a hang-up too, and no new token (`webhooks.replay`).
 Record writes are queued (the manager's outbox), never awaited: a Redis outage costs no webhook.
@@ -30,6 +31,7 @@ from relay.logs import bind_call
 from relay.sessions.manager import EARLY_AT
 from relay.sids import is_account_sid, is_call_sid
 from relay.tracing import CallTrace
+from relay.transport.http import forwarded_trusted
 from webhooks.form import FormRefused, read_form
 from webhooks.signature import public_base, request_signature_ok
 from webhooks.token import mint_stream_token
@@ -45,6 +47,9 @@ NOT_CONNECTED = FINAL_STATUSES - {"completed"}  # the call ended before anyone a
 CALL_STATUS = re.compile("[a-z-]{1,20}")  # queued, ringing, in-progress, completed, no-answer...
 DURATION = re.compile("[0-9]{1,9}")
 MAX_NUMBER_CHARS = 64  # From/To: E.164 is 16 characters; client: and sip: identities are longer
+# Sent by a load balancer that passes a 503 on to another instance (deploy/nginx/relay.conf): a
+# draining instance then answers the voice webhook 503 instead of its spoken refusal.
+FAILOVER_HEADER = "x-relay-failover"
 
 
 def say_and_hang_up(text: str) -> Response:
@@ -165,6 +170,8 @@ async def _answer(
     if refusal is not None:
         log.warning("refusing call: %s", refusal)
         state.metrics.observe_rejection(refusal)
+        if refusal == "draining" and direction == "inbound" and _balancer_fails_over(request):
+            return PlainTextResponse(DRAINING, status_code=503, headers={"Retry-After": "1"}), refusal
         text = {"busy": BUSY, "draining": DRAINING}.get(refusal, APOLOGY)
         return say_and_hang_up(text), refusal
     if trace.recording:  # nothing to work out for a trace that is not exported
@@ -195,6 +202,14 @@ async def _answer(
     state.manager.outbox.put(call_sid, "upsert", **record)
     log.info("%s call from %s, connecting stream to %s", direction, params["from"], stream_url)
     return Response(connect_twiml(stream_url, params, APOLOGY), media_type=TWIML), None
+
+
+def _balancer_fails_over(request: Request) -> bool:
+    """A trusted proxy (FORWARDED_ALLOW_IPS) said it passes a 503 on to another instance: this
+    instance's refusal to drain is then that proxy's to route around, not the caller's to hear.
+    The voice webhook only: deploy/nginx/relay.conf retries no other POST, so an outbound call's
+    answer keeps its spoken refusal."""
+    return bool(request.headers.get(FAILOVER_HEADER)) and forwarded_trusted(request.scope)
 
 
 async def call_status(request: Request) -> Response:
