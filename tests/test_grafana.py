@@ -195,7 +195,8 @@ def test_every_queried_metric_is_exported_by_the_relay(path: Path) -> None:
 def test_the_dashboard_covers_the_issue_list() -> None:
     """Issue 20's panels: active calls, calls by outcome, turn latency by path, first audio,
     fallbacks by cause, tools and their errors, event-loop lag, the store; and handoffs, outbound
-    calls, AMD results and post-call deliveries."""
+    calls, AMD results, post-call deliveries and, for a fleet (issue 21), the early connections
+    wasted without call affinity."""
     used = used_metrics(load(GRAFANA / "dashboards" / "relay.json"), accepted_series())
     wanted = {
         "relay_active_calls",
@@ -212,6 +213,8 @@ def test_the_dashboard_covers_the_issue_list() -> None:
         "relay_outbound_calls_total",
         "relay_amd_results_total",
         "relay_post_call_deliveries_total",
+        "relay_preconnects_total",
+        "relay_preconnects_missed_total",
     }
     assert wanted <= used, sorted(wanted - used)
 
