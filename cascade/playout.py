@@ -60,9 +60,10 @@ class Playout:
         now = self.clock()
         self._awaiting_heard = None  # an answer cut before Twilio played any of it has no figure
         heard = self._heard_text(now)
+        heard_ms = sum(self.playback.heard_ms(item_id, now) for item_id in self._reply_items)
         self.hold_tone.drop()
-        cut = self.playback.interrupt(now)
-        self.on_effect(BargeIn(now, cut.audio_end_ms if cut is not None else 0))
+        self.playback.interrupt(now)
+        self.on_effect(BargeIn(now, heard_ms))  # of the whole reply, its sentences played out too
         if self._reply is not None and not self._reply.done():
             self._reply.cancel()  # before the clear is sent: no more of its audio after the clear
         self._reply_text = None

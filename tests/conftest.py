@@ -11,6 +11,7 @@ import pytest
 from relay.app import create_app
 from relay.config import Settings, load_settings
 from relay.logs import install_context_filter
+from relay.testing.otlp import OtlpReceiver
 from relay.testing.server import serve_app
 
 AUTH_TOKEN = "test-auth-token"
@@ -44,3 +45,10 @@ def _call_context_in_caplog(caplog: pytest.LogCaptureFixture) -> None:
 async def relay_url() -> AsyncIterator[str]:
     async with serve_app(create_app(make_settings())) as url:
         yield url
+
+
+@pytest.fixture
+async def collector() -> AsyncIterator[OtlpReceiver]:
+    """An OpenTelemetry collector's OTLP/HTTP traces endpoint on 127.0.0.1 (`collector.url`)."""
+    async with OtlpReceiver().serve() as receiver:
+        yield receiver

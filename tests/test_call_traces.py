@@ -7,8 +7,6 @@ hang-up."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
 import pytest
 
 from relay.testing.openai_http import FakeOpenAIHTTP
@@ -21,12 +19,6 @@ from tests.rig import rig, speak, twilio_caller
 from tests.test_cascade_e2e import say
 from tests.test_provider_faults import fallback_rig
 from tests.test_tracing import traced
-
-
-@pytest.fixture
-async def collector() -> AsyncIterator[OtlpReceiver]:
-    async with OtlpReceiver().serve() as receiver:
-        yield receiver
 
 
 def one_trace(collector: OtlpReceiver, call_sid: str) -> tuple[ReceivedSpan, list[ReceivedSpan]]:

@@ -17,6 +17,7 @@ from relay.codecs import StreamResampler, pcm16_to_ulaw, ulaw_to_pcm16
 from relay.testing.audio import correlation, silence_ulaw, speech_ulaw
 from relay.testing.openai_http import FakeOpenAIHTTP
 from relay.testing.openai_replies import Text, ToolCalls, ToolCallSpec, tts_audio
+from relay.testing.otlp import OtlpReceiver
 from relay.testing.realtime import Drop, FakeRealtimeServer, Say
 from relay.testing.server import serve_app
 from relay.testing.tavily import FakeTavily
@@ -175,12 +176,13 @@ async def test_cascade_tool_call_through_chat_completions() -> None:
 
 
 @pytest.mark.slow
-async def test_cascade_barge_in_keeps_only_what_was_heard() -> None:
+async def test_cascade_barge_in_keeps_only_what_was_heard(collector: OtlpReceiver) -> None:
     long_reply = " ".join(f"This is sentence number {i} of a very long answer." for i in range(1, 9))
     http = FakeOpenAIHTTP(
         transcripts=["tell me everything", "stop"], replies=[Text(long_reply), Text("Okay.")]
     )
-    async with cascade_rig("openai", http, greeting_enabled=False) as r, r.caller() as call:
+    traces = {"otel_exporter_otlp_endpoint": collector.url, "otel_bsp_schedule_delay": 50}
+    async with cascade_rig("openai", http, greeting_enabled=False, **traces) as r, r.caller() as call:
         await r.dial(call)
         await say(call, "Tell me everything.")
         await call.wait_for_media(min_bytes=8000 * 3, timeout=15)  # a few seconds of the answer queued
@@ -192,6 +194,13 @@ async def test_cascade_barge_in_keeps_only_what_was_heard() -> None:
         assert heard and 0 < len(heard[-1]) < len(long_reply)
         assert clear.played_ms < len(call.received_audio) / 8
         await call.stop()
+        await r.app.state.manager.wait_idle(timeout=5)
+        spans = await collector.wait_spans(5)  # the webhook's and the barge-in's, then the call's end
+    # the trace's barge_in: what the caller had heard of the whole reply when it was cut, as the
+    # caller's own playback counted it (give or take the mark round trip and a frame)
+    (barge_in,) = [s for s in spans if s.name == "barge_in"]
+    assert barge_in.attributes["relay.path"] == "cascade"
+    assert barge_in.attributes["relay.heard_ms"] == pytest.approx(clear.played_ms, abs=100)
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,12 +28,6 @@ from tests.test_cli import relay_serve
 CALL_SID = "CA" + "3" * 32
 FORM = {"CallSid": CALL_SID, "AccountSid": ACCOUNT_SID, "From": "+15550001111", "To": "+15550002222"}
 PUBLIC_URL = "https://relay.example.com"
-
-
-@pytest.fixture
-async def collector() -> AsyncIterator[OtlpReceiver]:
-    async with OtlpReceiver().serve() as receiver:
-        yield receiver
 
 
 def traced(collector: OtlpReceiver, **overrides: Any) -> dict[str, Any]:
