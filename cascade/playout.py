@@ -19,7 +19,7 @@ from relay.sessions.call import EffectSink, TwilioSink
 from relay.sessions.effects import BargeIn, Role, SaveTurn
 from relay.sessions.heard import SpokenItems
 from relay.sessions.hold import HoldTone
-from relay.sessions.playback import PlaybackTracker
+from relay.sessions.playback import HeardLatency, PlaybackTracker
 from relay.twilio_messages import Start, clear_message, mark_message, media_message
 
 
@@ -37,7 +37,7 @@ class Playout:
     _reply_items: list[str]  # this reply's sentences, as spoken items
     _spoken: SpokenItems
     _reply_text: str | None  # a finished reply, saved once its audio has played
-    _awaiting_heard: tuple[str, float] | None  # the answer's first item and its turn's end of speech
+    heard: HeardLatency  # the turn's answer until Twilio plays it: its heard latency
 
     async def _send_all(self, texts: list[str]) -> None:
         for text in texts:
@@ -58,7 +58,7 @@ class Playout:
     async def _barge_in(self) -> None:
         """The caller speaks over the agent: stop everything, keep only what was heard."""
         now = self.clock()
-        self._awaiting_heard = None  # an answer cut before Twilio played any of it has no figure
+        self.heard.drop()  # an answer cut before Twilio played any of it has no figure
         heard = self._heard_text(now)
         heard_ms = sum(self.playback.heard_ms(item_id, now) for item_id in self._reply_items)
         self.hold_tone.drop()

@@ -184,7 +184,7 @@ class ReplyPipeline(Playout):
             # from the caller's end of speech: the VAD ended the turn after its silence window
             speech_end = timing["vad_end"] - self.settings.cascade_silence_ms / 1000
             self.stats.turn_times.append((speech_end, now))
-            self._awaiting_heard = (item, speech_end)
+            self.heard.expect(item, speech_end)
         timing.setdefault("first_frame", now)
         if self.stats.first_audio_ms is None:
             self.stats.first_audio_ms = (now - self._t0) * 1000

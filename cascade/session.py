@@ -31,7 +31,7 @@ from relay.sessions.dtmf import DigitCollector, EntryTimer
 from relay.sessions.effects import PlaybackIdle
 from relay.sessions.heard import SpokenItems
 from relay.sessions.hold import HoldTone
-from relay.sessions.playback import PlaybackTracker
+from relay.sessions.playback import HeardLatency, PlaybackTracker
 from relay.sessions.providers import ProviderAdapter
 from relay.twilio_messages import Dtmf, Mark, Media, Start, Stop
 
@@ -89,7 +89,7 @@ class CascadeSession(ReplyPipeline):
         self._failure = None
         self._failed = asyncio.Event()
         self._last_words = False  # `say(last=True)`: the other side is not heard any more
-        self._awaiting_heard: tuple[str, float] | None = None
+        self.heard = HeardLatency(self.playback, self.stats.heard_latencies_ms)
 
     # --- what the call sees (CallSession) -------------------------------------------------------
     @property
@@ -155,8 +155,7 @@ class CascadeSession(ReplyPipeline):
                 now = self.clock()
                 if not self.playback.on_mark(event.name, now):
                     continue
-                if self._awaiting_heard is not None:
-                    self._answer_heard(now)
+                self.heard.mark(now)
                 await self._send_all(self.hold_tone.feed(now))  # a slow tool's hold tone stays topped up
                 if not self.playback.outstanding:
                     self._settle_reply(now)
@@ -195,16 +194,6 @@ class CascadeSession(ReplyPipeline):
                 if self.playing:
                     await self._barge_in()
                 self._start_reply(turn_event)
-
-    def _answer_heard(self, now: float) -> None:
-        """At a mark echo: once Twilio reports some of the turn's answer played, it began playing
-        that much audio ago (Twilio plays in real time)."""
-        assert self._awaiting_heard is not None
-        item, speech_end = self._awaiting_heard
-        began = self.playback.started_playing(item, now)
-        if began is not None:
-            self.stats.heard_latencies_ms.append((began - speech_end) * 1000)
-            self._awaiting_heard = None
 
     # --- handoff ----------------------------------------------------------------------------------
     async def hand_off(self, switch: AgentSwitch) -> bool:

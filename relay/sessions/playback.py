@@ -144,3 +144,34 @@ class PlaybackTracker:
         """Drops bookkeeping of a finished item."""
         self._sent_bytes.pop(item_id, None)
         self._acked_ms.pop(item_id, None)
+
+
+class HeardLatency:
+    """A turn's answer from its first frame sent until Twilio reports it playing, for both paths:
+    at the first mark echo that reports some of it played, it began playing that much audio ago
+    (Twilio plays in real time), and the turn's heard latency (its end of speech to then, ms) is
+    appended to `figures`. A barge-in before that drops the answer (`drop`): no figure."""
+
+    __slots__ = ("_awaiting", "figures", "playback")
+
+    def __init__(self, playback: PlaybackTracker, figures: list[float]) -> None:
+        self.playback = playback
+        self.figures = figures  # the session's CallStats.heard_latencies_ms
+        self._awaiting: tuple[str, float] | None = None  # the answer's item, its turn's end of speech
+
+    def expect(self, item_id: str, speech_end: float) -> None:
+        """The turn's answer (its first item) was sent; the caller stopped speaking at `speech_end`."""
+        self._awaiting = (item_id, speech_end)
+
+    def drop(self) -> None:
+        self._awaiting = None
+
+    def mark(self, now: float) -> None:
+        """At a mark echo (after `PlaybackTracker.on_mark`)."""
+        if self._awaiting is None:
+            return
+        item_id, speech_end = self._awaiting
+        began = self.playback.started_playing(item_id, now)
+        if began is not None:
+            self.figures.append((began - speech_end) * 1000)
+            self._awaiting = None

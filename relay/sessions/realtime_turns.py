@@ -8,7 +8,7 @@ Twilio began playing it (`heard_latencies_ms`, from the marks Twilio echoes)."""
 from __future__ import annotations
 
 from relay.sessions.call import CallStats
-from relay.sessions.playback import PlaybackTracker
+from relay.sessions.playback import HeardLatency, PlaybackTracker
 
 __all__ = ["MAX_BEHIND_MS", "RealtimeTurns"]
 
@@ -19,19 +19,17 @@ class RealtimeTurns:
     """The turn being timed: set at the provider's end of speech, closed at the first agent audio
     (`waiting` tells the session, per audio frame, whether to call `first_audio`)."""
 
-    __slots__ = ("_ended_at", "_speech_end", "awaiting_heard", "frame0", "playback", "silence_s", "stats")
+    __slots__ = ("_ended_at", "_speech_end", "frame0", "heard", "silence_s", "stats")
 
     def __init__(self, stats: CallStats, playback: PlaybackTracker, silence_s: float) -> None:
         """`silence_s`: how long after the caller stopped the provider's VAD reports it (server VAD's
         silence window; 0 for semantic VAD)."""
         self.stats = stats
-        self.playback = playback
         self.silence_s = silence_s
         self.frame0 = 0  # the caller frame (count) the current connection's audio starts at
         self._ended_at: float | None = None  # when the provider said the speech ended
         self._speech_end: float | None = None  # when it really ended (`speech_end_time`)
-        # the turn's answer (its item) and the turn's end of speech, until Twilio reports it playing
-        self.awaiting_heard: tuple[str, float] | None = None
+        self.heard = HeardLatency(playback, stats.heard_latencies_ms)  # until Twilio plays the answer
 
     @property
     def waiting(self) -> bool:
@@ -50,23 +48,17 @@ class RealtimeTurns:
             self._ended_at = None
         if self._speech_end is not None:
             stats.turn_times.append((self._speech_end, now))
-            self.awaiting_heard = (item_id, self._speech_end)
+            self.heard.expect(item_id, self._speech_end)
             self._speech_end = None
 
     def interrupted(self) -> None:
         """The caller spoke again: the turn (and its answer's figure) is dropped."""
-        self._ended_at = self._speech_end = self.awaiting_heard = None
+        self._ended_at = self._speech_end = None
+        self.heard.drop()
 
     def mark(self, now: float) -> None:
-        """At a mark echo: once Twilio reports some of the turn's answer played, it began playing
-        that much audio ago (Twilio plays in real time); a barge-in before that drops the figure."""
-        if self.awaiting_heard is None:
-            return
-        item_id, speech_end = self.awaiting_heard
-        began = self.playback.started_playing(item_id, now)
-        if began is not None:
-            self.stats.heard_latencies_ms.append((began - speech_end) * 1000)
-            self.awaiting_heard = None
+        """At a mark echo: the heard latency of the turn's answer, once Twilio reports it playing."""
+        self.heard.mark(now)
 
     def speech_end_time(self, audio_end_ms: int, now: float) -> float:
         """When the caller stopped speaking, on the relay's clock. The provider says where in this
