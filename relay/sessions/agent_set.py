@@ -5,7 +5,7 @@ still run."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from relay.sessions.agent_runtime import AdapterFactory, AgentRuntime
@@ -71,8 +71,11 @@ class AgentSet:
         self._numbers = {number: name for name, spec in book.agents.items() for number in spec.numbers}
         log.info("agents: %s (default: %s)", ", ".join(runtimes), self.default.name)
 
-    async def close_retired(self, in_use: list[AgentRuntime]) -> None:
-        """Closes the retired agents that no call in `in_use` runs with any more."""
+    async def close_retired(self, in_use: Iterable[AgentRuntime]) -> None:
+        """Closes the retired agents that no call in `in_use` runs with any more (`in_use` is not
+        read while none is retired: a call's end after no reload costs nothing)."""
+        if not self._retired:
+            return
         using = {id(agent) for agent in in_use}
         retired, self._retired = self._retired, []
         for agent in retired:

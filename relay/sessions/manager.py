@@ -375,7 +375,7 @@ class CallManager:
             await self._release_slot(start.call_sid)
             self.active.pop(start.call_sid, None)
             self._idle.set()
-            await self.agents.close_retired([run.agent for run in self.active.values()])
+            await self.agents.close_retired(run.agent for run in self.active.values())
 
     async def aclose(self) -> None:
         await self.post_call.aclose()  # first: its deliveries read records through the outbox
