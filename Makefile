@@ -1,6 +1,6 @@
 # Two commands set up everything on a fresh machine:
 #   make run    the relay on http://0.0.0.0:$(PORT)
-#   make test   ruff, mypy, the import contracts + the whole test suite (installs redis-server and espeak-ng when missing)
+#   make test   ruff, mypy, the import contracts + the whole test suite (installs redis-server, espeak-ng and nginx when missing)
 PYTHON ?= python3
 VENV   ?= .venv
 PORT   ?= 8000

@@ -121,3 +121,18 @@ async def test_sigterm_drains_live_call_then_exits(tmp_path) -> None:
             await call.wait_for_media(min_bytes=3000 * 8, timeout=5)  # the live call keeps its audio
             await call.stop()
             assert await asyncio.wait_for(relay.proc.wait(), timeout=15) == 0
+
+
+def test_the_readme_test_command_is_what_ci_runs_and_names_what_it_installs() -> None:
+    """The README's two commands: `.ci/run` runs exactly `make test`, and the quickstart's comment
+    on `make test` names every Debian package `make sysdeps` installs when missing."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    ci = [line for line in (root / ".ci" / "run").read_text().splitlines() if line and line[0] not in "#"]
+    assert ci[-1] == "make test" and not any("pytest" in line for line in ci)
+    (sysdeps,) = re.findall(r"^sysdeps:\n\t@scripts/sysdeps\.sh (.+)$", (root / "Makefile").read_text(), re.M)
+    packages = [pair.split(":")[1] for pair in sysdeps.split()]
+    (comment,) = re.findall(r"^make test +# (.+)$", (root / "README.md").read_text(), re.M)
+    assert packages and all(package in comment for package in packages), (packages, comment)
